@@ -1,0 +1,374 @@
+// Decomposed 3D convolution on the CPU (OpenMP). See medkernels/decomp_conv.h for the math.
+//
+// Two loop orders, picked from the strides, so neither layout needs a copy:
+//  - row order (NCDHW and strided views): one thread owns an output row (n, co, od, oh) and
+//    accumulates the three branches into a float row buffer; with W contiguous the inner
+//    loops are unit-stride FMAs the compiler vectorises.
+//  - channel order (NDHWC, channels-last): one thread owns an output position and the inner
+//    loop runs over contiguous channels.
+// Backward: gz = dy * act'(z) (z recomputed by the forward), then the weight and bias
+// gradients per output channel in a fixed order (deterministic), then dx as the forward of gz
+// with flipped, transposed weights (stride 1) or a gather over the taps (stride > 1).
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "medkernels/decomp_conv.h"
+#include "medkernels/detail/activation.h"
+#include "medkernels/detail/dtype_switch.h"
+#include "medkernels/detail/error.h"
+
+namespace medkernels {
+
+using detail::act_fwd;
+using detail::act_grad;
+
+Status decomp_conv_check(const DecompConvParams& p) {
+  MK_CHECK_ARG(p.x && p.w_d && p.w_h && p.w_w && p.y, "decomp_conv: x, weights and y must not be null");
+  MK_CHECK_ARG(p.batch >= 1, "decomp_conv: batch must be >= 1, got " + std::to_string(p.batch));
+  MK_CHECK_ARG(p.kernel_size >= 1 && p.kernel_size % 2 == 1,
+               "decomp_conv: kernel_size must be odd and >= 1, got " + std::to_string(p.kernel_size));
+  MK_CHECK_ARG(p.stride >= 1, "decomp_conv: stride must be >= 1, got " + std::to_string(p.stride));
+  MK_CHECK_ARG(p.groups >= 1 && p.in_channels % p.groups == 0 && p.out_channels % p.groups == 0,
+               "decomp_conv: groups=" + std::to_string(p.groups) + " must divide in_channels=" +
+                   std::to_string(p.in_channels) + " and out_channels=" + std::to_string(p.out_channels));
+  for (int a = 0; a < 3; ++a) {
+    MK_CHECK_ARG(p.in_size[a] >= 1, "decomp_conv: spatial sizes must be >= 1");
+    MK_CHECK_ARG(p.out_size[a] == detail::conv_out_size(p.in_size[a], p.stride),
+                 "decomp_conv: out_size must be (in_size - 1) / stride + 1 on every axis");
+  }
+  const int act = static_cast<int>(p.activation);
+  MK_CHECK_ARG(act >= 0 && act <= 3, "decomp_conv: unknown activation " + std::to_string(act));
+  return Status::kSuccess;
+}
+
+static int64_t numel_out(const DecompConvParams& p) {
+  return p.batch * p.out_channels * p.out_size[0] * p.out_size[1] * p.out_size[2];
+}
+
+size_t decomp_conv_bwd_workspace_bytes(const DecompConvBwdParams& b) {
+  const size_t acc = b.fwd.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return static_cast<size_t>(numel_out(b.fwd)) * acc;
+}
+
+namespace cpu {
+namespace {
+
+// Weights converted once to the accumulation type, laid out [branch][co][ci'][j].
+template <typename T, typename A>
+std::vector<A> load_weights(const DecompConvParams& p) {
+  const int64_t per = p.out_channels * (p.in_channels / p.groups) * p.kernel_size;
+  std::vector<A> w(3 * per);
+  const void* src[3] = {p.w_d, p.w_h, p.w_w};
+  for (int br = 0; br < 3; ++br)
+    for (int64_t i = 0; i < per; ++i) w[br * per + i] = Io<T>::load(static_cast<const T*>(src[br]) + i);
+  return w;
+}
+
+// The forward, generic in the input storage type TI and output storage type TO.
+// w: [3][C_out][C_in/g][k] in A; bias: C_out values in A or empty.
+template <typename TI, typename TO, typename A>
+void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vector<A>& bias) {
+  const TI* x = static_cast<const TI*>(p.x);
+  TO* y = static_cast<TO*>(p.y);
+  const int K = p.kernel_size, pad = K / 2, s = p.stride;
+  const int64_t N = p.batch, Ci = p.in_channels, Co = p.out_channels;
+  const int64_t cin_g = Ci / p.groups, cout_g = Co / p.groups;
+  const int64_t D = p.in_size[0], H = p.in_size[1], W = p.in_size[2];
+  const int64_t Do = p.out_size[0], Ho = p.out_size[1], Wo = p.out_size[2];
+  const int64_t* xs = p.x_strides;
+  const int64_t* ys = p.y_strides;
+  const int64_t wper = Co * cin_g * K;
+  const bool has_bias = !bias.empty();
+
+  const bool channel_order = xs[1] == 1 && ys[1] == 1 && Co > 1;
+  if (!channel_order) {
+    const int64_t rows = N * Co * Do * Ho;
+#pragma omp parallel
+    {
+      std::vector<A> acc(Wo);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t oh = r % Ho, od = (r / Ho) % Do, co = (r / (Ho * Do)) % Co, n = r / (Ho * Do * Co);
+        const int64_t g = co / cout_g;
+        std::fill(acc.begin(), acc.end(), has_bias ? bias[co] : A(0));
+        for (int64_t cl = 0; cl < cin_g; ++cl) {
+          const int64_t ci = g * cin_g + cl;
+          const TI* xc = x + n * xs[0] + ci * xs[1];
+          const A* wd = w.data() + (co * cin_g + cl) * K;
+          const A* wh = wd + wper;
+          const A* ww = wh + wper;
+          // D and H branches: whole shifted rows
+          for (int j = 0; j < K; ++j) {
+            const int64_t id = od * s - pad + j;
+            if (id >= 0 && id < D) {
+              const TI* row = xc + id * xs[2] + (oh * s) * xs[3];
+              const A wj = wd[j];
+              const int64_t st = s * xs[4];
+              for (int64_t ow = 0; ow < Wo; ++ow) acc[ow] += wj * Io<TI>::load(row + ow * st);
+            }
+            const int64_t ih = oh * s - pad + j;
+            if (ih >= 0 && ih < H) {
+              const TI* row = xc + (od * s) * xs[2] + ih * xs[3];
+              const A wj = wh[j];
+              const int64_t st = s * xs[4];
+              for (int64_t ow = 0; ow < Wo; ++ow) acc[ow] += wj * Io<TI>::load(row + ow * st);
+            }
+          }
+          // W branch: taps shift along the row; clip the range of ow instead of branching
+          const TI* row = xc + (od * s) * xs[2] + (oh * s) * xs[3];
+          for (int j = 0; j < K; ++j) {
+            const int64_t off = j - pad;  // iw = ow*s + off
+            int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
+            int64_t hi = (W - 1 - off) >= 0 ? (W - 1 - off) / s + 1 : 0;
+            hi = std::min(hi, Wo);
+            const A wj = ww[j];
+            for (int64_t ow = lo; ow < hi; ++ow) acc[ow] += wj * Io<TI>::load(row + (ow * s + off) * xs[4]);
+          }
+        }
+        TO* yrow = y + n * ys[0] + co * ys[1] + od * ys[2] + oh * ys[3];
+        for (int64_t ow = 0; ow < Wo; ++ow) Io<TO>::store(yrow + ow * ys[4], act_fwd<A>(p.activation, acc[ow]));
+      }
+    }
+    return;
+  }
+
+  // Channel order: contiguous channels innermost.
+  const bool depthwise = cin_g == 1 && cout_g == 1;
+  // Depthwise weights transposed to [branch][j][c] so the inner loop is unit stride.
+  std::vector<A> wt;
+  if (depthwise) {
+    wt.resize(3 * K * Co);
+    for (int br = 0; br < 3; ++br)
+      for (int j = 0; j < K; ++j)
+        for (int64_t c = 0; c < Co; ++c) wt[(br * K + j) * Co + c] = w[br * wper + c * K + j];
+  }
+  const int64_t positions = N * Do * Ho * Wo;
+#pragma omp parallel
+  {
+    std::vector<A> acc(Co);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < positions; ++q) {
+      const int64_t ow = q % Wo, oh = (q / Wo) % Ho, od = (q / (Wo * Ho)) % Do, n = q / (Wo * Ho * Do);
+      for (int64_t c = 0; c < Co; ++c) acc[c] = has_bias ? bias[c] : A(0);
+      const int64_t in_pos[3] = {od * s, oh * s, ow * s};
+      for (int br = 0; br < 3; ++br) {
+        for (int j = 0; j < K; ++j) {
+          int64_t ip[3] = {in_pos[0], in_pos[1], in_pos[2]};
+          ip[br] += j - pad;
+          if (ip[br] < 0 || ip[br] >= p.in_size[br]) continue;
+          const TI* xp = x + n * xs[0] + ip[0] * xs[2] + ip[1] * xs[3] + ip[2] * xs[4];
+          if (depthwise) {
+            const A* wj = wt.data() + (br * K + j) * Co;
+            for (int64_t c = 0; c < Co; ++c) acc[c] += wj[c] * Io<TI>::load(xp + c);
+          } else {
+            for (int64_t c = 0; c < Co; ++c) {
+              const int64_t g = c / cout_g;
+              const A* wc = w.data() + br * wper + c * cin_g * K + j;
+              A sum = A(0);
+              for (int64_t cl = 0; cl < cin_g; ++cl) sum += wc[cl * K] * Io<TI>::load(xp + g * cin_g + cl);
+              acc[c] += sum;
+            }
+          }
+        }
+      }
+      TO* yp = y + n * ys[0] + od * ys[2] + oh * ys[3] + ow * ys[4];
+      for (int64_t c = 0; c < Co; ++c) Io<TO>::store(yp + c, act_fwd<A>(p.activation, acc[c]));
+    }
+  }
+}
+
+template <typename T>
+Status fwd_typed(const DecompConvParams& p) {
+  using A = typename Io<T>::acc;
+  const std::vector<A> w = load_weights<T, A>(p);
+  std::vector<A> bias;
+  if (p.bias) {
+    bias.resize(p.out_channels);
+    for (int64_t c = 0; c < p.out_channels; ++c) bias[c] = Io<T>::load(static_cast<const T*>(p.bias) + c);
+  }
+  fwd_impl<T, T, A>(p, w, bias);
+  return Status::kSuccess;
+}
+
+template <typename T>
+Status bwd_typed(const DecompConvBwdParams& b) {
+  using A = typename Io<T>::acc;
+  const DecompConvParams& p = b.fwd;
+  const int K = p.kernel_size, pad = K / 2, s = p.stride;
+  const int64_t N = p.batch, Ci = p.in_channels, Co = p.out_channels;
+  const int64_t cin_g = Ci / p.groups, cout_g = Co / p.groups;
+  const int64_t Do = p.out_size[0], Ho = p.out_size[1], Wo = p.out_size[2];
+  const int64_t* xs = p.x_strides;
+  const std::vector<A> w = load_weights<T, A>(p);
+  const int64_t wper = Co * cin_g * K;
+
+  // 1. gz = dy * act'(z), in A, laid out like the output would be (channels-last if x is).
+  A* gz = static_cast<A*>(b.workspace);
+  const bool cl = xs[1] == 1 && Co > 1;
+  int64_t gs[5];
+  if (cl) {
+    gs[1] = 1; gs[4] = Co; gs[3] = Co * Wo; gs[2] = Co * Wo * Ho; gs[0] = Co * Wo * Ho * Do;
+  } else {
+    gs[4] = 1; gs[3] = Wo; gs[2] = Wo * Ho; gs[1] = Wo * Ho * Do; gs[0] = Wo * Ho * Do * Co;
+  }
+  const int64_t total = numel_out(p);
+  const T* gy = static_cast<const T*>(b.grad_y);
+  const int64_t* gys = b.grad_y_strides;
+  if (p.activation != Activation::kNone) {
+    std::vector<A> bias;
+    if (p.bias) {
+      bias.resize(Co);
+      for (int64_t c = 0; c < Co; ++c) bias[c] = Io<T>::load(static_cast<const T*>(p.bias) + c);
+    }
+    DecompConvParams zp = p;
+    zp.y = gz;
+    zp.activation = Activation::kNone;
+    std::memcpy(zp.y_strides, gs, sizeof(gs));
+    fwd_impl<T, A, A>(zp, w, bias);
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < total; ++i) {
+    // i enumerates the workspace in memory order; recover (n, c, d, h, w) from its layout
+    int64_t n, c, d, h, ww;
+    if (cl) {
+      c = i % Co; ww = (i / Co) % Wo; h = (i / (Co * Wo)) % Ho; d = (i / (Co * Wo * Ho)) % Do; n = i / (Co * Wo * Ho * Do);
+    } else {
+      ww = i % Wo; h = (i / Wo) % Ho; d = (i / (Wo * Ho)) % Do; c = (i / (Wo * Ho * Do)) % Co; n = i / (Wo * Ho * Do * Co);
+    }
+    const A g = Io<T>::load(gy + n * gys[0] + c * gys[1] + d * gys[2] + h * gys[3] + ww * gys[4]);
+    gz[i] = p.activation == Activation::kNone ? g : g * act_grad<A>(p.activation, gz[i]);
+  }
+
+  // 2. bias and weight gradients: one thread per output channel, fixed order.
+  const T* x = static_cast<const T*>(p.x);
+  if (b.grad_bias || b.grad_w_d || b.grad_w_h || b.grad_w_w) {
+    A* gw[3] = {static_cast<A*>(b.grad_w_d), static_cast<A*>(b.grad_w_h), static_cast<A*>(b.grad_w_w)};
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t co = 0; co < Co; ++co) {
+      const int64_t g = co / cout_g;
+      double sb = 0;
+      std::vector<double> sw(3 * cin_g * K, 0.0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t od = 0; od < Do; ++od)
+          for (int64_t oh = 0; oh < Ho; ++oh) {
+            const A* grow = gz + n * gs[0] + co * gs[1] + od * gs[2] + oh * gs[3];
+            A rb = 0;
+            for (int64_t ow = 0; ow < Wo; ++ow) rb += grow[ow * gs[4]];
+            sb += rb;
+            for (int64_t cl2 = 0; cl2 < cin_g; ++cl2) {
+              const T* xc = x + n * xs[0] + (g * cin_g + cl2) * xs[1];
+              for (int br = 0; br < 3; ++br) {
+                for (int j = 0; j < K; ++j) {
+                  int64_t base[3] = {od * s, oh * s, 0};
+                  const int64_t off = j - pad;
+                  A acc = 0;
+                  if (br < 2) {
+                    base[br] += off;
+                    if (base[br] < 0 || base[br] >= p.in_size[br]) continue;
+                    const T* row = xc + base[0] * xs[2] + base[1] * xs[3];
+                    for (int64_t ow = 0; ow < Wo; ++ow) acc += grow[ow * gs[4]] * Io<T>::load(row + ow * s * xs[4]);
+                  } else {
+                    const T* row = xc + base[0] * xs[2] + base[1] * xs[3];
+                    int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
+                    int64_t hi = (p.in_size[2] - 1 - off) >= 0 ? (p.in_size[2] - 1 - off) / s + 1 : 0;
+                    hi = std::min(hi, Wo);
+                    for (int64_t ow = lo; ow < hi; ++ow) acc += grow[ow * gs[4]] * Io<T>::load(row + (ow * s + off) * xs[4]);
+                  }
+                  sw[(br * cin_g + cl2) * K + j] += acc;
+                }
+              }
+            }
+          }
+      if (b.grad_bias) static_cast<A*>(b.grad_bias)[co] = static_cast<A>(sb);
+      for (int br = 0; br < 3; ++br)
+        if (gw[br])
+          for (int64_t cl2 = 0; cl2 < cin_g; ++cl2)
+            for (int j = 0; j < K; ++j) gw[br][(co * cin_g + cl2) * K + j] = static_cast<A>(sw[(br * cin_g + cl2) * K + j]);
+    }
+  }
+
+  // 3. dx
+  if (!b.grad_x) return Status::kSuccess;
+  T* gx = static_cast<T*>(b.grad_x);
+  const int64_t* gxs = b.grad_x_strides;
+  if (s == 1) {
+    // dx = forward of gz with in/out channels swapped per group and the taps reversed
+    std::vector<A> wf(3 * Ci * cout_g * K);
+    const int64_t fper = Ci * cout_g * K;
+    for (int br = 0; br < 3; ++br)
+      for (int64_t co = 0; co < Co; ++co)
+        for (int64_t cl2 = 0; cl2 < cin_g; ++cl2) {
+          const int64_t g = co / cout_g, ci = g * cin_g + cl2, col = co - g * cout_g;
+          for (int j = 0; j < K; ++j)
+            wf[br * fper + (ci * cout_g + col) * K + (K - 1 - j)] = w[br * wper + (co * cin_g + cl2) * K + j];
+        }
+    DecompConvParams tp = p;
+    tp.x = gz;
+    tp.y = gx;
+    tp.in_channels = Co;
+    tp.out_channels = Ci;
+    tp.activation = Activation::kNone;
+    std::memcpy(tp.x_strides, gs, sizeof(gs));
+    std::memcpy(tp.y_strides, gxs, sizeof(int64_t) * 5);
+    fwd_impl<A, T, A>(tp, wf, std::vector<A>());
+    return Status::kSuccess;
+  }
+  // stride > 1: gather every tap that lands on each input element
+  const int64_t D = p.in_size[0], H = p.in_size[1], W = p.in_size[2];
+  const int64_t osz[3] = {Do, Ho, Wo};
+  const int64_t in_total = N * Ci * D * H * W;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < in_total; ++i) {
+    const int64_t iw = i % W, ih = (i / W) % H, id = (i / (W * H)) % D, ci = (i / (W * H * D)) % Ci, n = i / (W * H * D * Ci);
+    const int64_t g = ci / cin_g, cl2 = ci - g * cin_g;
+    const int64_t ip[3] = {id, ih, iw};
+    A acc = 0;
+    for (int br = 0; br < 3; ++br) {
+      int64_t o[3];
+      bool ok = true;
+      for (int a = 0; a < 3; ++a) {
+        if (a == br) continue;
+        if (ip[a] % s != 0 || ip[a] / s >= osz[a]) { ok = false; break; }
+        o[a] = ip[a] / s;
+      }
+      if (!ok) continue;
+      for (int j = 0; j < K; ++j) {
+        const int64_t t = ip[br] + pad - j;
+        if (t < 0 || t % s != 0 || t / s >= osz[br]) continue;
+        o[br] = t / s;
+        const A* gp = gz + n * gs[0] + o[0] * gs[2] + o[1] * gs[3] + o[2] * gs[4];
+        for (int64_t col = 0; col < cout_g; ++col) {
+          const int64_t co = g * cout_g + col;
+          acc += w[br * wper + (co * cin_g + cl2) * K + j] * gp[co * gs[1]];
+        }
+      }
+    }
+    Io<T>::store(gx + n * gxs[0] + ci * gxs[1] + id * gxs[2] + ih * gxs[3] + iw * gxs[4], acc);
+  }
+  return Status::kSuccess;
+}
+
+}  // namespace
+
+Status decomp_conv_fwd(const DecompConvParams& p) {
+  const Status st = decomp_conv_check(p);
+  if (st != Status::kSuccess) return st;
+  MK_DTYPE_SWITCH(p.dtype, T, return fwd_typed<T>(p);)
+}
+
+Status decomp_conv_bwd(const DecompConvBwdParams& b) {
+  DecompConvParams chk = b.fwd;
+  chk.y = b.grad_x ? b.grad_x : const_cast<void*>(b.grad_y);  // y is unused in the backward
+  const Status st = decomp_conv_check(chk);
+  if (st != Status::kSuccess) return st;
+  MK_CHECK_ARG(b.grad_y, "decomp_conv_bwd: grad_y must not be null");
+  MK_CHECK_ARG(b.workspace && b.workspace_bytes >= decomp_conv_bwd_workspace_bytes(b),
+               "decomp_conv_bwd: workspace must hold decomp_conv_bwd_workspace_bytes() = " +
+                   std::to_string(decomp_conv_bwd_workspace_bytes(b)) + " bytes, got " + std::to_string(b.workspace_bytes));
+  MK_DTYPE_SWITCH(b.fwd.dtype, T, return bwd_typed<T>(b);)
+}
+
+}  // namespace cpu
+}  // namespace medkernels

@@ -1,0 +1,74 @@
+// Decomposed 3D convolution (DCFormer's DecompConv3D), plain C++ API.
+//
+//   y[n, co, o] = act( bias[co]
+//                 + sum_{ci in group(co)} sum_{j<k} w_d[co, ci', j] * x[n, ci, o_d*s - k/2 + j, o_h*s,  o_w*s]
+//                 +                               w_h[co, ci', j] * x[n, ci, o_d*s,  o_h*s - k/2 + j, o_w*s]
+//                 +                               w_w[co, ci', j] * x[n, ci, o_d*s,  o_h*s,  o_w*s - k/2 + j] )
+//
+// with zero padding, odd k, ci' = ci - group(co) * C_in/groups, and every output size
+// (in - 1) / s + 1. Tensors are addressed through NCDHW-ordered element strides, so NCDHW,
+// NDHWC (channels-last) and strided views all go through the same entry points.
+// Weights are contiguous (C_out, C_in/groups, k); bias is (C_out,) or null.
+// Activation math is in fp32 (fp64 for double); 16-bit inputs accumulate in fp32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "medkernels/common.h"
+
+namespace medkernels {
+
+struct DecompConvParams {
+  DType dtype = DType::kFloat32;
+  const void* x = nullptr;
+  const void* w_d = nullptr;
+  const void* w_h = nullptr;
+  const void* w_w = nullptr;
+  const void* bias = nullptr;  // may be null
+  void* y = nullptr;
+  int64_t batch = 0, in_channels = 0, out_channels = 0;
+  int64_t in_size[3] = {0, 0, 0};   // D, H, W
+  int64_t out_size[3] = {0, 0, 0};  // (in - 1) / stride + 1
+  int kernel_size = 3;
+  int stride = 1;
+  int64_t groups = 1;
+  Activation activation = Activation::kNone;
+  int64_t x_strides[5] = {0, 0, 0, 0, 0};  // elements, N C D H W
+  int64_t y_strides[5] = {0, 0, 0, 0, 0};
+};
+
+// Backward. grad_w_* are (C_out, C_in/groups, k) and grad_bias (C_out,), written (not
+// accumulated) in the accumulation type: float for float32/float16/bfloat16, double for
+// float64. grad_x has x's dtype. Any grad pointer may be null to skip it. The reduction for
+// the weight and bias gradients runs in a fixed order: the same bits on every run.
+struct DecompConvBwdParams {
+  DecompConvParams fwd;            // x, weights, bias, sizes, options as in the forward (y unused)
+  const void* grad_y = nullptr;
+  int64_t grad_y_strides[5] = {0, 0, 0, 0, 0};
+  void* grad_x = nullptr;
+  int64_t grad_x_strides[5] = {0, 0, 0, 0, 0};
+  void* grad_w_d = nullptr;
+  void* grad_w_h = nullptr;
+  void* grad_w_w = nullptr;
+  void* grad_bias = nullptr;
+  void* workspace = nullptr;       // decomp_conv_bwd_workspace_bytes() bytes, device memory
+  size_t workspace_bytes = 0;
+};
+
+// Checks sizes, strides and options; on failure returns kInvalidArgument and sets last_error().
+Status decomp_conv_check(const DecompConvParams& p);
+size_t decomp_conv_bwd_workspace_bytes(const DecompConvBwdParams& p);
+
+namespace cpu {
+Status decomp_conv_fwd(const DecompConvParams& p);
+Status decomp_conv_bwd(const DecompConvBwdParams& p);
+}  // namespace cpu
+
+namespace cuda {
+// stream is a cudaStream_t (null: the legacy default stream).
+Status decomp_conv_fwd(const DecompConvParams& p, void* stream);
+Status decomp_conv_bwd(const DecompConvBwdParams& p, void* stream);
+}  // namespace cuda
+
+}  // namespace medkernels

@@ -1,0 +1,18 @@
+"""medkernels: fused Triton/CUDA/C++ kernels for 3D medical vision-language and diffusion models."""
+
+from . import _environment  # noqa: F401  (sets TRITON_INTERPRET before any kernel module loads)
+from ._dispatch import BACKEND_ORDER, backends
+from ._extension import extension as _extension
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What ``medkernels._C`` was built with (CUDA version, archs, OpenMP), or why it is missing."""
+    info = _extension.build_info()
+    if not info:
+        return {"error": _extension.unavailable_reason}
+    return info
+
+
+__all__ = ["BACKEND_ORDER", "backends", "build_info", "__version__"]

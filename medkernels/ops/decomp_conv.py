@@ -1,0 +1,291 @@
+"""``decomp_conv3d``: the decomposed 3D convolution as a torch custom op with autograd.
+
+Backends: ``cuda`` (our CUDA kernels), ``triton``, ``cpu`` (our C++/OpenMP), ``reference``
+(three ``F.conv3d``). All compute the same function; ``auto`` picks by device and shape.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _dispatch
+from .._extension import extension
+from ..reference.decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_ref
+from ._common import check_int, check_same, check_tensor, cuda_stream, describe, empty_like_layout
+
+ACTIVATIONS = (None, "gelu", "relu", "silu")
+MAX_KERNEL = 15
+
+
+def _limits(**inputs):
+    return []
+
+
+def _cuda_auto(**inputs) -> bool:
+    # A CUDA kernel is auto's pick only once it has beaten Triton on a GPU in our benchmarks;
+    # benchmarks/results holds no such GPU run yet, so auto runs Triton on GPU tensors.
+    return False
+
+
+def _cpu_auto(**inputs) -> bool:
+    return True
+
+
+_DISPATCH = _dispatch.Dispatcher(
+    "decomp_conv3d",
+    (
+        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("decomp_conv_fwd_cuda"), auto=_cuda_auto),
+        _dispatch.Backend(
+            "triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine, auto=_dispatch.triton_auto
+        ),
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("decomp_conv_fwd_cpu"), auto=_cpu_auto),
+        _dispatch.Backend("reference", ("cpu", "cuda")),
+    ),
+)
+
+
+# --- the compiled backends share one parameter block -----------------------------------
+def _dtype_code(dtype: torch.dtype):
+    C = extension.module
+    return {
+        torch.float32: C.DType.float32,
+        torch.float16: C.DType.float16,
+        torch.bfloat16: C.DType.bfloat16,
+        torch.float64: C.DType.float64,
+    }[dtype]
+
+
+def _params(x, w_d, w_h, w_w, bias, stride, groups, activation, y_shape):
+    C = extension.module
+    p = C.DecompConvParams()
+    p.dtype = _dtype_code(x.dtype)
+    p.x, p.w_d, p.w_h, p.w_w = x.data_ptr(), w_d.data_ptr(), w_h.data_ptr(), w_w.data_ptr()
+    p.bias = bias.data_ptr() if bias is not None else 0
+    p.batch, p.in_channels, p.out_channels = x.shape[0], x.shape[1], w_d.shape[0]
+    p.in_size = list(x.shape[2:])
+    p.out_size = list(y_shape[2:])
+    p.kernel_size, p.stride, p.groups = w_d.shape[-1], stride, groups
+    p.activation = getattr(C.Activation, activation or "none")
+    p.x_strides = list(x.stride())
+    return p
+
+
+def _compiled_fwd(device_kind: str):
+    def run(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
+        p = _params(x, w_d, w_h, w_w, bias, stride, groups, activation, out.shape)
+        p.y = out.data_ptr()
+        p.y_strides = list(out.stride())
+        C = extension.module
+        if device_kind == "cuda":
+            C.decomp_conv_fwd_cuda(p, cuda_stream(x))
+        else:
+            C.decomp_conv_fwd_cpu(p)
+        return out
+
+    return run
+
+
+def _compiled_bwd(device_kind: str):
+    def run(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, grad_x):
+        C = extension.module
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        b = C.DecompConvBwdParams()
+        b.fwd = _params(x, w_d, w_h, w_w, bias, stride, groups, activation, grad_y.shape)
+        gws = [torch.empty(w_d.shape, dtype=acc, device=x.device) for _ in range(3)]
+        gb = torch.empty(w_d.shape[0], dtype=acc, device=x.device)
+        b.grad_y, b.grad_y_strides = grad_y.data_ptr(), list(grad_y.stride())
+        b.grad_x, b.grad_x_strides = grad_x.data_ptr(), list(grad_x.stride())
+        b.grad_w_d, b.grad_w_h, b.grad_w_w, b.grad_bias = (t.data_ptr() for t in (*gws, gb))
+        nbytes = C.decomp_conv_bwd_workspace_bytes(b)
+        ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=x.device)
+        b.workspace, b.workspace_bytes = ws.data_ptr(), nbytes
+        if device_kind == "cuda":
+            C.decomp_conv_bwd_cuda(b, cuda_stream(x))
+        else:
+            C.decomp_conv_bwd_cpu(b)
+        return (grad_x, *gws, gb)
+
+    return run
+
+
+def _triton_fwd(*args):
+    from ..triton.decomp_conv import decomp_conv_fwd
+
+    return decomp_conv_fwd(*args)
+
+
+def _triton_bwd(*args):
+    from ..triton.decomp_conv import decomp_conv_bwd
+
+    return decomp_conv_bwd(*args)
+
+
+def _reference_fwd(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
+    out.copy_(decomp_conv3d_ref(x, w_d, w_h, w_w, bias, stride, groups, activation))
+    return out
+
+
+def _reference_bwd(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, grad_x):
+    gx, *rest = decomp_conv3d_bwd_ref(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation)
+    grad_x.copy_(gx)
+    return (grad_x, *rest)
+
+
+_FWD = {"cuda": _compiled_fwd("cuda"), "triton": _triton_fwd, "cpu": _compiled_fwd("cpu"), "reference": _reference_fwd}
+_BWD = {"cuda": _compiled_bwd("cuda"), "triton": _triton_bwd, "cpu": _compiled_bwd("cpu"), "reference": _reference_bwd}
+
+
+def _out_shape(x: torch.Tensor, c_out: int, stride: int):
+    return (x.shape[0], c_out, *((s - 1) // stride + 1 for s in x.shape[2:]))
+
+
+# --- the custom ops: the one compile-safe boundary ----------------------------------------
+@torch.library.custom_op("medkernels::decomp_conv3d", mutates_args=())
+def _decomp_conv3d_op(
+    x: torch.Tensor,
+    w_d: torch.Tensor,
+    w_h: torch.Tensor,
+    w_w: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: int,
+    groups: int,
+    activation: str,
+    backend: str,
+) -> torch.Tensor:
+    out = empty_like_layout(x, _out_shape(x, w_d.shape[0], stride))
+    return _FWD[backend](x, w_d, w_h, w_w, bias, stride, groups, activation or None, out)
+
+
+@_decomp_conv3d_op.register_fake
+def _(x, w_d, w_h, w_w, bias, stride, groups, activation, backend):
+    return empty_like_layout(x, _out_shape(x, w_d.shape[0], stride))
+
+
+@torch.library.custom_op("medkernels::decomp_conv3d_bwd", mutates_args=())
+def _decomp_conv3d_bwd_op(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    w_d: torch.Tensor,
+    w_h: torch.Tensor,
+    w_w: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: int,
+    groups: int,
+    activation: str,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_x = empty_like_layout(x, x.shape)
+    gx, gwd, gwh, gww, gb = _BWD[backend](grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation or None, grad_x)
+    return gx, gwd.to(w_d.dtype), gwh.to(w_h.dtype), gww.to(w_w.dtype), gb.to(x.dtype)
+
+
+@_decomp_conv3d_bwd_op.register_fake
+def _(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, backend):
+    gb = x.new_empty((w_d.shape[0],))
+    return empty_like_layout(x, x.shape), torch.empty_like(w_d), torch.empty_like(w_h), torch.empty_like(w_w), gb
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_d, w_h, w_w, bias, stride, groups, activation, backend = inputs
+    ctx.save_for_backward(x, w_d, w_h, w_w, bias)
+    ctx.options = (stride, groups, activation, backend)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_y):
+    x, w_d, w_h, w_w, bias = ctx.saved_tensors
+    stride, groups, activation, backend = ctx.options
+    gx, gwd, gwh, gww, gb = _decomp_conv3d_bwd_op(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, backend)
+    return gx, gwd, gwh, gww, (gb if ctx.has_bias else None), None, None, None, None
+
+
+_decomp_conv3d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- the public function -------------------------------------------------------------------
+def _weight_3d(name: str, w: torch.Tensor, axis: int, c_out: int) -> torch.Tensor:
+    """Accept (C_out, C_in/g, k) or the branch's 5-D conv weight; return contiguous (C_out, C_in/g, k)."""
+    check_tensor(name, w, dims=(3, 5))
+    if w.dim() == 5:
+        spatial = list(w.shape[2:])
+        k = spatial[axis]
+        expect = [1, 1, 1]
+        expect[axis] = k
+        if spatial != expect:
+            want = ["1", "1", "1"]
+            want[axis] = "k"
+            raise ValueError(f"{name} as a 5-D conv weight must be (C_out, C_in/groups, {', '.join(want)}), got {describe(w)}")
+        w = w.reshape(w.shape[0], w.shape[1], k)
+    if w.shape[0] != c_out:
+        raise ValueError(f"{name} must have {c_out} output channels (as w_d), got {describe(w)}")
+    return w.contiguous()
+
+
+def decomp_conv3d(
+    x: torch.Tensor,
+    w_d: torch.Tensor,
+    w_h: torch.Tensor,
+    w_w: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: int = 1,
+    groups: Optional[int] = None,
+    activation: Optional[str] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Decomposed 3D convolution: ``act(conv_d(x) + conv_h(x) + conv_w(x) + bias)``.
+
+    Args:
+        x: (N, C_in, D, H, W), NCDHW or channels-last (NDHWC) memory; the output keeps the layout.
+        w_d, w_h, w_w: (C_out, C_in/groups, k) weights of the depth, height and width branches,
+            or the 5-D ``Conv3d`` weights (C_out, C_in/groups, k,1,1) / (…,1,k,1) / (…,1,1,k).
+            k odd, 1 <= k <= 15; each branch pads k//2 on its own axis.
+        bias: (C_out,) summed bias of the three branches (folded BN), or None.
+        stride: the same stride on every axis and branch; output size (S - 1) // stride + 1.
+        groups: channel groups; None means depthwise (groups = C_in).
+        activation: None, "gelu" (exact erf), "relu" or "silu".
+        backend: "auto", "cuda", "triton", "cpu" or "reference".
+
+    Returns:
+        (N, C_out, Do, Ho, Wo) in x's dtype and memory layout.
+    """
+    check_tensor("x", x, dim=5)
+    if x.numel() == 0:
+        raise ValueError(f"x must be non-empty, got {describe(x)}")
+    c_in = x.shape[1]
+    groups = c_in if groups is None else check_int("groups", groups)
+    stride = check_int("stride", stride)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_tensor("w_d", w_d, dims=(3, 5))
+    c_out = w_d.shape[0]
+    w_d = _weight_3d("w_d", w_d, 0, c_out)
+    w_h = _weight_3d("w_h", w_h, 1, c_out)
+    w_w = _weight_3d("w_w", w_w, 2, c_out)
+    k = w_d.shape[-1]
+    if k % 2 == 0 or not 1 <= k <= MAX_KERNEL:
+        raise ValueError(f"kernel size must be odd and in 1..{MAX_KERNEL}, got k={k} (w_d {describe(w_d)})")
+    for name, w in (("w_h", w_h), ("w_w", w_w)):
+        if w.shape != w_d.shape:
+            raise ValueError(f"{name} must have the shape of w_d {tuple(w_d.shape)}, got {describe(w)}")
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"groups={groups} must divide C_in={c_in} (x {describe(x)}) and C_out={c_out}")
+    if w_d.shape[1] != c_in // groups:
+        raise ValueError(
+            f"w_d must be (C_out, C_in/groups={c_in // groups}, k) for x with C_in={c_in} and groups={groups}, "
+            f"got {describe(w_d)}"
+        )
+    if bias is not None:
+        check_tensor("bias", bias, dim=1)
+        if bias.shape[0] != c_out:
+            raise ValueError(f"bias must be ({c_out},), got {describe(bias)}")
+        bias = bias.contiguous()
+    check_same("x", x, w_d=w_d, w_h=w_h, w_w=w_w, bias=bias)
+    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride)
+    return _decomp_conv3d_op(x, w_d, w_h, w_w, bias, stride, groups, activation or "", name)
+
+
+def decomp_conv3d_backend(x: torch.Tensor, k: int, groups: int, stride: int = 1, backend: str = "auto") -> str:
+    """The backend ``decomp_conv3d`` would run for these inputs (for benchmarks and reports)."""
+    return _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride)

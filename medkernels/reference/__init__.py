@@ -1,0 +1,6 @@
+"""Plain-PyTorch references: the oracle of the tests, the baseline of the benchmarks and the
+``backend="reference"`` implementation. Each follows the official model's code step by step."""
+
+from .decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_module_ref, decomp_conv3d_ref
+
+__all__ = ["decomp_conv3d_ref", "decomp_conv3d_bwd_ref", "decomp_conv3d_module_ref"]
