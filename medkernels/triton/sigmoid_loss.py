@@ -1,0 +1,317 @@
+"""Pairwise sigmoid (SigLIP) loss in Triton: the N x M logits never exist in memory.
+
+    L_ij = e^t' x_i . y_j + b          (med3dvlm: e^t' (x_i . y_j + x_j . y_i) / 2 + b)
+    loss = scale * sum_ij softplus(-z_ij L_ij),   z_ij = +1 on positive pairs, -1 elsewhere
+
+Forward: one program per block of rows of x walks the column blocks of y; each (BLOCK_M x
+BLOCK_N) tile of logits is a ``tl.dot`` over d, consumed by the softplus and dropped. The
+program writes one partial sum; the partials are summed afterwards in a fixed order, so the
+loss has the same bits on every run (no atomics).
+
+Backward (flash-style, recomputing the tiles), with G_ij = c * dloss_ij/dL_ij =
+-c z_ij sigmoid(-z_ij L_ij) and c = grad * scale:
+  dx_I = e^t' sum_J G_IJ y_J        one program per (row block of x, block of d)
+  dy_J = e^t' sum_I G_IJ^T x_I      the same kernel with x and y (and the positives) swapped
+  dt'  = sum G * (L - b),  db = sum G   per-program partials from the first pass, d block 0
+med3dvlm: G is symmetrised, G_s = (G + G^T)/2, so dx_I = e^t' sum_J G_s,IJ y_J and
+dy_I = e^t' sum_J G_s,IJ x_J both come from one pass over the row blocks.
+Each program owns its output rows, accumulates them in fp32 registers over the whole walk
+and stores them once: deterministic, no atomics. Memory: O((N + M) d) plus the partials.
+
+Positive pairs (POS constexpr): 0 the diagonal i - j == diag_offset, 1 labels
+``lx[i] == ly[j]`` (int64), 2 an explicit (N, M) uint8 mask read through its strides.
+Swapping x and y swaps lx/ly, transposes the mask strides and negates diag_offset.
+fp16/bf16 inputs feed the tensor cores and accumulate in fp32; fp32 uses IEEE dots.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _log1p(e):
+    # Goldberg's log1p: exact to a few ulp for the tiny e = exp(-|u|) of confident pairs
+    # (log(1 + e) alone loses all digits below 1e-7 in fp32).
+    u = 1.0 + e
+    return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+
+
+@triton.jit
+def _positives(rows, cols, row_m, col_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, diag_offset, POS: tl.constexpr):
+    if POS == 0:
+        pos = (rows[:, None] - cols[None, :]) == diag_offset
+    elif POS == 1:
+        lr = tl.load(lx_ptr + rows, mask=row_m, other=0)
+        lc = tl.load(ly_ptr + cols, mask=col_m, other=-1)
+        pos = lr[:, None] == lc[None, :]
+    else:
+        mv = tl.load(mask_ptr + rows[:, None] * smr + cols[None, :] * smc,
+                     mask=row_m[:, None] & col_m[None, :], other=0)
+        pos = mv != 0
+    return pos
+
+
+@triton.jit
+def _dots(a_ptr, b_ptr, rows, cols, row_m, col_m, D, sa0, sa1, sb0, sb1,
+          ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+          BLOCK_K: tl.constexpr):
+    # (BLOCK_M x BLOCK_N) tile of a[rows] . b[cols] over the whole of d
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+    for k0 in range(0, D, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_m = k < D
+        a = tl.load(a_ptr + rows[:, None] * sa0 + k[None, :] * sa1, mask=row_m[:, None] & k_m[None, :], other=0.0)
+        b = tl.load(b_ptr + cols[:, None] * sb0 + k[None, :] * sb1, mask=col_m[:, None] & k_m[None, :], other=0.0)
+        acc += tl.dot(a, tl.trans(b), input_precision=PREC, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _sigmoid_loss_fwd_kernel(
+    x_ptr, y_ptr, tp_ptr, b_ptr, lx_ptr, ly_ptr, mask_ptr, part_ptr,
+    N, M, D, diag_offset,
+    sxn, sxd, syn, syd, smr, smc,
+    POS: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_m = rows < N
+    s = tl.exp(tl.load(tp_ptr).to(ACC))
+    bias = tl.load(b_ptr).to(ACC)
+    total = tl.zeros([BLOCK_M], dtype=ACC)
+    for c0 in range(0, M, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        col_m = cols < M
+        dots = _dots(x_ptr, y_ptr, rows, cols, row_m, col_m, D, sxn, sxd, syn, syd,
+                     ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K)
+        if SYMMETRIC:
+            # (x_j . y_i) for the transposed half: y rows against x columns
+            dots = 0.5 * (dots + _dots(y_ptr, x_ptr, rows, cols, row_m, col_m, D, syn, syd, sxn, sxd,
+                                       ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K))
+        logits = s * dots + bias
+        pos = _positives(rows, cols, row_m, col_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, diag_offset, POS)
+        u = tl.where(pos, -logits, logits)  # -z L
+        sp = tl.maximum(u, 0.0) + _log1p(tl.exp(-tl.abs(u)))
+        sp = tl.where(row_m[:, None] & col_m[None, :], sp, 0.0)
+        total += tl.sum(sp, axis=1)
+    tl.store(part_ptr + pid, tl.sum(total, axis=0))
+
+
+@triton.jit
+def _sigmoid_loss_bwd_kernel(
+    a_ptr, b_ptr, tp_ptr, bias_ptr, c_ptr, la_ptr, lb_ptr, mask_ptr, da_ptr, db_ptr, part_ptr,
+    NA, NB, D, diag_offset,
+    sa0, sa1, sb0, sb1, smr, smc, sda0, sda1, sdb0, sdb1,
+    POS: tl.constexpr, SYMMETRIC: tl.constexpr, PARTIALS: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # rows: the side whose gradient this program owns (a); cols: the other side (b).
+    pid = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_m = rows < NA
+    dcol = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_m = dcol < D
+    s = tl.exp(tl.load(tp_ptr).to(ACC))
+    bias = tl.load(bias_ptr).to(ACC)
+    c = tl.load(c_ptr).to(ACC)
+    acc_a = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+    acc_b = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+    g_sum = tl.zeros([BLOCK_M], dtype=ACC)
+    gd_sum = tl.zeros([BLOCK_M], dtype=ACC)
+    for c0 in range(0, NB, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        col_m = cols < NB
+        tile_m = row_m[:, None] & col_m[None, :]
+        dots = _dots(a_ptr, b_ptr, rows, cols, row_m, col_m, D, sa0, sa1, sb0, sb1,
+                     ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K)
+        if SYMMETRIC:
+            dots = 0.5 * (dots + _dots(b_ptr, a_ptr, rows, cols, row_m, col_m, D, sb0, sb1, sa0, sa1,
+                                       ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K))
+        logits = s * dots + bias
+        pos = _positives(rows, cols, row_m, col_m, la_ptr, lb_ptr, mask_ptr, smr, smc, diag_offset, POS)
+        z = tl.where(pos, 1.0, -1.0)
+        g = -c * z / (1.0 + tl.exp(z * logits))  # -c z sigmoid(-z L)
+        if SYMMETRIC:
+            # G^T at (i, j) uses the positive flag of the pair (j, i)
+            pos_t = _positives(cols, rows, col_m, row_m, la_ptr, lb_ptr, mask_ptr, smr, smc, diag_offset, POS)
+            pos_t = tl.trans(pos_t)
+            z_t = tl.where(pos_t, 1.0, -1.0)
+            g = 0.5 * (g - c * z_t / (1.0 + tl.exp(z_t * logits)))
+        g = tl.where(tile_m, g, 0.0)
+        if PARTIALS:
+            g_sum += tl.sum(g, axis=1)
+            gd_sum += tl.sum(g * dots, axis=1)
+        bt = tl.load(b_ptr + cols[:, None] * sb0 + dcol[None, :] * sb1, mask=col_m[:, None] & d_m[None, :], other=0.0)
+        acc_a += tl.dot(g.to(bt.dtype), bt, input_precision=PREC, out_dtype=ACC)
+        if SYMMETRIC:
+            at = tl.load(a_ptr + cols[:, None] * sa0 + dcol[None, :] * sa1,
+                         mask=col_m[:, None] & d_m[None, :], other=0.0)
+            acc_b += tl.dot(g.to(at.dtype), at, input_precision=PREC, out_dtype=ACC)
+    out_m = row_m[:, None] & d_m[None, :]
+    tl.store(da_ptr + rows[:, None] * sda0 + dcol[None, :] * sda1, (s * acc_a).to(da_ptr.dtype.element_ty), mask=out_m)
+    if SYMMETRIC:
+        tl.store(db_ptr + rows[:, None] * sdb0 + dcol[None, :] * sdb1, (s * acc_b).to(db_ptr.dtype.element_ty),
+                 mask=out_m)
+    if PARTIALS:
+        # only the programs of d block 0 write; the others leave their slots unused
+        zero = tl.zeros([BLOCK_M], dtype=tl.int64)
+        first = (zero + pid_d) == 0
+        slot = tl.arange(0, BLOCK_M) == 0
+        tl.store(part_ptr + pid * 2 + zero, zero.to(ACC) + tl.sum(g_sum, axis=0), mask=first & slot)
+        tl.store(part_ptr + pid * 2 + 1 + zero, zero.to(ACC) + s * tl.sum(gd_sum, axis=0), mask=first & slot)
+
+
+# --- launchers -------------------------------------------------------------------------------
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # fp32 operands would otherwise run as tf32 on tensor cores (~1e-3 error)
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _blocks(x: torch.Tensor, d: int) -> Tuple[int, int, int, int]:
+    if x.is_cuda:
+        bk = 64 if x.dtype != torch.float64 else 32
+        return 64, 64, bk, max(16, min(triton.next_power_of_2(d), 128))
+    # the interpreter: a few big tiles are far cheaper than many small ones
+    big = max(16, min(triton.next_power_of_2(d), 128))
+    return 32, 32, big, big
+
+
+def _pos_args(n, m, labels_x, labels_y, mask, diag_offset, swap: bool):
+    """POS code and the positive-pair arguments, for x-rows (swap=False) or y-rows (swap=True)."""
+    dummy = torch.empty(1, dtype=torch.int64)
+    if mask is not None:
+        smr, smc = mask.stride()
+        return 2, dummy, dummy, mask, (smc, smr) if swap else (smr, smc), 0
+    if labels_x is not None:
+        la, lb = (labels_y, labels_x) if swap else (labels_x, labels_y)
+        return 1, la, lb, dummy, (0, 0), 0
+    return 0, dummy, dummy, dummy, (0, 0), (-diag_offset if swap else diag_offset)
+
+
+def _dev(t: torch.Tensor, device) -> torch.Tensor:
+    return t.to(device) if t.device != device else t
+
+
+def sigmoid_loss_fwd(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t_prime: torch.Tensor,
+    bias: torch.Tensor,
+    labels_x: Optional[torch.Tensor],
+    labels_y: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    diag_offset: int,
+    symmetric: bool,
+) -> torch.Tensor:
+    """The unscaled sum of the pair losses, a 0-d fp32 (fp64 for fp64 inputs) tensor.
+
+    mask: (N, M) uint8 or None; labels: int64 or None. t_prime, bias: 1-element tensors.
+    """
+    n, d = x.shape
+    m = y.shape[0]
+    bm, bn, bk, _ = _blocks(x, d)
+    pos, la, lb, mk, (smr, smc), off = _pos_args(n, m, labels_x, labels_y, mask, diag_offset, False)
+    la, lb, mk = (_dev(t, x.device) for t in (la, lb, mk))
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    part = torch.empty(triton.cdiv(n, bm), dtype=acc_dtype, device=x.device)
+    _sigmoid_loss_fwd_kernel[(triton.cdiv(n, bm),)](
+        x, y, t_prime, bias, la, lb, mk, part,
+        n, m, d, off,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1), smr, smc,
+        POS=pos, SYMMETRIC=symmetric, ACC=_acc(x.dtype), PREC=_prec(x.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+    )
+    return part.sum()
+
+
+def sigmoid_loss_bwd(
+    c: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t_prime: torch.Tensor,
+    bias: torch.Tensor,
+    labels_x: Optional[torch.Tensor],
+    labels_y: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    diag_offset: int,
+    symmetric: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dy, dt', db) of ``c * sum pair losses``; c a 1-element tensor (grad * scale).
+    dx, dy in the inputs' dtype; dt', db 0-d in the accumulation dtype."""
+    n, d = x.shape
+    m = y.shape[0]
+    bm, bn, bk, bd = _blocks(x, d)
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dy = torch.empty_like(y, memory_format=torch.contiguous_format)
+    c = c.to(acc_dtype).reshape(1)
+    grid_n = triton.cdiv(n, bm)
+    part = torch.zeros(grid_n, 2, dtype=acc_dtype, device=x.device)
+    common = dict(ACC=_acc(x.dtype), PREC=_prec(x.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
+    pos, la, lb, mk, (smr, smc), off = _pos_args(n, m, labels_x, labels_y, mask, diag_offset, False)
+    la, lb, mk = (_dev(t, x.device) for t in (la, lb, mk))
+    _sigmoid_loss_bwd_kernel[(grid_n, triton.cdiv(d, bd))](
+        x, y, t_prime, bias, c, la, lb, mk, dx, dy, part,
+        n, m, d, off,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1), smr, smc,
+        dx.stride(0), dx.stride(1), dy.stride(0), dy.stride(1),
+        POS=pos, SYMMETRIC=symmetric, PARTIALS=True, **common,
+    )
+    if not symmetric:
+        pos, la, lb, mk, (smr, smc), off = _pos_args(n, m, labels_x, labels_y, mask, diag_offset, True)
+        la, lb, mk = (_dev(t, x.device) for t in (la, lb, mk))
+        _sigmoid_loss_bwd_kernel[(triton.cdiv(m, bm), triton.cdiv(d, bd))](
+            y, x, t_prime, bias, c, la, lb, mk, dy, dx, part,
+            m, n, d, off,
+            y.stride(0), y.stride(1), x.stride(0), x.stride(1), smr, smc,
+            dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
+            POS=pos, SYMMETRIC=False, PARTIALS=False, **common,
+        )
+    sums = part.sum(0)
+    return dx, dy, sums[1], sums[0]
+
+
+def lowering_specs():
+    """(kernel, signature, constexprs) for compiling every kernel here for sm_90 (no GPU needed)."""
+    specs = []
+    fwd_sig = {
+        "x_ptr": "*bf16", "y_ptr": "*bf16", "tp_ptr": "*fp32", "b_ptr": "*fp32", "lx_ptr": "*i64", "ly_ptr": "*i64",
+        "mask_ptr": "*u8", "part_ptr": "*fp32",
+        "N": "i32", "M": "i32", "D": "i32", "diag_offset": "i64",
+        "sxn": "i64", "sxd": "i64", "syn": "i64", "syd": "i64", "smr": "i64", "smc": "i64",
+    }
+    bwd_sig = {
+        "a_ptr": "*bf16", "b_ptr": "*bf16", "tp_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": "*fp32",
+        "la_ptr": "*i64", "lb_ptr": "*i64", "mask_ptr": "*u8", "da_ptr": "*bf16", "db_ptr": "*bf16",
+        "part_ptr": "*fp32",
+        "NA": "i32", "NB": "i32", "D": "i32", "diag_offset": "i64",
+        "sa0": "i64", "sa1": "i64", "sb0": "i64", "sb1": "i64", "smr": "i64", "smc": "i64",
+        "sda0": "i64", "sda1": "i64", "sdb0": "i64", "sdb1": "i64",
+    }
+    # every kernel and every code path (positive modes, symmetric, IEEE fp32) once, kept short:
+    # each fp32 IEEE variant takes seconds to compile
+    for dt, prec, pos, sym in (
+        ("bf16", "tf32", 0, False), ("bf16", "tf32", 1, False), ("bf16", "tf32", 2, False),
+        ("bf16", "tf32", 2, True), ("fp32", "ieee", 0, False),
+    ):
+        cx = dict(POS=pos, SYMMETRIC=sym, ACC=tl.float32, PREC=prec, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
+        sig = {k: v.replace("bf16", dt) for k, v in fwd_sig.items()}
+        sig.update({k: "constexpr" for k in cx})
+        specs.append((_sigmoid_loss_fwd_kernel, sig, cx))
+        cx = dict(cx, PARTIALS=not sym, BLOCK_D=128)
+        sig = {k: v.replace("bf16", dt) for k, v in bwd_sig.items()}
+        sig.update({k: "constexpr" for k in cx})
+        specs.append((_sigmoid_loss_bwd_kernel, sig, cx))
+    return specs
