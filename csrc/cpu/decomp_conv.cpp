@@ -12,12 +12,14 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "medkernels/decomp_conv.h"
 #include "medkernels/detail/activation.h"
 #include "medkernels/detail/dtype_switch.h"
 #include "medkernels/detail/error.h"
+#include "vec.h"
 
 namespace medkernels {
 
@@ -66,6 +68,59 @@ std::vector<A> load_weights(const DecompConvParams& p) {
   return w;
 }
 
+// Depthwise, stride 1: one thread owns a channel volume (n, c). It copies the volume into a
+// float buffer with a zero halo of k/2 on every side (this also converts 16-bit inputs and
+// gathers strided ones), after which every one of the 3k taps of every output row is a plain
+// shifted row of that buffer: an output row is one register-blocked multi-tap FMA
+// (vec::taps_row) with no bounds checks.
+template <typename TI, typename TO, typename A>
+void fwd_depthwise_planes(const DecompConvParams& p, const std::vector<A>& w, const std::vector<A>& bias) {
+  const TI* x = static_cast<const TI*>(p.x);
+  TO* y = static_cast<TO*>(p.y);
+  const int K = p.kernel_size, pad = K / 2, T = 3 * K;
+  const int64_t N = p.batch, C = p.out_channels;
+  const int64_t D = p.in_size[0], H = p.in_size[1], W = p.in_size[2];
+  const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, plane = Hp * Wp;
+  const int64_t* xs = p.x_strides;
+  const int64_t* ys = p.y_strides;
+  const int64_t wper = C * K;
+#pragma omp parallel
+  {
+    std::vector<A> vol((D + 2 * pad) * plane);
+    std::vector<A> row(W);
+    std::vector<const A*> src(T);
+    std::vector<A> wt(T);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < N * C; ++item) {
+      const int64_t n = item / C, c = item % C;
+      const TI* xc = x + n * xs[0] + c * xs[1];
+      std::fill(vol.begin(), vol.end(), A(0));
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t h = 0; h < H; ++h) {
+          const TI* s = xc + d * xs[2] + h * xs[3];
+          A* dst = vol.data() + (d + pad) * plane + (h + pad) * Wp + pad;
+          for (int64_t ww = 0; ww < W; ++ww) dst[ww] = static_cast<A>(Io<TI>::load(s + ww * xs[4]));
+        }
+      for (int br = 0; br < 3; ++br)
+        for (int j = 0; j < K; ++j) wt[br * K + j] = w[br * wper + c * K + j];
+      const A b = bias.empty() ? A(0) : bias[c];
+      for (int64_t od = 0; od < D; ++od)
+        for (int64_t oh = 0; oh < H; ++oh) {
+          // the padded buffer index of output (od, oh, 0) is (od+pad, oh+pad, pad)
+          const A* center = vol.data() + (od + pad) * plane + (oh + pad) * Wp + pad;
+          for (int j = 0; j < K; ++j) {
+            src[j] = center + (j - pad) * plane;
+            src[K + j] = center + (j - pad) * Wp;
+            src[2 * K + j] = center + (j - pad);
+          }
+          vec::taps_row(row.data(), src.data(), wt.data(), T, W, b);
+          TO* yr = y + n * ys[0] + c * ys[1] + od * ys[2] + oh * ys[3];
+          for (int64_t ow = 0; ow < W; ++ow) Io<TO>::store(yr + ow * ys[4], act_fwd<A>(p.activation, row[ow]));
+        }
+    }
+  }
+}
+
 // The forward, generic in the input storage type TI and output storage type TO.
 // w: [3][C_out][C_in/g][k] in A; bias: C_out values in A or empty.
 template <typename TI, typename TO, typename A>
@@ -83,6 +138,10 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
   const bool has_bias = !bias.empty();
 
   const bool channel_order = xs[1] == 1 && ys[1] == 1 && Co > 1;
+  if (!channel_order && s == 1 && cin_g == 1 && cout_g == 1) {
+    fwd_depthwise_planes<TI, TO, A>(p, w, bias);
+    return;
+  }
   if (!channel_order) {
     const int64_t rows = N * Co * Do * Ho;
 #pragma omp parallel
@@ -136,14 +195,57 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
 
   // Channel order: contiguous channels innermost.
   const bool depthwise = cin_g == 1 && cout_g == 1;
-  // Depthwise weights transposed to [branch][j][c] so the inner loop is unit stride.
-  std::vector<A> wt;
   if (depthwise) {
-    wt.resize(3 * K * Co);
+    // Depthwise weights transposed to [branch][j][c]; each valid tap of an output position is
+    // a channel vector, and vec::taps_vec sums them with the channels in registers.
+    std::vector<A> wt(3 * K * Co);
     for (int br = 0; br < 3; ++br)
       for (int j = 0; j < K; ++j)
         for (int64_t c = 0; c < Co; ++c) wt[(br * K + j) * Co + c] = w[br * wper + c * K + j];
+    // 16-bit (or channel-strided) inputs: one float copy, dense NDHWC
+    std::vector<A> xbuf;
+    const A* xf = reinterpret_cast<const A*>(x);
+    int64_t fs[5] = {xs[0], xs[1], xs[2], xs[3], xs[4]};
+    if (!std::is_same<TI, A>::value) {
+      const int64_t D = p.in_size[0], H = p.in_size[1], W = p.in_size[2];
+      xbuf.resize(N * D * H * W * Ci);
+      fs[1] = 1; fs[4] = Ci; fs[3] = Ci * W; fs[2] = Ci * W * H; fs[0] = Ci * W * H * D;
+#pragma omp parallel for schedule(static)
+      for (int64_t q = 0; q < N * D * H * W; ++q) {
+        const int64_t iw = q % W, ih = (q / W) % H, id = (q / (W * H)) % D, n = q / (W * H * D);
+        const TI* s = x + n * xs[0] + id * xs[2] + ih * xs[3] + iw * xs[4];
+        A* d = xbuf.data() + q * Ci;
+        for (int64_t c = 0; c < Ci; ++c) d[c] = static_cast<A>(Io<TI>::load(s + c * xs[1]));
+      }
+      xf = xbuf.data();
+    }
+    const int64_t positions = N * Do * Ho * Wo;
+#pragma omp parallel
+    {
+      std::vector<A> acc(Co);
+      std::vector<const A*> src(3 * K), wp(3 * K);
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < positions; ++q) {
+        const int64_t ow = q % Wo, oh = (q / Wo) % Ho, od = (q / (Wo * Ho)) % Do, n = q / (Wo * Ho * Do);
+        const int64_t in_pos[3] = {od * s, oh * s, ow * s};
+        int nt = 0;
+        for (int br = 0; br < 3; ++br)
+          for (int j = 0; j < K; ++j) {
+            int64_t ip[3] = {in_pos[0], in_pos[1], in_pos[2]};
+            ip[br] += j - pad;
+            if (ip[br] < 0 || ip[br] >= p.in_size[br]) continue;
+            src[nt] = xf + n * fs[0] + ip[0] * fs[2] + ip[1] * fs[3] + ip[2] * fs[4];
+            wp[nt] = wt.data() + (br * K + j) * Co;
+            ++nt;
+          }
+        vec::taps_vec(acc.data(), src.data(), wp.data(), nt, Co, has_bias ? bias.data() : nullptr);
+        TO* yp = y + n * ys[0] + od * ys[2] + oh * ys[3] + ow * ys[4];
+        for (int64_t c = 0; c < Co; ++c) Io<TO>::store(yp + c, act_fwd<A>(p.activation, acc[c]));
+      }
+    }
+    return;
   }
+  // Grouped / dense channel-order: per position, per output channel, a short dot over C_in/g.
   const int64_t positions = N * Do * Ho * Wo;
 #pragma omp parallel
   {
@@ -159,22 +261,17 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
           ip[br] += j - pad;
           if (ip[br] < 0 || ip[br] >= p.in_size[br]) continue;
           const TI* xp = x + n * xs[0] + ip[0] * xs[2] + ip[1] * xs[3] + ip[2] * xs[4];
-          if (depthwise) {
-            const A* wj = wt.data() + (br * K + j) * Co;
-            for (int64_t c = 0; c < Co; ++c) acc[c] += wj[c] * Io<TI>::load(xp + c);
-          } else {
-            for (int64_t c = 0; c < Co; ++c) {
-              const int64_t g = c / cout_g;
-              const A* wc = w.data() + br * wper + c * cin_g * K + j;
-              A sum = A(0);
-              for (int64_t cl = 0; cl < cin_g; ++cl) sum += wc[cl * K] * Io<TI>::load(xp + g * cin_g + cl);
-              acc[c] += sum;
-            }
+          for (int64_t c = 0; c < Co; ++c) {
+            const int64_t g = c / cout_g;
+            const A* wc = w.data() + br * wper + c * cin_g * K + j;
+            A sum = A(0);
+            for (int64_t cl = 0; cl < cin_g; ++cl) sum += wc[cl * K] * Io<TI>::load(xp + (g * cin_g + cl) * xs[1]);
+            acc[c] += sum;
           }
         }
       }
       TO* yp = y + n * ys[0] + od * ys[2] + oh * ys[3] + ow * ys[4];
-      for (int64_t c = 0; c < Co; ++c) Io<TO>::store(yp + c, act_fwd<A>(p.activation, acc[c]));
+      for (int64_t c = 0; c < Co; ++c) Io<TO>::store(yp + c * ys[1], act_fwd<A>(p.activation, acc[c]));
     }
   }
 }
