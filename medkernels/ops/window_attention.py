@@ -1,0 +1,504 @@
+"""``window_attention3d`` / ``cross_window_attention3d``: (shifted) 3D window attention as torch
+custom ops with autograd (grads for q, k, v, the relative-position bias table and the padding
+key/value).
+
+Backends: ``triton`` (fused kernels: shift, padding, partition, bias gather, mask and the
+online softmax inside the kernel, no partition copies), ``cpu`` (our C++/OpenMP kernels) and
+``reference`` (MONAI's code path in PyTorch). All compute the same function; ``auto`` picks
+Triton on GPU tensors and C++ on CPU tensors.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import _dispatch
+from .._extension import extension
+from ..reference.window_attention import (
+    WindowGeometry,
+    bias_table_grad,
+    window_attention3d_bwd_ref,
+    window_attention3d_ref,
+    window_geometry,
+)
+from ._common import check_same, check_tensor, describe
+
+MAX_HEAD_DIM_TRITON = 128
+
+
+def _triton_limits(head_dim: int = 0, **_) -> List[str]:
+    if head_dim > MAX_HEAD_DIM_TRITON:
+        return [f"head_dim must be <= {MAX_HEAD_DIM_TRITON}, got {head_dim}"]
+    return []
+
+
+_DISPATCH = _dispatch.Dispatcher(
+    "window_attention3d",
+    (
+        _dispatch.Backend(
+            "triton", _dispatch.triton_devices(), dtypes=(torch.float32, torch.float16, torch.bfloat16),
+            machine=_dispatch.triton_machine, limits=_triton_limits, auto=_dispatch.triton_auto,
+        ),
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("window_attention_fwd_cpu")),
+        _dispatch.Backend("reference", ("cpu", "cuda")),
+    ),
+)
+
+
+# --- backends: lists of directions (q[i], k[i], v[i]) -> out[i] -------------------------------
+# fwd(qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded) -> lse (or empty)
+# bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale, mask_value, mask_padded,
+#     need_table) -> (d_table or None, d_pad_kv or None), d_* in float32 (float64 for float64)
+def _geo_args(geom: WindowGeometry):
+    return geom.window, geom.eff_window, geom.shift, geom.padded
+
+
+def _triton_fwd(qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded):
+    from ..triton.window_attention import window_attention_fwd
+
+    return window_attention_fwd(qs, ks, vs, outs, *_geo_args(geom), table, pad_kv, scale, mask_value, mask_padded)
+
+
+def _triton_bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale, mask_value, mask_padded,
+                need_table):
+    from ..triton.window_attention import window_attention_bwd
+
+    pair, d_pad = window_attention_bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, *_geo_args(geom), table, pad_kv,
+                                       scale, mask_value, mask_padded, need_table)
+    d_table = bias_table_grad(pair, geom.window, geom.tokens) if pair is not None else None
+    return d_table, d_pad
+
+
+def _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded):
+    C = extension.module
+    p = C.WindowAttentionParams()
+    p.dtype = {
+        torch.float32: C.DType.float32, torch.float16: C.DType.float16,
+        torch.bfloat16: C.DType.bfloat16, torch.float64: C.DType.float64,
+    }[qs[0].dtype]
+    p.directions = len(qs)
+    p.q0, p.k0, p.v0 = qs[0].data_ptr(), ks[0].data_ptr(), vs[0].data_ptr()
+    p.q1, p.k1, p.v1 = qs[-1].data_ptr(), ks[-1].data_ptr(), vs[-1].data_ptr()
+    p.table = table.data_ptr() if table is not None else 0
+    p.pad_kv = pad_kv.data_ptr() if pad_kv is not None else 0
+    p.batch, p.heads, p.head_dim = qs[0].shape[0], qs[0].shape[4], qs[0].shape[5]
+    p.size, p.window, p.eff_window = list(geom.size), list(geom.window), list(geom.eff_window)
+    p.shift, p.padded = list(geom.shift), list(geom.padded)
+    p.scale, p.mask_value, p.mask_padded = float(scale), float(mask_value), bool(mask_padded)
+    p.q_strides, p.k_strides, p.v_strides = list(qs[0].stride()), list(ks[0].stride()), list(vs[0].stride())
+    return p
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _cpu_fwd(qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded):
+    p = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
+    lse = torch.empty((len(qs), *qs[0].shape[:5]), dtype=_acc_dtype(qs[0].dtype))
+    p.o0, p.o1, p.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
+    p.lse = lse.data_ptr()
+    extension.module.window_attention_fwd_cpu(p)
+    return lse
+
+
+def _cpu_bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale, mask_value, mask_padded,
+             need_table):
+    C = extension.module
+    acc = _acc_dtype(qs[0].dtype)
+    b = C.WindowAttentionBwdParams()
+    b.fwd = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
+    b.fwd.o0, b.fwd.o1, b.fwd.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
+    b.fwd.lse = lse.data_ptr()
+    b.g0, b.g1, b.g_strides = gs[0].data_ptr(), gs[-1].data_ptr(), list(gs[0].stride())
+    b.dq0, b.dq1, b.dq_strides = dqs[0].data_ptr(), dqs[-1].data_ptr(), list(dqs[0].stride())
+    b.dk0, b.dk1, b.dk_strides = dks[0].data_ptr(), dks[-1].data_ptr(), list(dks[0].stride())
+    b.dv0, b.dv1, b.dv_strides = dvs[0].data_ptr(), dvs[-1].data_ptr(), list(dvs[0].stride())
+    n, heads = geom.tokens, qs[0].shape[4]
+    pair = torch.empty((heads, n, n), dtype=acc) if need_table else None
+    d_pad = torch.empty((2, heads, qs[0].shape[5]), dtype=acc) if pad_kv is not None else None
+    b.pair_grad = pair.data_ptr() if pair is not None else 0
+    b.grad_pad_kv = d_pad.data_ptr() if d_pad is not None else 0
+    ws = torch.empty(max(C.window_attention_bwd_workspace_bytes(b), 1), dtype=torch.uint8)
+    b.workspace, b.workspace_bytes = ws.data_ptr(), ws.numel()
+    C.window_attention_bwd_cpu(b)
+    d_table = bias_table_grad(pair, geom.window, n) if pair is not None else None
+    return d_table, d_pad
+
+
+def _ref_opts(geom, table, pad_kv, scale, mask_value, mask_padded):
+    return dict(window=geom.window, shift=_requested_shift(geom), rel_bias_table=table, mask_value=mask_value,
+                scale=scale, pad_kv=pad_kv, mask_padded=mask_padded)
+
+
+def _requested_shift(geom: WindowGeometry) -> Tuple[int, int, int]:
+    # the clamped shift is 0 exactly where the window was clamped, so it re-clamps to itself
+    return geom.shift
+
+
+def _reference_fwd(qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded):
+    opts = _ref_opts(geom, table, pad_kv, scale, mask_value, mask_padded)
+    for q, k, v, o in zip(qs, ks, vs, outs):
+        o.copy_(window_attention3d_ref(q, k, v, **opts))
+    return qs[0].new_empty((0,), dtype=torch.float32)
+
+
+def _reference_bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale, mask_value, mask_padded,
+                   need_table):
+    opts = _ref_opts(geom, table, pad_kv, scale, mask_value, mask_padded)
+    d_table = d_pad = None
+    for g, q, k, v, dq, dk, dv in zip(gs, qs, ks, vs, dqs, dks, dvs):
+        gq, gk, gv, gt, gp = window_attention3d_bwd_ref(g, q, k, v, **opts)
+        dq.copy_(gq)
+        dk.copy_(gk)
+        dv.copy_(gv)
+        if gt is not None:
+            d_table = gt if d_table is None else d_table + gt
+        d_pad = gp if d_pad is None else d_pad + gp
+    return d_table, (d_pad if pad_kv is not None else None)
+
+
+_FWD = {"triton": _triton_fwd, "cpu": _cpu_fwd, "reference": _reference_fwd}
+_BWD = {"triton": _triton_bwd, "cpu": _cpu_bwd, "reference": _reference_bwd}
+
+
+# --- the custom ops: the one compile-safe boundary -----------------------------------------
+def _lse_shape(q: torch.Tensor, dirs: int, backend: str):
+    return (dirs, *q.shape[:5]) if backend != "reference" else (0,)
+
+
+def _lse_dtype(q: torch.Tensor, backend: str):
+    return torch.float64 if (backend == "cpu" and q.dtype == torch.float64) else torch.float32
+
+
+def _run_fwd(qs, ks, vs, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend):
+    geom = window_geometry(qs[0].shape[1:4], window, shift)
+    outs = [torch.empty(q.shape, dtype=q.dtype, device=q.device) for q in qs]
+    lse = _FWD[backend](qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded)
+    return outs, lse
+
+
+def _run_bwd(gs, qs, ks, vs, outs, lse, table, pad_kv, window, shift, mask_value, scale, mask_padded,
+             need_table, backend):
+    geom = window_geometry(qs[0].shape[1:4], window, shift)
+    if len(gs) == 2 and gs[0].stride() != gs[1].stride():  # the kernels share one set of strides
+        gs = [g.contiguous() for g in gs]
+    dqs = [torch.empty(q.shape, dtype=q.dtype, device=q.device) for q in qs]
+    dks = [torch.empty(k.shape, dtype=k.dtype, device=k.device) for k in ks]
+    dvs = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in vs]
+    d_table, d_pad = _BWD[backend](gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale,
+                                   mask_value, mask_padded, need_table and table is not None)
+    d_table = d_table.to(table.dtype) if d_table is not None else qs[0].new_empty((0,))
+    d_pad = d_pad.to(pad_kv.dtype) if d_pad is not None else qs[0].new_empty((0,))
+    return dqs, dks, dvs, d_table, d_pad
+
+
+@torch.library.custom_op("medkernels::window_attention3d", mutates_args=())
+def _window_attention3d_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: Optional[torch.Tensor],
+    pad_kv: Optional[torch.Tensor],
+    window: List[int],
+    shift: List[int],
+    mask_value: float,
+    scale: float,
+    mask_padded: bool,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    outs, lse = _run_fwd([q], [k], [v], table, pad_kv, window, shift, mask_value, scale, mask_padded, backend)
+    return outs[0], lse
+
+
+@_window_attention3d_op.register_fake
+def _(q, k, v, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        _lse_shape(q, 1, backend), dtype=_lse_dtype(q, backend)
+    )
+
+
+@torch.library.custom_op("medkernels::window_attention3d_bwd", mutates_args=())
+def _window_attention3d_bwd_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    table: Optional[torch.Tensor],
+    pad_kv: Optional[torch.Tensor],
+    window: List[int],
+    shift: List[int],
+    mask_value: float,
+    scale: float,
+    mask_padded: bool,
+    need_table: bool,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dqs, dks, dvs, d_table, d_pad = _run_bwd([grad_out], [q], [k], [v], [out], lse, table, pad_kv, window, shift,
+                                             mask_value, scale, mask_padded, need_table, backend)
+    return dqs[0], dks[0], dvs[0], d_table, d_pad
+
+
+def _fake_grads(q, table, pad_kv, need_table):
+    d_table = torch.empty_like(table) if (table is not None and need_table) else q.new_empty((0,))
+    d_pad = torch.empty_like(pad_kv) if pad_kv is not None else q.new_empty((0,))
+    return d_table, d_pad
+
+
+@_window_attention3d_bwd_op.register_fake
+def _(grad_out, q, k, v, out, lse, table, pad_kv, window, shift, mask_value, scale, mask_padded, need_table, backend):
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+    return (like(q), like(k), like(v), *_fake_grads(q, table, pad_kv, need_table))
+
+
+def _setup_self(ctx, inputs, output):
+    q, k, v, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, table, pad_kv, out, lse)
+    ctx.options = (window, shift, mask_value, scale, mask_padded, backend)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_self(ctx, grad_out, _grad_lse):
+    q, k, v, table, pad_kv, out, lse = ctx.saved_tensors
+    window, shift, mask_value, scale, mask_padded, backend = ctx.options
+    need_table = table is not None and ctx.needs_input_grad[3]
+    dq, dk, dv, d_table, d_pad = _window_attention3d_bwd_op(
+        grad_out, q, k, v, out, lse, table, pad_kv, window, shift, mask_value, scale, mask_padded, need_table, backend
+    )
+    return (dq, dk, dv, d_table if need_table else None,
+            d_pad if (pad_kv is not None and ctx.needs_input_grad[4]) else None,
+            None, None, None, None, None, None)
+
+
+_window_attention3d_op.register_autograd(_backward_self, setup_context=_setup_self)
+
+
+@torch.library.custom_op("medkernels::cross_window_attention3d", mutates_args=())
+def _cross_window_attention3d_op(
+    q_a: torch.Tensor,
+    k_a: torch.Tensor,
+    v_a: torch.Tensor,
+    q_b: torch.Tensor,
+    k_b: torch.Tensor,
+    v_b: torch.Tensor,
+    table: Optional[torch.Tensor],
+    pad_kv: Optional[torch.Tensor],
+    window: List[int],
+    shift: List[int],
+    mask_value: float,
+    scale: float,
+    mask_padded: bool,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # direction 0: a's queries on b's keys/values; direction 1: b's queries on a's
+    outs, lse = _run_fwd([q_a, q_b], [k_b, k_a], [v_b, v_a], table, pad_kv, window, shift, mask_value, scale,
+                         mask_padded, backend)
+    return outs[0], outs[1], lse
+
+
+@_cross_window_attention3d_op.register_fake
+def _(q_a, k_a, v_a, q_b, k_b, v_b, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend):
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+    return like(q_a), like(q_b), q_a.new_empty(_lse_shape(q_a, 2, backend), dtype=_lse_dtype(q_a, backend))
+
+
+@torch.library.custom_op("medkernels::cross_window_attention3d_bwd", mutates_args=())
+def _cross_window_attention3d_bwd_op(
+    grad_a: torch.Tensor,
+    grad_b: torch.Tensor,
+    q_a: torch.Tensor,
+    k_a: torch.Tensor,
+    v_a: torch.Tensor,
+    q_b: torch.Tensor,
+    k_b: torch.Tensor,
+    v_b: torch.Tensor,
+    out_a: torch.Tensor,
+    out_b: torch.Tensor,
+    lse: torch.Tensor,
+    table: Optional[torch.Tensor],
+    pad_kv: Optional[torch.Tensor],
+    window: List[int],
+    shift: List[int],
+    mask_value: float,
+    scale: float,
+    mask_padded: bool,
+    need_table: bool,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    dqs, dks, dvs, d_table, d_pad = _run_bwd([grad_a, grad_b], [q_a, q_b], [k_b, k_a], [v_b, v_a], [out_a, out_b],
+                                             lse, table, pad_kv, window, shift, mask_value, scale, mask_padded,
+                                             need_table, backend)
+    # dks[0] / dvs[0] are the gradients of k_b / v_b (direction 0 reads them)
+    return dqs[0], dks[1], dvs[1], dqs[1], dks[0], dvs[0], d_table, d_pad
+
+
+@_cross_window_attention3d_bwd_op.register_fake
+def _(grad_a, grad_b, q_a, k_a, v_a, q_b, k_b, v_b, out_a, out_b, lse, table, pad_kv, window, shift, mask_value,
+      scale, mask_padded, need_table, backend):
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+    return (like(q_a), like(k_a), like(v_a), like(q_b), like(k_b), like(v_b),
+            *_fake_grads(q_a, table, pad_kv, need_table))
+
+
+def _setup_cross(ctx, inputs, output):
+    q_a, k_a, v_a, q_b, k_b, v_b, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend = inputs
+    out_a, out_b, lse = output
+    ctx.save_for_backward(q_a, k_a, v_a, q_b, k_b, v_b, table, pad_kv, out_a, out_b, lse)
+    ctx.options = (window, shift, mask_value, scale, mask_padded, backend)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_cross(ctx, grad_a, grad_b, _grad_lse):
+    q_a, k_a, v_a, q_b, k_b, v_b, table, pad_kv, out_a, out_b, lse = ctx.saved_tensors
+    window, shift, mask_value, scale, mask_padded, backend = ctx.options
+    need_table = table is not None and ctx.needs_input_grad[6]
+    grads = _cross_window_attention3d_bwd_op(
+        grad_a, grad_b, q_a, k_a, v_a, q_b, k_b, v_b, out_a, out_b, lse, table, pad_kv, window, shift, mask_value,
+        scale, mask_padded, need_table, backend,
+    )
+    d_table, d_pad = grads[6], grads[7]
+    return (*grads[:6], d_table if need_table else None,
+            d_pad if (pad_kv is not None and ctx.needs_input_grad[7]) else None,
+            None, None, None, None, None, None)
+
+
+_cross_window_attention3d_op.register_autograd(_backward_cross, setup_context=_setup_cross)
+
+
+# --- argument checks and the public functions ---------------------------------------------
+def _check_qkv(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    for name, t in zip(names, tensors):
+        check_tensor(name, t, dim=6)
+    ref_name, ref = names[0], tensors[0]
+    if ref.numel() == 0:
+        raise ValueError(f"{ref_name} must be non-empty (B, D, H, W, heads, head_dim), got {describe(ref)}")
+    for name, t in zip(names[1:], tensors[1:]):
+        if t.shape != ref.shape:
+            raise ValueError(
+                f"{name} must have the shape of {ref_name} (B, D, H, W, heads, head_dim) = {tuple(ref.shape)}, "
+                f"got {describe(t)}"
+            )
+    check_same(ref_name, ref, **dict(zip(names[1:], tensors[1:])))
+
+
+def _check_extras(q, geom, rel_bias_table, pad_kv, scale, mask_value):
+    heads, head_dim = q.shape[4], q.shape[5]
+    if rel_bias_table is not None:
+        check_tensor("rel_bias_table", rel_bias_table, dim=2)
+        want = (geom.table_rows, heads)
+        if tuple(rel_bias_table.shape) != want:
+            raise ValueError(
+                f"rel_bias_table must be ((2*{geom.window[0]}-1)(2*{geom.window[1]}-1)(2*{geom.window[2]}-1), heads) = "
+                f"{want} for window {geom.window} and {heads} heads, got {describe(rel_bias_table)}"
+            )
+        check_same("q", q, rel_bias_table=rel_bias_table)
+        rel_bias_table = rel_bias_table.contiguous()
+    if pad_kv is not None:
+        check_tensor("pad_kv", pad_kv, dim=3)
+        if tuple(pad_kv.shape) != (2, heads, head_dim):
+            raise ValueError(
+                f"pad_kv must be (2, heads, head_dim) = (2, {heads}, {head_dim}) (key and value of padding tokens), "
+                f"got {describe(pad_kv)}"
+            )
+        check_same("q", q, pad_kv=pad_kv)
+        pad_kv = pad_kv.contiguous()
+    scale = head_dim**-0.5 if scale is None else float(scale)
+    mask_value = float(mask_value)
+    if mask_value != mask_value or mask_value > 0:
+        raise ValueError(f"mask_value must be <= 0 (-100.0 as MONAI, or -inf), got {mask_value}")
+    return rel_bias_table, pad_kv, scale, mask_value
+
+
+def _geometry(q: torch.Tensor, window, shift) -> WindowGeometry:
+    return window_geometry(q.shape[1:4], window, shift)
+
+
+def window_attention3d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window,
+    shift=0,
+    rel_bias_table: Optional[torch.Tensor] = None,
+    mask_value: float = -100.0,
+    scale: Optional[float] = None,
+    pad_kv: Optional[torch.Tensor] = None,
+    mask_padded: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """(Shifted) window self-attention in 3D, as Swin / MONAI Swin UNETR compute it.
+
+    Args:
+        q, k, v: (B, D, H, W, heads, head_dim) projected queries, keys and values, any strides
+            (e.g. views of one (B, D, H, W, 3, heads, head_dim) qkv tensor).
+        window: int or (wd, wh, ww). On an axis whose size is <= the window, the window becomes
+            the size and the shift 0 (MONAI's ``get_window_size``).
+        shift: int or (sd, sh, sw), each in [0, window): cyclic shift by -shift before the
+            partition (Swin's SW-MSA), with the shift-region mask.
+        rel_bias_table: ((2wd-1)(2wh-1)(2ww-1), heads) relative position bias table for the
+            configured window (MONAI's ``relative_position_bias_table``), or None.
+        mask_value: added to logits of keys in another shift region: -100.0 (Swin/MONAI) or -inf.
+        scale: logit scale, default head_dim ** -0.5.
+        pad_kv: (2, heads, head_dim) key and value of the padding tokens of a volume not divisible
+            by the window (MONAI pads zero features, so after a qkv projection with bias they are
+            the bias slices); None means zeros. Padding queries are dropped.
+        mask_padded: True masks padding keys out instead of attending to them.
+        backend: "auto", "triton", "cpu" or "reference".
+
+    Returns:
+        (B, D, H, W, heads, head_dim), contiguous, q's dtype.
+    """
+    _check_qkv(("q", "k", "v"), (q, k, v))
+    geom = _geometry(q, window, shift)
+    rel_bias_table, pad_kv, scale, mask_value = _check_extras(q, geom, rel_bias_table, pad_kv, scale, mask_value)
+    name = _DISPATCH.select(backend, q.device, q.dtype, head_dim=q.shape[5])
+    out, _ = _window_attention3d_op(q, k, v, rel_bias_table, pad_kv, list(geom.window), list(geom.shift),
+                                    mask_value, scale, bool(mask_padded), name)
+    return out
+
+
+def cross_window_attention3d(
+    q_a: torch.Tensor,
+    k_a: torch.Tensor,
+    v_a: torch.Tensor,
+    q_b: torch.Tensor,
+    k_b: torch.Tensor,
+    v_b: torch.Tensor,
+    window,
+    shift=0,
+    rel_bias_table: Optional[torch.Tensor] = None,
+    mask_value: float = -100.0,
+    scale: Optional[float] = None,
+    pad_kv: Optional[torch.Tensor] = None,
+    mask_padded: bool = False,
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SwinCross cross-modal window attention, both directions in one launch:
+    ``out_a = attn(q_a, k_b, v_b)``, ``out_b = attn(q_b, k_a, v_a)`` with one shared bias table
+    (and one ``pad_kv``: the two streams share the qkv projection). Arguments and shapes as
+    :func:`window_attention3d`; all six tensors (B, D, H, W, heads, head_dim) of one shape.
+    Returns (out_a, out_b)."""
+    names = ("q_a", "k_a", "v_a", "q_b", "k_b", "v_b")
+    tensors = [q_a, k_a, v_a, q_b, k_b, v_b]
+    _check_qkv(names, tensors)
+    # the kernels address both directions with one set of strides per role
+    for i in range(3):
+        if tensors[i].stride() != tensors[i + 3].stride():
+            tensors[i], tensors[i + 3] = tensors[i].contiguous(), tensors[i + 3].contiguous()
+    geom = _geometry(q_a, window, shift)
+    rel_bias_table, pad_kv, scale, mask_value = _check_extras(q_a, geom, rel_bias_table, pad_kv, scale, mask_value)
+    name = _DISPATCH.select(backend, q_a.device, q_a.dtype, head_dim=q_a.shape[5])
+    out_a, out_b, _ = _cross_window_attention3d_op(*tensors, rel_bias_table, pad_kv, list(geom.window),
+                                                   list(geom.shift), mask_value, scale, bool(mask_padded), name)
+    return out_a, out_b
+
+
+def window_attention3d_backend(q: torch.Tensor, backend: str = "auto") -> str:
+    """The backend ``window_attention3d`` would run for q (for benchmarks and reports)."""
+    return _DISPATCH.select(backend, q.device, q.dtype, head_dim=q.shape[5])
