@@ -1,6 +1,8 @@
 """Public ops: torch custom ops with autograd and backend dispatch."""
 
 from .decomp_conv import decomp_conv3d
+from .diffusion import ddim_step, ddpm_step, diffusion_loss, q_sample
 from .window_attention import cross_window_attention3d, window_attention3d
 
-__all__ = ["decomp_conv3d", "window_attention3d", "cross_window_attention3d"]
+__all__ = ["q_sample", "ddim_step", "ddpm_step", "diffusion_loss",
+           "decomp_conv3d", "window_attention3d", "cross_window_attention3d"]

@@ -1,0 +1,65 @@
+// Few-step diffusion (Fast-DDPM) steps, plain C++ API. Per sample b, with the float64 table
+// [1, abar_0, ..., abar_{T-1}] gathered at t + 1 (t = -1 gives 1), at = abar_t, an = abar_t_next:
+//
+//   kQSample  out = sqrt(at) x + sqrt(1 - at) z
+//   kDdim     x0 = (x - sqrt(1 - at) e) / sqrt(at); c1 = eta sqrt((1 - at/an)(1 - an)/(1 - at));
+//             c2 = sqrt(1 - an - c1^2); out = sqrt(an) x0 + c1 z + c2 e
+//   kDdpm     beta = 1 - at/an; x0 = clamp(sqrt(1/at) x - sqrt(1/at - 1) e, -clip, clip);
+//             out = (sqrt(an) beta x0 + sqrt(1 - beta)(1 - an) x) / (1 - at) + [t != 0] sqrt(beta) z
+//   kLoss     d = x - z (x is eps_pred); out = scale d; partial[b, k] = sum of d^2 over block k
+//   kNormal   out = z
+//
+// (mirthAI/Fast-DDPM functions/denoising.py, functions/losses.py.) z is read from `noise` or,
+// when it is null, made from (seed, offset) by the counter-based contract of
+// medkernels/detail/philox.h. Tensors are contiguous (B, N); the per-sample coefficients are
+// computed in double, the element math in float (double for kFloat64).
+#pragma once
+
+#include <cstdint>
+
+#include "medkernels/common.h"
+
+namespace medkernels {
+
+enum class DiffusionOp : int { kQSample = 0, kDdim = 1, kDdpm = 2, kLoss = 3, kNormal = 4 };
+
+struct DiffusionParams {
+  DType dtype = DType::kFloat32;
+  DiffusionOp op = DiffusionOp::kQSample;
+  const void* x = nullptr;       // x0 (q_sample), x_t (steps), eps_pred (loss); unused by kNormal
+  const void* eps = nullptr;     // predicted noise (steps)
+  const void* noise = nullptr;   // z, or null: made from (seed, offset)
+  void* out = nullptr;           // result (the gradient for kLoss)
+  void* x0_out = nullptr;        // x0 prediction (steps), may be null
+  double* partial = nullptr;     // kLoss: (batch, ceil(numel / block)) sums of d^2
+  const double* table = nullptr; // (num_train_timesteps + 1) [1, abar_0, ...]
+  int64_t num_train_timesteps = 0;
+  const int64_t* t = nullptr;      // (batch,) in 0..T-1
+  const int64_t* t_next = nullptr; // (batch,) in -1..t-1
+  int64_t batch = 0;
+  int64_t numel = 0;  // elements per sample
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  double eta = 0.0;
+  double clip = 1.0;
+  bool has_clip = false;
+  double scale = 0.0;  // kLoss gradient scale
+  int64_t block = 1024;  // kLoss partial-sum block (a multiple of 4)
+};
+
+// Checks pointers, sizes and timesteps; on failure returns kInvalidArgument and sets last_error().
+// (The CUDA entry point checks only what it can see on the host: t stays on the device.)
+Status diffusion_check(const DiffusionParams& p, bool check_timesteps);
+
+namespace cpu {
+Status diffusion_fwd(const DiffusionParams& p);
+// out[(b * groups + g) * 4 + l] = Philox word l of group g of sample b (the noise contract's bits).
+Status philox_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, int64_t* out);
+}  // namespace cpu
+
+namespace cuda {
+// stream is a cudaStream_t (null: the legacy default stream).
+Status diffusion_fwd(const DiffusionParams& p, void* stream);
+}  // namespace cuda
+
+}  // namespace medkernels

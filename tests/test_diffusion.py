@@ -1,0 +1,421 @@
+"""Few-step diffusion (Fast-DDPM): schedules, the Philox noise contract, the fused steps and the
+training loss against the float64 formulas of medkernels.reference.diffusion."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import medkernels  # noqa: F401  (sets the Triton interpreter before kernels load)
+from medkernels import _environment
+from medkernels.diffusion import (
+    FastDDPMSchedule,
+    ddim_step,
+    ddpm_step,
+    diffusion_loss,
+    q_sample,
+    randn,
+)
+from medkernels.ops.diffusion import _DISPATCH, philox_bits
+from medkernels.reference import diffusion as ref
+from medkernels.testing import assert_close
+
+SCHED = FastDDPMSchedule()
+TABLE = SCHED.alpha_table()
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SHAPES = [(2, 1, 9, 7), (1, 2, 3, 5, 7), (3, 1, 4, 4, 4)]
+
+
+def _backends(op="ddim_step"):
+    out = []
+    for name in ("triton", "cpu", "reference"):
+        b = _DISPATCH[op]._by_name[name]
+        why = b.not_supported_reasons(torch.device("cpu"), torch.float32)
+        out.append(pytest.param(name, marks=pytest.mark.skip(reason="; ".join(why))) if why else name)
+    return out
+
+
+def _sid(shape):
+    return "x".join(map(str, shape))
+
+
+def _timesteps_for(B, gen):
+    t = torch.tensor([999, 0, 499, 99, 1][:B] + [0] * max(0, B - 5), dtype=torch.int64)
+    t_next = torch.tensor([899, -1, 399, -1, 0][:B] + [-1] * max(0, B - 5), dtype=torch.int64)
+    return t, t_next
+
+
+# --- schedules ---------------------------------------------------------------------------------
+def test_uniform_schedule_matches_official_list():
+    # runners/diffusion.py: arange(-1, T, T // S) with the first set to 0 (11 indices for S = 10)
+    assert FastDDPMSchedule("uniform", 10).timesteps.tolist() == [0] + list(range(99, 1000, 100))
+    assert FastDDPMSchedule("uniform", 7).timesteps.tolist() == [0, 141, 283, 425, 567, 709, 851, 993]
+    assert FastDDPMSchedule("uniform", 5).timesteps.tolist() == [0, 199, 399, 599, 799, 999]
+
+
+def test_non_uniform_schedule_matches_official_list():
+    assert FastDDPMSchedule("non-uniform", 10).timesteps.tolist() == [0, 199, 399, 599, 699, 799, 849, 899, 949, 999]
+    assert FastDDPMSchedule("non-uniform", 5).timesteps.tolist() == [0, 350, 699, 849, 999]
+    assert FastDDPMSchedule("non-uniform", 20).timesteps.tolist() == [
+        0, 88, 175, 263, 350, 437, 525, 612, 699, 727, 754, 781, 809, 836, 863, 890, 918, 945, 972, 999]
+
+
+def test_betas_and_alphas_cumprod():
+    s = FastDDPMSchedule()
+    assert s.betas.dtype == torch.float64 and s.betas.shape == (1000,)
+    assert s.betas[0].item() == 1e-4 and s.betas[-1].item() == 0.02
+    assert torch.equal(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0))
+    table = s.alpha_table()
+    assert table[0].item() == 1.0 and torch.equal(table[1:], s.alphas_cumprod)
+    c = FastDDPMSchedule(beta_schedule="cosine")
+    assert 0 < c.betas.min() and c.betas.max() <= 0.999 and c.alphas_cumprod[-1] < 1e-6
+
+
+def test_antithetic_timesteps():
+    s = FastDDPMSchedule("non-uniform", 10)
+    g = torch.Generator().manual_seed(0)
+    n = 8
+    t = s.sample_timesteps(n, generator=g)
+    ts = s.timesteps.tolist()
+    half = n // 2 + 1
+    for i in range(n - half):
+        assert ts.index(int(t[i])) + ts.index(int(t[half + i])) == len(ts) - 1
+    assert t.dtype == torch.int64 and t.shape == (n,)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(steps=1001), "must be <= num_train_timesteps"),
+    (dict(steps=0), "positive int"),
+    (dict(kind="linear"), "kind must be one of"),
+    (dict(beta_schedule="quad"), "beta_schedule must be one of"),
+])
+def test_schedule_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FastDDPMSchedule(**kwargs)
+
+
+# --- Philox noise contract -----------------------------------------------------------------------
+def test_philox_known_answers():
+    # Random123 known-answer vectors for philox4x32-10
+    kat = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+         (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    ]
+    for ctr, key, want in kat:
+        got = ref.philox4x32_ref(tuple(torch.tensor([c]) for c in ctr), key)
+        assert [int(w) for w in got] == list(want)
+
+
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "reference"])
+@pytest.mark.parametrize("seed, offset", [(0, 0), (1, 1), (2**40 + 3, 2**33 + 7), (2**63 - 1, 5)],
+                         ids=["s0-o0", "s1-o1", "big", "max-seed"])
+def test_philox_bits_exact_across_backends(backend, seed, offset):
+    shape = (3, 2, 7, 5)  # N = 70 per sample: a partial last group
+    want = ref.philox_bits_ref(shape, seed, offset)
+    got = philox_bits(shape, seed, offset, backend=backend)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_normal_same_on_every_backend_and_dtype(backend):
+    shape = (2, 3, 5, 7)
+    want = ref.normal_ref(shape, 123, 4)
+    x = torch.empty(shape)
+    got = randn(x, 123, 4, backend=backend)
+    assert (got - want).abs().max().item() <= 2e-6  # last-ulp log/cos/sin differences only
+    for dt in (torch.float16, torch.bfloat16, torch.float64):
+        z = randn(x.to(dt), 123, 4, backend=backend)
+        assert z.dtype == dt
+        assert (z.double() - got.to(dt).double()).abs().max().item() <= (0 if dt != torch.float64 else 2e-6) + (
+            1e-2 if dt != torch.float64 else 0)
+
+
+def _big_draw(numel=1 << 20, seed=7, offset=0):
+    x = torch.empty((4, numel // 4))
+    be = "cpu" if "cpu" in [b for b in _backends() if isinstance(b, str)] else "reference"
+    return randn(x, seed, offset, backend=be)
+
+
+def test_normal_moments_and_ks():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    z = _big_draw().double().flatten()
+    n = z.numel()
+    assert abs(z.mean().item()) < 5 / math.sqrt(n)
+    assert abs(z.var().item() - 1) < 5 * math.sqrt(2 / n)
+    assert abs((z**3).mean().item()) < 5 * math.sqrt(15 / n)
+    assert abs((z**4).mean().item() - 3) < 5 * math.sqrt(96 / n)
+    ks = scipy_stats.kstest(z.numpy(), "norm")
+    assert ks.pvalue > 1e-3, ks
+
+
+def test_normal_independent_across_elements_samples_and_offsets():
+    n = 1 << 18
+    a = _big_draw(n, seed=11, offset=0).double()
+    b = _big_draw(n, seed=11, offset=1).double()
+    c = _big_draw(n, seed=12, offset=0).double()
+    bound = 5 / math.sqrt(n)
+
+    def corr(u, v):
+        u, v = u.flatten() - u.mean(), v.flatten() - v.mean()
+        return ((u * v).mean() / (u.std() * v.std())).item()
+
+    assert abs(corr(a, b)) < bound  # steps (offsets)
+    assert abs(corr(a, c)) < bound  # seeds
+    assert abs(corr(a[0], a[1])) < 5 / math.sqrt(a.shape[1])  # samples of one batch
+    f = a.flatten()
+    for lag in (1, 2, 3, 4):  # lanes of one Philox call and neighbouring calls
+        assert abs(corr(f[:-lag], f[lag:])) < bound
+    assert torch.equal(_big_draw(n, seed=11, offset=0), a.float())  # reproducible
+
+
+# --- fused ops == the float64 formulas given the same noise -------------------------------------
+def _inputs(shape, dtype, gen):
+    x = torch.randn(shape, generator=gen).to(dtype)
+    e = torch.randn(shape, generator=gen).to(dtype)
+    z = torch.randn(shape, generator=gen).to(dtype)
+    return x, e, z
+
+
+def _low(r, dtype):
+    """The low-precision reference: the formula in fp32 on the 16-bit inputs, rounded once to
+    dtype (what the official fp32 code gives for these inputs, stored in dtype)."""
+    if isinstance(r, tuple):
+        return tuple(v.to(dtype) for v in r)
+    return r.to(dtype)
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=_sid)
+def test_q_sample_matches_formula(backend, dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    x, _, z = _inputs(shape, dtype, g)
+    t, _ = _timesteps_for(shape[0], g)
+    got = q_sample(x, t, schedule=SCHED, noise=z, backend=backend)
+    want = ref.q_sample_ref(x, t, TABLE, z)
+    low = _low(ref.q_sample_ref(x.float(), t, TABLE, z.float(), upcast=False), dtype)
+    assert_close("q_sample", got, want, low, dtype)
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=_sid)
+@pytest.mark.parametrize("eta", [0.0, 1.0], ids=["eta0", "eta1"])
+def test_ddim_step_matches_formula(backend, dtype, shape, eta):
+    g = torch.Generator().manual_seed(1)
+    x, e, z = _inputs(shape, dtype, g)
+    t, tn = _timesteps_for(shape[0], g)
+    got, x0 = ddim_step(x, e, t, tn, schedule=SCHED, eta=eta, noise=z, return_x0=True, backend=backend)
+    want, want0 = ref.ddim_step_ref(x, e, t, tn, TABLE, eta, z)
+    low, low0 = _low(ref.ddim_step_ref(x.float(), e.float(), t, tn, TABLE, eta, z.float(), upcast=False), dtype)
+    assert_close("ddim x_next", got, want, low, dtype)
+    assert_close("ddim x0", x0, want0, low0, dtype)
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=_sid)
+@pytest.mark.parametrize("clip", [1.0, None], ids=["clip1", "noclip"])
+def test_ddpm_step_matches_formula(backend, dtype, shape, clip):
+    g = torch.Generator().manual_seed(2)
+    x, e, z = _inputs(shape, dtype, g)
+    t, tn = _timesteps_for(shape[0], g)
+    got, x0 = ddpm_step(x, e, t, tn, schedule=SCHED, noise=z, clip=clip, return_x0=True, backend=backend)
+    want, want0 = ref.ddpm_step_ref(x, e, t, tn, TABLE, z, clip)
+    low, low0 = _low(ref.ddpm_step_ref(x.float(), e.float(), t, tn, TABLE, z.float(), clip, upcast=False), dtype)
+    assert_close("ddpm x_next", got, want, low, dtype)
+    assert_close("ddpm x0", x0, want0, low0, dtype)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_seeded_steps_match_formula_with_contract_noise(backend):
+    shape = (3, 1, 6, 5, 7)
+    g = torch.Generator().manual_seed(3)
+    x, e, _ = _inputs(shape, torch.float32, g)
+    t, tn = _timesteps_for(3, g)
+    z = ref.normal_ref(shape, 99, 5)
+    got = q_sample(x, t, schedule=SCHED, seed=99, offset=5, backend=backend)
+    assert_close("q_sample seeded", got, ref.q_sample_ref(x, t, TABLE, z))
+    got = ddim_step(x, e, t, tn, schedule=SCHED, eta=0.7, seed=99, offset=5, backend=backend)
+    assert_close("ddim seeded", got, ref.ddim_step_ref(x, e, t, tn, TABLE, 0.7, z)[0])
+    got = ddpm_step(x, e, t, tn, schedule=SCHED, seed=99, offset=5, backend=backend)
+    assert_close("ddpm seeded", got, ref.ddpm_step_ref(x, e, t, tn, TABLE, z)[0])
+
+
+def test_seeded_step_same_across_backends_and_dtypes():
+    shape = (2, 1, 8, 9)
+    g = torch.Generator().manual_seed(4)
+    x, e, _ = _inputs(shape, torch.float32, g)
+    t, tn = torch.tensor([999, 599]), torch.tensor([899, 499])
+    outs = {b: ddpm_step(x, e, t, tn, schedule=SCHED, seed=5, offset=2, backend=b)
+            for b in _backends() if isinstance(b, str)}
+    base = outs.pop("reference")
+    for b, y in outs.items():
+        assert (y - base).abs().max().item() < 1e-5, b
+    y16 = ddpm_step(x.bfloat16(), e.bfloat16(), t, tn, schedule=SCHED, seed=5, offset=2, backend="reference")
+    assert (y16.float() - base).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_noncontiguous_and_channels_last(backend):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 4, 5, 3, generator=g).permute(0, 1, 4, 2, 3)[:, ::2]  # strided view
+    e = torch.randn(2, 3, 4, 5, 3, generator=g).to(memory_format=torch.channels_last_3d)
+    e = e.permute(0, 1, 4, 2, 3)
+    t, tn = torch.tensor([499, 99]), torch.tensor([399, -1])
+    got = ddim_step(x, e, t, tn, schedule=SCHED, eta=0.5, seed=1, backend=backend)
+    z = ref.normal_ref(x.shape, 1, 0)
+    assert_close("ddim strided", got, ref.ddim_step_ref(x, e, t, tn, TABLE, 0.5, z)[0])
+
+
+def test_ddpm_no_noise_at_t0_and_ddim_eta0_deterministic():
+    x, e = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t, tn = torch.tensor([0, 0]), torch.tensor([-1, -1])
+    a = ddpm_step(x, e, t, tn, schedule=SCHED, seed=1, backend="reference")
+    b = ddpm_step(x, e, t, tn, schedule=SCHED, seed=2, backend="reference")
+    assert torch.equal(a, b)
+    t2 = torch.tensor([999, 500])
+    assert torch.equal(ddim_step(x, e, t2, tn, schedule=SCHED), ddim_step(x, e, t2, tn, schedule=SCHED, seed=9))
+    tn2 = torch.tensor([899, 400])  # (with t_next = -1, c1 = 0: no noise even for eta > 0)
+    assert not torch.equal(ddim_step(x, e, t2, tn2, schedule=SCHED, eta=1.0, seed=1),
+                           ddim_step(x, e, t2, tn2, schedule=SCHED, eta=1.0, seed=2))
+
+
+def test_int_timesteps_and_other_schedule_steps():
+    x, e = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    a = ddim_step(x, e, 123, 45, schedule=SCHED)  # any absolute timesteps, not only the schedule's
+    b = ddim_step(x, e, torch.tensor([123, 123]), torch.tensor([45, 45]), schedule=SCHED)
+    assert torch.equal(a, b)
+
+
+# --- the fused training loss ---------------------------------------------------------------------
+@pytest.mark.parametrize("backend", _backends("diffusion_loss"))
+@pytest.mark.parametrize("reduction", ["sum_mean", "mean"])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64),
+                         ids=lambda d: str(d).replace("torch.", ""))
+def test_loss_and_grad_match_autograd_of_reference(backend, reduction, dtype):
+    shape = (3, 2, 5, 4, 7)  # 280 per sample; and a second case over several loss blocks below
+    for shp in (shape, (2, 1, 33, 40)):
+        g = torch.Generator().manual_seed(6)
+        x0 = torch.randn(shp, generator=g).to(dtype)
+        ep = torch.randn(shp, generator=g).to(dtype).requires_grad_()
+        t = SCHED.sample_timesteps(shp[0], generator=g)
+        gout = torch.rand((), generator=g) + 0.5
+        loss = diffusion_loss(ep, x0, t, 42, schedule=SCHED, offset=3, reduction=reduction, backend=backend)
+        (loss * gout).backward()
+        ep64 = ep.detach().double().requires_grad_()
+        z = ref.normal_ref(shp, 42, 3, dtype=torch.float64)
+        want = ref.diffusion_loss_ref(ep64, z, reduction)
+        (want * gout.double()).backward()
+        tol = {torch.float64: 1e-6, torch.float32: 1e-5, torch.bfloat16: 1e-5}[dtype]  # noise is fp32 everywhere
+        assert abs(loss.item() - want.item()) <= tol * abs(want.item())
+        assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        gtol = {torch.float64: 1e-6, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+        assert (ep.grad.double() - ep64.grad).abs().max().item() <= gtol * ep64.grad.abs().max().item()
+        grad_fn = ref.diffusion_loss_grad_ref(ep64.detach(), z, reduction) * gout.double()
+        assert torch.allclose(grad_fn, ep64.grad)
+
+
+@pytest.mark.parametrize("backend", _backends("diffusion_loss"))
+def test_loss_gradcheck_float64(backend):
+    ep = torch.randn(2, 1, 3, 5, dtype=torch.float64, requires_grad=True)
+    x0 = torch.randn(2, 1, 3, 5, dtype=torch.float64)
+    t = torch.tensor([0, 999])
+    assert torch.autograd.gradcheck(lambda e: diffusion_loss(e, x0, t, 1, schedule=SCHED, backend=backend), (ep,))
+
+
+def test_loss_pairs_with_q_sample():
+    # training: the loss regenerates the very eps q_sample used
+    x0 = torch.randn(2, 1, 6, 6)
+    t = torch.tensor([199, 899])
+    x_t = q_sample(x0, t, schedule=SCHED, seed=77, offset=4)
+    at = TABLE[t + 1].float().view(-1, 1, 1, 1)
+    eps = (x_t - at.sqrt() * x0) / (1 - at).sqrt()
+    loss = diffusion_loss(eps, x0, t, 77, schedule=SCHED, offset=4)
+    assert loss.item() < 1e-6
+
+
+# --- bad inputs ----------------------------------------------------------------------------------
+def test_bad_inputs():
+    x, e = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t, tn = torch.tensor([10, 5]), torch.tensor([5, -1])
+    with pytest.raises(ValueError, match="t must be in 0..999, got 1000"):
+        ddim_step(x, e, torch.tensor([1000, 5]), tn, schedule=SCHED)
+    with pytest.raises(ValueError, match="t must be in 0..999, got -1"):
+        q_sample(x, torch.tensor([-1, 5]), schedule=SCHED, seed=0)
+    with pytest.raises(ValueError, match="t_next must be in -1..t-1"):
+        ddim_step(x, e, t, torch.tensor([10, -1]), schedule=SCHED)
+    with pytest.raises(ValueError, match="t_next must be in -1..998, got -2"):
+        ddim_step(x, e, t, torch.tensor([-2, -1]), schedule=SCHED)
+    with pytest.raises(ValueError, match="eps must have the shape of x_t"):
+        ddim_step(x, e[:, :, :3], t, tn, schedule=SCHED)
+    with pytest.raises(TypeError, match="eps has dtype"):
+        ddim_step(x, e.double(), t, tn, schedule=SCHED)
+    with pytest.raises(ValueError, match=r"t must have shape \(2,\)"):
+        ddim_step(x, e, torch.tensor([10, 5, 3]), tn, schedule=SCHED)
+    with pytest.raises(TypeError, match="t must be an integer tensor"):
+        ddim_step(x, e, t.float(), tn, schedule=SCHED)
+    with pytest.raises(ValueError, match="pass seed="):
+        ddpm_step(x, e, t, tn, schedule=SCHED)
+    with pytest.raises(ValueError, match="pass seed="):
+        ddim_step(x, e, t, tn, schedule=SCHED, eta=1.0)
+    with pytest.raises(ValueError, match="seed must be in"):
+        q_sample(x, t, schedule=SCHED, seed=-1)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        diffusion_loss(x, x, t, 0, schedule=SCHED, reduction="sum")
+    with pytest.raises(ValueError, match="x_t must be"):
+        ddim_step(x[0, 0, 0], e[0, 0, 0], t, tn, schedule=SCHED)
+    with pytest.raises(TypeError, match="schedule must be a FastDDPMSchedule"):
+        q_sample(x, t, schedule=None, seed=0)
+
+
+# --- the custom-op boundary --------------------------------------------------------------------
+@pytest.mark.parametrize("backend", _backends())
+def test_opcheck(backend):
+    x, e = torch.randn(2, 1, 4, 6), torch.randn(2, 1, 4, 6)
+    t, tn = torch.tensor([999, 3]), torch.tensor([899, -1])
+    ops = torch.ops.medkernels
+    torch.library.opcheck(ops.diffusion_q_sample.default, (x, t, TABLE, None, 3, 1, backend))
+    torch.library.opcheck(ops.diffusion_ddim_step.default, (x, e, t, tn, TABLE, None, 3, 1, 0.5, True, backend))
+    torch.library.opcheck(ops.diffusion_ddpm_step.default, (x, e, t, tn, TABLE, None, 3, 1, 1.0, False, backend))
+    torch.library.opcheck(ops.diffusion_loss.default, (x.requires_grad_(), None, 3, 1, "sum_mean", backend))
+    torch.library.opcheck(ops.diffusion_normal.default, (x.detach(), 3, 1, backend))
+
+
+def test_torch_compile_fullgraph():
+    be = "cpu" if "cpu" in [b for b in _backends() if isinstance(b, str)] else "reference"
+
+    def step(x, e, t, tn):
+        y = ddim_step(x, e, t, tn, schedule=SCHED, eta=0.5, seed=3, backend=be)
+        return ddpm_step(y, e, tn + 1, tn, schedule=SCHED, seed=3, offset=1, backend=be)
+
+    x, e = torch.randn(2, 1, 4, 6), torch.randn(2, 1, 4, 6)
+    t, tn = torch.tensor([999, 500]), torch.tensor([899, 100])
+    torch._dynamo.reset()
+    got = torch.compile(step, fullgraph=True)(x, e, t, tn)
+    assert torch.equal(got, step(x, e, t, tn))
+
+
+@pytest.mark.skipif(not _environment.EXTENDED_TESTS, reason="large shapes: MEDKERNELS_EXTENDED_TESTS=1")
+@pytest.mark.parametrize("backend", _backends())
+def test_large_volume(backend):
+    shape = (1, 1, 33, 64, 65)
+    g = torch.Generator().manual_seed(8)
+    x, e, _ = _inputs(shape, torch.float32, g)
+    t, tn = torch.tensor([999]), torch.tensor([899])
+    got = ddim_step(x, e, t, tn, schedule=SCHED, eta=1.0, seed=4, backend=backend)
+    assert_close("ddim large", got, ref.ddim_step_ref(x, e, t, tn, TABLE, 1.0, ref.normal_ref(shape, 4, 0))[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_reproduces_cpu_noise():
+    x = torch.empty(2, 3, 17, 9)
+    cpu = randn(x, 5, 1, backend="reference")
+    gpu = randn(x.cuda(), 5, 1, backend="triton").cpu()
+    assert (cpu - gpu).abs().max().item() <= 2e-6
+    assert torch.equal(philox_bits(x.shape, 5, 1, device="cuda", backend="triton").cpu(),
+                       ref.philox_bits_ref(x.shape, 5, 1))
