@@ -190,12 +190,12 @@ def fast_ddpm_sample_ref(model, x_T, cond, schedule, kind: str = "ddim", eta: fl
             t = torch.full((n,), tc, dtype=torch.int64, device=x.device)
             t_next = torch.full((n,), tn, dtype=torch.int64, device=x.device)
             inp = x if cond is None else torch.cat([cond, x], dim=1)
-            e = model(inp, t)
+            e = model(inp, t.float())  # the official loops pass t as a float tensor
             z = normal_ref(x.shape, seed, offset + i, device=x.device)
             if kind == "ddim":
                 x, x0 = ddim_step_ref(x, e, t, t_next, table, eta, z, upcast=upcast)
             else:
                 x, x0 = ddpm_step_ref(x, e, t, t_next, table, z, clip, upcast=upcast)
-            x, x0 = x.to(x_T.dtype), x0.to(x_T.dtype)
+            x, x0 = x.to(x_T.dtype), x0.to(x_T.dtype)  # the state is stored in x_T's dtype each step
             x0s.append(x0)
     return x, x0s

@@ -1,0 +1,146 @@
+"""The Fast-DDPM S-step sampling loop on the fused steps.
+
+``FastDDPMSampler(model, schedule)(x_T, cond)`` runs, from the schedule's last index down to its
+first, ``eps = model(cat([cond, x_t], 1), t)`` (the channel-concat conditioning Fast-DDPM uses
+for denoising, super-resolution and translation; ``cond=None`` feeds x_t alone) followed by one
+fused DDIM or DDPM step. Step i (0 = the first, at the largest t) draws its noise from
+``(seed, offset + i)``, so a run is reproducible on every backend and device.
+
+The model receives t as a float tensor of shape (B,), as the official ``sg_generalized_steps`` /
+``sg_ddpm_steps`` pass it. On a GPU the whole loop is captured once in a CUDA graph and replayed
+(the model must be capturable: no host syncs, no data-dependent shapes); capture failure falls
+back to the eager loop with a warning. A graph is specific to the input shape, dtype, seed and
+offset.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ..ops.diffusion import ddim_step, ddpm_step
+from .schedule import FastDDPMSchedule
+
+KINDS = ("ddim", "ddpm")
+
+
+class FastDDPMSampler:
+    """S-step Fast-DDPM sampler.
+
+    Args:
+        model: callable ``model(x, t) -> eps`` with x (B, C_cond + C, ...) and t (B,) float.
+        schedule: a :class:`FastDDPMSchedule`; its ``timesteps`` are the indices visited.
+        kind: ``"ddim"`` (the official "generalized" steps, with ``eta``) or ``"ddpm"``
+            (ancestral steps, x0 clamped to [-clip, clip]).
+        eta: DDIM noise scale (0: deterministic).
+        clip: DDPM x0 clamp (None: none).
+        backend: backend of the fused steps ("auto", "triton", "cpu", "reference").
+        progress: show a tqdm progress bar over the steps (eager loop only).
+        cuda_graph: capture the loop in a CUDA graph on GPU tensors ("auto": try, fall back).
+    """
+
+    def __init__(self, model, schedule: FastDDPMSchedule, kind: str = "ddim", eta: float = 0.0,
+                 clip: Optional[float] = 1.0, backend: str = "auto", progress: bool = True, cuda_graph="auto") -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if not isinstance(schedule, FastDDPMSchedule):
+            raise TypeError(f"schedule must be a FastDDPMSchedule, got {type(schedule).__name__}")
+        if cuda_graph not in ("auto", True, False):
+            raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
+        self.model, self.schedule, self.kind = model, schedule, kind
+        self.eta, self.clip, self.backend, self.progress = float(eta), clip, backend, progress
+        self.cuda_graph = cuda_graph
+        self._graphs: Dict[tuple, tuple] = {}
+
+    def _pairs(self) -> List[Tuple[int, int]]:
+        seq = self.schedule.timesteps.tolist()
+        seq_next = [-1] + seq[:-1]
+        return list(zip(reversed(seq), reversed(seq_next)))
+
+    def _loop(self, x, cond, seed, offset, trajectory, progress):
+        n = x.shape[0]
+        pairs = self._pairs()
+        # every step's timesteps made once, up front (no per-step host-to-device copies)
+        ts = torch.tensor([p[0] for p in pairs], dtype=torch.int64, device=x.device)
+        tns = torch.tensor([p[1] for p in pairs], dtype=torch.int64, device=x.device)
+        tfs = ts.to(torch.float32)
+        x0s = []
+        steps = range(len(pairs))
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=f"Fast-DDPM {self.kind}", leave=False)
+        for i in steps:
+            t, tn = ts[i].expand(n), tns[i].expand(n)
+            inp = x if cond is None else torch.cat([cond, x], dim=1)
+            eps = self.model(inp, tfs[i].expand(n)).to(x.dtype)
+            if self.kind == "ddim":
+                out = ddim_step(x, eps, t, tn, schedule=self.schedule, eta=self.eta, seed=seed, offset=offset + i,
+                                return_x0=trajectory, backend=self.backend)
+            else:
+                out = ddpm_step(x, eps, t, tn, schedule=self.schedule, seed=seed, offset=offset + i, clip=self.clip,
+                                return_x0=trajectory, backend=self.backend)
+            if trajectory:
+                x, x0 = out
+                x0s.append(x0)
+            else:
+                x = out
+        return x, x0s
+
+    def _graphed(self, x_T, cond, seed, offset, trajectory):
+        key = (tuple(x_T.shape), x_T.dtype, x_T.device, None if cond is None else (tuple(cond.shape), cond.dtype),
+               seed, offset, trajectory)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_x = x_T.clone()
+            static_c = None if cond is None else cond.clone()
+            stream = torch.cuda.Stream(device=x_T.device)
+            stream.wait_stream(torch.cuda.current_stream(x_T.device))
+            with torch.cuda.stream(stream), torch.no_grad():  # warm-up: compile kernels, allocate
+                self._loop(static_x, static_c, seed, offset, trajectory, False)
+            torch.cuda.current_stream(x_T.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                out = self._loop(static_x, static_c, seed, offset, trajectory, False)
+            entry = (graph, static_x, static_c, out)
+            self._graphs[key] = entry
+        graph, static_x, static_c, out = entry
+        static_x.copy_(x_T)
+        if static_c is not None:
+            static_c.copy_(cond)
+        graph.replay()
+        return out[0].clone(), [v.clone() for v in out[1]]
+
+    @torch.no_grad()
+    def __call__(self, x_T: torch.Tensor, cond: Optional[torch.Tensor] = None, *, seed: int = 0, offset: int = 0,
+                 return_trajectory: bool = False):
+        """Run the S steps from x_T.
+
+        Args:
+            x_T: (B, C, ...) the starting noise.
+            cond: (B, C_cond, ...) conditioning concatenated before x_t on the channel axis, or None.
+            seed, offset: the noise stream; step i uses ``(seed, offset + i)``.
+            return_trajectory: also return the list of x0 predictions (one per step).
+
+        Returns:
+            x_0, or (x_0, [x0_pred per step]) with ``return_trajectory``.
+        """
+        if cond is not None and (cond.shape[0] != x_T.shape[0] or cond.shape[2:] != x_T.shape[2:]):
+            raise ValueError(f"cond must be (B, C_cond, ...) matching x_T {tuple(x_T.shape)} except in channels, "
+                             f"got {tuple(cond.shape)}")
+        use_graph = x_T.is_cuda and self.cuda_graph is not False
+        if use_graph:
+            try:
+                x, x0s = self._graphed(x_T, cond, seed, offset, return_trajectory)
+            except Exception as exc:  # a model that cannot be captured runs eagerly
+                if self.cuda_graph is True:
+                    raise
+                warnings.warn(f"FastDDPMSampler: CUDA-graph capture failed ({exc}); running the loop eagerly",
+                              stacklevel=2)
+                self.cuda_graph = False
+                x, x0s = self._loop(x_T, cond, seed, offset, return_trajectory, self.progress)
+        else:
+            x, x0s = self._loop(x_T, cond, seed, offset, return_trajectory, self.progress)
+        return (x, x0s) if return_trajectory else x
