@@ -1,0 +1,428 @@
+// (Shifted) window attention in 3D on the CPU (OpenMP). See medkernels/window_attention.h.
+//
+// Forward: one task per (direction, batch, window, head). The window's q, k, v are gathered
+// from the strided volumes into small contiguous buffers (keys transposed so the logits of a
+// query are a unit-stride loop over keys), each query's logits row gets bias, shift mask and
+// softmax in one pass, and the output goes straight back to the token's place.
+// Backward: one task per (direction, chunk of windows, head), the chunk's windows in order:
+// P is recomputed from the saved log-sum-exp, dS = P (dO V^T - rowsum(dO O)); dq per query,
+// dk, dv per key, and dS summed into the task's own (N, N) slice of the workspace. The slices
+// and the padding-token gradients are then summed in a fixed order: the bias-table gradient is
+// the same bits on every run. The chunk count depends on the sizes only, never on threads.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "medkernels/detail/dtype_switch.h"
+#include "medkernels/detail/error.h"
+#include "medkernels/window_attention.h"
+
+namespace medkernels {
+
+Status window_attention_check(const WindowAttentionParams& p) {
+  MK_CHECK_ARG(p.directions == 1 || p.directions == 2,
+               "window_attention: directions must be 1 or 2, got " + std::to_string(p.directions));
+  MK_CHECK_ARG(p.q0 && p.k0 && p.v0 && p.o0 && p.lse, "window_attention: q, k, v, out and lse must not be null");
+  MK_CHECK_ARG(p.directions == 1 || (p.q1 && p.k1 && p.v1 && p.o1),
+               "window_attention: direction 1 needs q1, k1, v1 and o1");
+  MK_CHECK_ARG(p.batch >= 1 && p.heads >= 1 && p.head_dim >= 1,
+               "window_attention: batch, heads and head_dim must be >= 1");
+  for (int a = 0; a < 3; ++a) {
+    MK_CHECK_ARG(p.size[a] >= 1, "window_attention: sizes must be >= 1");
+    MK_CHECK_ARG(p.window[a] >= 1 && p.eff_window[a] >= 1 && p.eff_window[a] <= p.window[a],
+                 "window_attention: need 1 <= eff_window <= window on every axis");
+    MK_CHECK_ARG(p.shift[a] >= 0 && p.shift[a] < p.eff_window[a],
+                 "window_attention: shift must be in [0, eff_window) on every axis");
+    MK_CHECK_ARG(p.padded[a] >= p.size[a] && p.padded[a] % p.eff_window[a] == 0 &&
+                     p.padded[a] - p.size[a] < p.eff_window[a],
+                 "window_attention: padded must be size rounded up to a multiple of eff_window");
+  }
+  return Status::kSuccess;
+}
+
+namespace {
+
+// Where each window-local token of each window lives, and the pairwise bias index.
+struct Geometry {
+  int64_t N = 0, nW = 0;
+  std::vector<int64_t> coord;  // (nW, N): ((od * H + oh) * W + ow), or -1 for a padding token
+  std::vector<int32_t> od, oh, ow;
+  std::vector<uint8_t> region;  // (nW, N) shift region id
+  std::vector<int32_t> bias_index;  // (N, N)
+};
+
+Geometry make_geometry(const WindowAttentionParams& p) {
+  Geometry g;
+  const int64_t WD = p.eff_window[0], WH = p.eff_window[1], WW = p.eff_window[2];
+  const int64_t nwd = p.padded[0] / WD, nwh = p.padded[1] / WH, nww = p.padded[2] / WW;
+  g.N = WD * WH * WW;
+  g.nW = nwd * nwh * nww;
+  const int64_t total = g.nW * g.N;
+  g.coord.resize(total);
+  g.od.resize(total);
+  g.oh.resize(total);
+  g.ow.resize(total);
+  g.region.resize(total);
+  auto region_of = [&](int a, int64_t x) -> int {
+    if (p.shift[a] == 0) return 0;  // MONAI: an unshifted axis is one region
+    return int(x >= p.padded[a] - p.eff_window[a]) + int(x >= p.padded[a] - p.shift[a]);
+  };
+  for (int64_t w = 0; w < g.nW; ++w) {
+    const int64_t wd0 = (w / (nwh * nww)) * WD, wh0 = ((w / nww) % nwh) * WH, ww0 = (w % nww) * WW;
+    for (int64_t t = 0; t < g.N; ++t) {
+      const int64_t xd = wd0 + t / (WH * WW), xh = wh0 + (t / WW) % WH, xw = ww0 + t % WW;
+      const int64_t d = (xd + p.shift[0]) % p.padded[0];
+      const int64_t h = (xh + p.shift[1]) % p.padded[1];
+      const int64_t x = (xw + p.shift[2]) % p.padded[2];
+      const bool valid = d < p.size[0] && h < p.size[1] && x < p.size[2];
+      const int64_t i = w * g.N + t;
+      g.coord[i] = valid ? (d * p.size[1] + h) * p.size[2] + x : -1;
+      g.od[i] = int32_t(d);
+      g.oh[i] = int32_t(h);
+      g.ow[i] = int32_t(x);
+      g.region[i] = uint8_t(region_of(0, xd) * 9 + region_of(1, xh) * 3 + region_of(2, xw));
+    }
+  }
+  // Swin's index of the configured window on flat token indices (index[:n, :n])
+  const int64_t CWD = p.window[0], CWH = p.window[1], CWW = p.window[2];
+  (void)CWD;
+  g.bias_index.resize(g.N * g.N);
+  for (int64_t i = 0; i < g.N; ++i) {
+    const int64_t id = i / (CWH * CWW), ih = (i / CWW) % CWH, iw = i % CWW;
+    for (int64_t j = 0; j < g.N; ++j) {
+      const int64_t jd = j / (CWH * CWW), jh = (j / CWW) % CWH, jw = j % CWW;
+      g.bias_index[i * g.N + j] =
+          int32_t((id - jd + p.window[0] - 1) * (2 * CWH - 1) * (2 * CWW - 1) + (ih - jh + CWH - 1) * (2 * CWW - 1) +
+                  (iw - jw + CWW - 1));
+    }
+  }
+  return g;
+}
+
+inline int64_t offset(const int64_t* s, int64_t b, const Geometry& g, int64_t i, int64_t h) {
+  return b * s[0] + g.od[i] * s[1] + g.oh[i] * s[2] + g.ow[i] * s[3] + h * s[4];
+}
+
+// Everything added to q.k * scale, per head: (heads, N, N) bias (+ nothing else; the shift
+// mask and padding mask depend on the window and are applied per row).
+template <typename T, typename A>
+std::vector<A> bias_values(const WindowAttentionParams& p, const Geometry& g) {
+  std::vector<A> out;
+  if (!p.table) return out;
+  const T* table = static_cast<const T*>(p.table);
+  out.resize(p.heads * g.N * g.N);
+  for (int64_t h = 0; h < p.heads; ++h)
+    for (int64_t ij = 0; ij < g.N * g.N; ++ij) out[h * g.N * g.N + ij] = Io<T>::load(table + g.bias_index[ij] * p.heads + h);
+  return out;
+}
+
+template <typename A>
+struct Window {
+  // token buffers of one (window, head): Q (N, E), K^T (E, N), V (N, E)
+  std::vector<A> Q, KT, V;
+  std::vector<uint8_t> valid;
+  Window(int64_t N, int64_t E) : Q(N * E), KT(E * N), V(N * E), valid(N) {}
+};
+
+template <typename T, typename A>
+void gather(const WindowAttentionParams& p, const Geometry& g, int64_t b, int64_t w, int64_t h, const T* q,
+            const T* k, const T* v, Window<A>& win) {
+  const int64_t N = g.N, E = p.head_dim;
+  const T* pad = static_cast<const T*>(p.pad_kv);
+  for (int64_t t = 0; t < N; ++t) {
+    const int64_t i = w * N + t;
+    const bool ok = g.coord[i] >= 0;
+    win.valid[t] = ok;
+    if (ok) {
+      const T* qp = q + offset(p.q_strides, b, g, i, h);
+      const T* kp = k + offset(p.k_strides, b, g, i, h);
+      const T* vp = v + offset(p.v_strides, b, g, i, h);
+      for (int64_t e = 0; e < E; ++e) {
+        win.Q[t * E + e] = Io<T>::load(qp + e * p.q_strides[5]);
+        win.KT[e * N + t] = Io<T>::load(kp + e * p.k_strides[5]);
+        win.V[t * E + e] = Io<T>::load(vp + e * p.v_strides[5]);
+      }
+    } else {
+      for (int64_t e = 0; e < E; ++e) {
+        win.Q[t * E + e] = A(0);
+        win.KT[e * N + t] = pad ? Io<T>::load(pad + h * E + e) : A(0);
+        win.V[t * E + e] = pad ? Io<T>::load(pad + (p.heads + h) * E + e) : A(0);
+      }
+    }
+  }
+}
+
+// Logits row of query i (window-local) into s[0..N).
+template <typename A>
+void logits_row(const WindowAttentionParams& p, const Geometry& g, const std::vector<A>& bias, int64_t w, int64_t h,
+                const Window<A>& win, int64_t i, A* s) {
+  const int64_t N = g.N, E = p.head_dim;
+  const A scale = A(p.scale);
+  for (int64_t j = 0; j < N; ++j) s[j] = A(0);
+  const A* qi = win.Q.data() + i * E;
+  for (int64_t e = 0; e < E; ++e) {
+    const A qe = qi[e];
+    const A* kt = win.KT.data() + e * N;
+    for (int64_t j = 0; j < N; ++j) s[j] += qe * kt[j];
+  }
+  for (int64_t j = 0; j < N; ++j) s[j] *= scale;
+  if (!bias.empty()) {
+    const A* br = bias.data() + (h * N + i) * N;
+    for (int64_t j = 0; j < N; ++j) s[j] += br[j];
+  }
+  const bool shifted = p.shift[0] > 0 || p.shift[1] > 0 || p.shift[2] > 0;
+  if (shifted) {
+    const uint8_t* reg = g.region.data() + w * N;
+    const A mv = A(p.mask_value);
+    for (int64_t j = 0; j < N; ++j)
+      if (reg[j] != reg[i]) s[j] += mv;
+  }
+  if (p.mask_padded) {
+    for (int64_t j = 0; j < N; ++j)
+      if (!win.valid[j]) s[j] = -std::numeric_limits<A>::infinity();
+  }
+}
+
+template <typename T>
+Status fwd_impl(const WindowAttentionParams& p) {
+  using A = typename Io<T>::acc;
+  const Geometry g = make_geometry(p);
+  const std::vector<A> bias = bias_values<T, A>(p, g);
+  const int64_t N = g.N, E = p.head_dim, HEADS = p.heads, B = p.batch;
+  const int64_t vol = p.size[0] * p.size[1] * p.size[2];
+  const int64_t tasks = p.directions * B * g.nW * HEADS;
+  A* lse = static_cast<A*>(p.lse);
+#pragma omp parallel
+  {
+    Window<A> win(N, E);
+    std::vector<A> s(N), acc(E);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t h = task % HEADS, w = (task / HEADS) % g.nW, b = (task / (HEADS * g.nW)) % B;
+      const int dir = int(task / (HEADS * g.nW * B));
+      const T* q = static_cast<const T*>(dir ? p.q1 : p.q0);
+      const T* k = static_cast<const T*>(dir ? p.k1 : p.k0);
+      const T* v = static_cast<const T*>(dir ? p.v1 : p.v0);
+      T* o = static_cast<T*>(dir ? p.o1 : p.o0);
+      gather<T, A>(p, g, b, w, h, q, k, v, win);
+      for (int64_t i = 0; i < N; ++i) {
+        if (!win.valid[i]) continue;  // padding queries are dropped
+        logits_row<A>(p, g, bias, w, h, win, i, s.data());
+        A m = -std::numeric_limits<A>::infinity();
+        for (int64_t j = 0; j < N; ++j) m = std::max(m, s[j]);
+        A l = A(0);
+        for (int64_t j = 0; j < N; ++j) {
+          s[j] = std::exp(s[j] - m);
+          l += s[j];
+        }
+        std::fill(acc.begin(), acc.end(), A(0));
+        for (int64_t j = 0; j < N; ++j) {
+          const A pj = s[j];
+          if (pj == A(0)) continue;
+          const A* vj = win.V.data() + j * E;
+          for (int64_t e = 0; e < E; ++e) acc[e] += pj * vj[e];
+        }
+        const A inv = A(1) / l;
+        T* op = o + offset(p.o_strides, b, g, w * N + i, h);
+        for (int64_t e = 0; e < E; ++e) Io<T>::store(op + e * p.o_strides[5], acc[e] * inv);
+        lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h] = m + std::log(l);
+      }
+    }
+  }
+  return Status::kSuccess;
+}
+
+// Fixed chunking of the (batch x window) axis for the backward's dS partial sums.
+int64_t bwd_chunks(const WindowAttentionParams& p, int64_t N, int64_t nW) {
+  const size_t acc = p.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  int64_t chunks = std::min<int64_t>(p.batch * nW, 16);
+  while (chunks > 1 && size_t(p.directions * chunks * p.heads * N * N) * acc > (size_t(256) << 20)) chunks /= 2;
+  return std::max<int64_t>(chunks, 1);
+}
+
+void sizes(const WindowAttentionParams& p, int64_t* N, int64_t* nW) {
+  *N = p.eff_window[0] * p.eff_window[1] * p.eff_window[2];
+  *nW = 1;
+  for (int a = 0; a < 3; ++a) *nW *= p.padded[a] / std::max<int64_t>(p.eff_window[a], 1);
+}
+
+template <typename T>
+Status bwd_impl(const WindowAttentionBwdParams& bp) {
+  using A = typename Io<T>::acc;
+  const WindowAttentionParams& p = bp.fwd;
+  const Geometry g = make_geometry(p);
+  const std::vector<A> bias = bias_values<T, A>(p, g);
+  const int64_t N = g.N, E = p.head_dim, HEADS = p.heads, B = p.batch;
+  const int64_t vol = p.size[0] * p.size[1] * p.size[2];
+  const int64_t chunks = bwd_chunks(p, N, g.nW);
+  const int64_t per_chunk = (B * g.nW + chunks - 1) / chunks;
+  const int64_t units = p.directions * chunks * HEADS;
+  const bool want_pair = bp.pair_grad != nullptr;
+  const bool want_pad = bp.grad_pad_kv != nullptr;
+  A* pair_parts = static_cast<A*>(bp.workspace);                     // (units, N, N)
+  A* pad_parts = pair_parts + (want_pair ? units * N * N : 0);       // (units, 2, E)
+  const A* lse = static_cast<const A*>(p.lse);
+  const A scale = A(p.scale);
+#pragma omp parallel
+  {
+    Window<A> win(N, E);
+    std::vector<A> dO(N * E), VT(E * N), dK(N * E), dV(N * E), s(N), ds(N), dq(E), delta(N);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t unit = 0; unit < units; ++unit) {
+      const int64_t h = unit % HEADS, c = (unit / HEADS) % chunks;
+      const int dir = int(unit / (HEADS * chunks));
+      const T* q = static_cast<const T*>(dir ? p.q1 : p.q0);
+      const T* k = static_cast<const T*>(dir ? p.k1 : p.k0);
+      const T* v = static_cast<const T*>(dir ? p.v1 : p.v0);
+      const T* o = static_cast<const T*>(dir ? p.o1 : p.o0);
+      const T* go = static_cast<const T*>(dir ? bp.g1 : bp.g0);
+      T* dqp = static_cast<T*>(dir ? bp.dq1 : bp.dq0);
+      T* dkp = static_cast<T*>(dir ? bp.dk1 : bp.dk0);
+      T* dvp = static_cast<T*>(dir ? bp.dv1 : bp.dv0);
+      A* pair = want_pair ? pair_parts + unit * N * N : nullptr;
+      A* padg = want_pad ? pad_parts + unit * 2 * E : nullptr;
+      if (pair) std::fill(pair, pair + N * N, A(0));
+      if (padg) std::fill(padg, padg + 2 * E, A(0));
+      const int64_t bw1 = std::min((c + 1) * per_chunk, B * g.nW);
+      for (int64_t bw = c * per_chunk; bw < bw1; ++bw) {
+        const int64_t b = bw / g.nW, w = bw % g.nW;
+        gather<T, A>(p, g, b, w, h, q, k, v, win);
+        for (int64_t t = 0; t < N; ++t)
+          for (int64_t e = 0; e < E; ++e) VT[e * N + t] = win.V[t * E + e];
+        for (int64_t t = 0; t < N; ++t) {
+          delta[t] = A(0);
+          if (!win.valid[t]) {
+            for (int64_t e = 0; e < E; ++e) dO[t * E + e] = A(0);
+            continue;
+          }
+          const int64_t i = w * N + t;
+          const T* gp = go + offset(bp.g_strides, b, g, i, h);
+          const T* op = o + offset(p.o_strides, b, g, i, h);
+          A dl = A(0);
+          for (int64_t e = 0; e < E; ++e) {
+            const A ge = Io<T>::load(gp + e * bp.g_strides[5]);
+            dO[t * E + e] = ge;
+            dl += ge * Io<T>::load(op + e * p.o_strides[5]);
+          }
+          delta[t] = dl;
+        }
+        std::fill(dK.begin(), dK.end(), A(0));
+        std::fill(dV.begin(), dV.end(), A(0));
+        for (int64_t i = 0; i < N; ++i) {
+          if (!win.valid[i]) continue;
+          logits_row<A>(p, g, bias, w, h, win, i, s.data());
+          const A li = lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h];
+          for (int64_t j = 0; j < N; ++j) s[j] = std::exp(s[j] - li);  // P row
+          // dP row = dO_i . V_j
+          for (int64_t j = 0; j < N; ++j) ds[j] = A(0);
+          const A* doi = dO.data() + i * E;
+          for (int64_t e = 0; e < E; ++e) {
+            const A de = doi[e];
+            const A* vt = VT.data() + e * N;
+            for (int64_t j = 0; j < N; ++j) ds[j] += de * vt[j];
+          }
+          for (int64_t j = 0; j < N; ++j) ds[j] = s[j] * (ds[j] - delta[i]);
+          std::fill(dq.begin(), dq.end(), A(0));
+          const A* qi = win.Q.data() + i * E;
+          for (int64_t j = 0; j < N; ++j) {
+            const A dsj = ds[j], pj = s[j];
+            const A* kt = win.KT.data();
+            for (int64_t e = 0; e < E; ++e) dq[e] += dsj * kt[e * N + j];
+            A* dkj = dK.data() + j * E;
+            A* dvj = dV.data() + j * E;
+            for (int64_t e = 0; e < E; ++e) {
+              dkj[e] += dsj * qi[e];
+              dvj[e] += pj * doi[e];
+            }
+          }
+          if (pair) {
+            A* row = pair + i * N;
+            for (int64_t j = 0; j < N; ++j) row[j] += ds[j];
+          }
+          T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
+          for (int64_t e = 0; e < E; ++e) Io<T>::store(dqo + e * bp.dq_strides[5], dq[e] * scale);
+        }
+        for (int64_t j = 0; j < N; ++j) {
+          if (win.valid[j]) {
+            const int64_t i = w * N + j;
+            T* dko = dkp + offset(bp.dk_strides, b, g, i, h);
+            T* dvo = dvp + offset(bp.dv_strides, b, g, i, h);
+            for (int64_t e = 0; e < E; ++e) {
+              Io<T>::store(dko + e * bp.dk_strides[5], dK[j * E + e] * scale);
+              Io<T>::store(dvo + e * bp.dv_strides[5], dV[j * E + e]);
+            }
+          } else if (padg) {
+            for (int64_t e = 0; e < E; ++e) {
+              padg[e] += dK[j * E + e] * scale;
+              padg[E + e] += dV[j * E + e];
+            }
+          }
+        }
+      }
+    }
+  }
+  // fixed-order reductions over directions and chunks
+  if (want_pair) {
+    A* out = static_cast<A*>(bp.pair_grad);
+#pragma omp parallel for schedule(static)
+    for (int64_t h = 0; h < HEADS; ++h) {
+      A* dst = out + h * N * N;
+      std::fill(dst, dst + N * N, A(0));
+      for (int dir = 0; dir < p.directions; ++dir)
+        for (int64_t c = 0; c < chunks; ++c) {
+          const A* src = pair_parts + ((dir * chunks + c) * HEADS + h) * N * N;
+          for (int64_t ij = 0; ij < N * N; ++ij) dst[ij] += src[ij];
+        }
+    }
+  }
+  if (want_pad) {
+    A* out = static_cast<A*>(bp.grad_pad_kv);  // (2, heads, E)
+    for (int64_t h = 0; h < HEADS; ++h)
+      for (int kv = 0; kv < 2; ++kv)
+        for (int64_t e = 0; e < E; ++e) {
+          A sum = A(0);
+          for (int dir = 0; dir < p.directions; ++dir)
+            for (int64_t c = 0; c < chunks; ++c) sum += pad_parts[((dir * chunks + c) * HEADS + h) * 2 * E + kv * E + e];
+          out[(kv * HEADS + h) * E + e] = sum;
+        }
+  }
+  return Status::kSuccess;
+}
+
+}  // namespace
+
+size_t window_attention_bwd_workspace_bytes(const WindowAttentionBwdParams& bp) {
+  const WindowAttentionParams& p = bp.fwd;
+  int64_t N, nW;
+  sizes(p, &N, &nW);
+  const size_t acc = p.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  const int64_t units = p.directions * bwd_chunks(p, N, nW) * p.heads;
+  size_t n = 0;
+  if (bp.pair_grad) n += size_t(units * N * N);
+  if (bp.grad_pad_kv) n += size_t(units * 2 * p.head_dim);
+  return n * acc;
+}
+
+namespace cpu {
+
+Status window_attention_fwd(const WindowAttentionParams& p) {
+  const Status st = window_attention_check(p);
+  if (st != Status::kSuccess) return st;
+  MK_DTYPE_SWITCH(p.dtype, T, return fwd_impl<T>(p);)
+}
+
+Status window_attention_bwd(const WindowAttentionBwdParams& bp) {
+  const Status st = window_attention_check(bp.fwd);
+  if (st != Status::kSuccess) return st;
+  MK_CHECK_ARG(bp.g0 && bp.dq0 && bp.dk0 && bp.dv0, "window_attention: grad_out, dq, dk and dv must not be null");
+  MK_CHECK_ARG(bp.fwd.directions == 1 || (bp.g1 && bp.dq1 && bp.dk1 && bp.dv1),
+               "window_attention: direction 1 needs g1, dq1, dk1 and dv1");
+  MK_CHECK_ARG(bp.workspace_bytes >= window_attention_bwd_workspace_bytes(bp),
+               "window_attention: workspace smaller than window_attention_bwd_workspace_bytes()");
+  MK_DTYPE_SWITCH(bp.fwd.dtype, T, return bwd_impl<T>(bp);)
+}
+
+}  // namespace cpu
+}  // namespace medkernels
