@@ -1,0 +1,7 @@
+"""Drop-in ``nn.Module``s over the fused ops, with the official models' state-dict keys."""
+
+from .decomp_conv import DecompConv3d
+from .window_attention import CrossModalSwinBlock3d, CrossModalWindowAttention3d, SwinBlock3d, WindowAttention3d
+
+__all__ = ["DecompConv3d", "WindowAttention3d", "CrossModalWindowAttention3d", "SwinBlock3d",
+           "CrossModalSwinBlock3d"]
