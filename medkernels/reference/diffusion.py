@@ -19,7 +19,8 @@ memory layout does not matter): element ``i`` (row-major within its sample) of s
     lanes 0, 1 = pair(x0, x1);  lanes 2, 3 = pair(x2, x3)
 
 then one cast to the output dtype. The integers are the same bits everywhere; the fp32 normal
-differs between platforms only by the last-ulp rounding of their ``log``/``cos``/``sin``.
+differs between backends only by a few ulps of their ``log``/``cos``/``sin`` (torch, Triton/libdevice,
+libm, or the vectorised polynomials of the C++ CPU kernel): at most ~1e-6 absolute.
 ``offset`` is a stream index, not an element count: the sampler uses one offset per step, so
 streams never overlap whatever the tensor size; a sample's noise does not depend on the batch
 size or on the other samples.
