@@ -44,6 +44,9 @@ void bind_diffusion(py::module_& m) {
   m.def("philox_fill_cpu", [](uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, std::uintptr_t out) {
     medkernels_glue::call([&] { return mk::cpu::philox_fill(seed, offset, batch, groups, reinterpret_cast<int64_t*>(out)); });
   });
+  m.def("philox_normal_fill_cpu", [](uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, std::uintptr_t out) {
+    medkernels_glue::call([&] { return mk::cpu::philox_normal_fill(seed, offset, batch, groups, reinterpret_cast<float*>(out)); });
+  });
 #ifdef MEDKERNELS_WITH_CUDA
   m.def("diffusion_fwd_cuda", [](const DiffusionParams& prm, std::uintptr_t stream) {
     medkernels_glue::call([&] { return mk::cuda::diffusion_fwd(prm, reinterpret_cast<void*>(stream)); });

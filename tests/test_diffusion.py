@@ -134,6 +134,19 @@ def test_normal_same_on_every_backend_and_dtype(backend):
             1e-2 if dt != torch.float64 else 0)
 
 
+def test_scalar_normal_path_of_the_cuda_kernel():
+    # detail::philox_normal4 (MK_HD, what the CUDA kernel runs) on the host, against the reference
+    from medkernels._extension import extension
+
+    if not extension.has("philox_normal_fill_cpu"):
+        pytest.skip("medkernels._C without philox_normal_fill_cpu")
+    shape = (3, 2, 5, 8)
+    groups = 2 * 5 * 8 // 4
+    out = torch.empty((3, groups, 4), dtype=torch.float32)
+    extension.module.philox_normal_fill_cpu(77, 2**35 + 1, 3, groups, out.data_ptr())
+    assert (out.reshape(shape) - ref.normal_ref(shape, 77, 2**35 + 1)).abs().max().item() <= 2e-6
+
+
 def _big_draw(numel=1 << 20, seed=7, offset=0):
     x = torch.empty((4, numel // 4))
     be = "cpu" if "cpu" in [b for b in _backends() if isinstance(b, str)] else "reference"

@@ -258,5 +258,13 @@ Status philox_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups
   return Status::kSuccess;
 }
 
+Status philox_normal_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, float* out) {
+  MK_CHECK_ARG(out && batch >= 0 && groups >= 0, "philox_normal_fill: out must not be null and sizes >= 0");
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < batch * groups; ++i)
+    detail::philox_normal4(seed, offset, static_cast<uint64_t>(i / groups), static_cast<uint64_t>(i % groups), out + 4 * i);
+  return Status::kSuccess;
+}
+
 }  // namespace cpu
 }  // namespace medkernels

@@ -55,6 +55,9 @@ namespace cpu {
 Status diffusion_fwd(const DiffusionParams& p);
 // out[(b * groups + g) * 4 + l] = Philox word l of group g of sample b (the noise contract's bits).
 Status philox_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, int64_t* out);
+// out[(b * groups + g) * 4 + l] = normal l of group g of sample b through the scalar MK_HD
+// detail::philox_normal4 (the code the CUDA kernel runs; the CPU kernel uses a vectorised twin).
+Status philox_normal_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, float* out);
 }  // namespace cpu
 
 namespace cuda {
