@@ -4,6 +4,9 @@ training loss against the float64 formulas of medkernels.reference.diffusion."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -424,6 +427,16 @@ def test_large_volume(backend):
     assert_close("ddim large", got, ref.ddim_step_ref(x, e, t, tn, TABLE, 1.0, ref.normal_ref(shape, 4, 0))[0])
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
+def test_nvcc_compiles_diffusion_cu(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-O3", "--expt-relaxed-constexpr", f"-I{root / 'csrc' / 'include'}",
+           "-c", str(root / "csrc" / "cuda" / "diffusion.cu"), "-o", str(tmp_path / "diffusion.o")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "warning" not in res.stderr.lower(), res.stderr[-4000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_reproduces_cpu_noise():
     x = torch.empty(2, 3, 17, 9)
@@ -487,3 +500,35 @@ def test_sampler_errors_and_no_cond():
     assert x.shape == (1, 1, 4, 4) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="cond must be"):
         s(torch.randn(1, 1, 4, 4), torch.randn(2, 1, 4, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_gpu_backends_match_formula(backend, dtype):
+    reasons = _DISPATCH["ddim_step"]._by_name[backend].not_supported_reasons(torch.device("cuda"), dtype)
+    if reasons:
+        pytest.skip("; ".join(reasons))
+    shape = (3, 1, 17, 33, 65)
+    g = torch.Generator().manual_seed(10)
+    x, e, _ = _inputs(shape, dtype, g)
+    x, e = x.cuda(), e.cuda()
+    t, tn = torch.tensor([999, 0, 499]).cuda(), torch.tensor([899, -1, 399]).cuda()
+    table = SCHED.alpha_table("cuda")
+    z = ref.normal_ref(shape, 8, 3, device="cuda")
+    low = ref.ddim_step_ref(x.float(), e.float(), t, tn, table, 1.0, z, upcast=False)[0].to(dtype)
+    got = ddim_step(x, e, t, tn, schedule=SCHED, eta=1.0, seed=8, offset=3, backend=backend)
+    assert_close("ddim gpu", got, ref.ddim_step_ref(x, e, t, tn, table, 1.0, z)[0], low, dtype)
+    low = ref.ddpm_step_ref(x.float(), e.float(), t, tn, table, z, 1.0, upcast=False)[0].to(dtype)
+    got = ddpm_step(x, e, t, tn, schedule=SCHED, seed=8, offset=3, backend=backend)
+    assert_close("ddpm gpu", got, ref.ddpm_step_ref(x, e, t, tn, table, z)[0], low, dtype)
+    got = q_sample(x, t, schedule=SCHED, seed=8, offset=3, backend=backend)
+    low = ref.q_sample_ref(x.float(), t, table, z, upcast=False).to(dtype)
+    assert_close("q_sample gpu", got, ref.q_sample_ref(x, t, table, z), low, dtype)
+    ep = e.clone().requires_grad_()
+    loss = diffusion_loss(ep, x, t, 8, schedule=SCHED, offset=3, backend=backend)
+    loss.backward()
+    want = ref.diffusion_loss_ref(e, z)
+    assert abs(loss.item() - want.item()) <= 1e-5 * want.item()
+    want_grad = ref.diffusion_loss_grad_ref(e, z)
+    assert_close("loss grad gpu", ep.grad, want_grad, want_grad.to(dtype), dtype)
