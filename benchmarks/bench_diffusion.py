@@ -121,6 +121,47 @@ def _case(op, shape, dtype, device, eta=0.0, note=""):
                 check=check, note=note)
 
 
+class _SmallUNet3d(torch.nn.Module):
+    """A small conditional 3D eps-model (conv encoder/decoder with a skip and a time scale)."""
+
+    def __init__(self, c_in: int = 2, width: int = 16):
+        super().__init__()
+        self.inp = torch.nn.Conv3d(c_in, width, 3, padding=1)
+        self.down = torch.nn.Conv3d(width, 2 * width, 3, stride=2, padding=1)
+        self.mid = torch.nn.Conv3d(2 * width, 2 * width, 3, padding=1)
+        self.up = torch.nn.ConvTranspose3d(2 * width, width, 2, stride=2)
+        self.out = torch.nn.Conv3d(2 * width, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        h = torch.nn.functional.silu(self.inp(x))
+        d = torch.nn.functional.silu(self.down(h))
+        d = d * (1 + t / 1000).view(-1, 1, 1, 1, 1).to(d.dtype)
+        d = torch.nn.functional.silu(self.mid(d))
+        u = self.up(d)
+        return self.out(torch.cat([h, u], 1))
+
+
+def _sampler_case(shape, device, dtype=torch.float32):
+    """The whole 10-step DDIM (eta = 1) sampler: the official eager loop (torch.randn_like noise),
+    ours eagerly, and ours captured in a CUDA graph (GPU)."""
+    from medkernels.diffusion import FastDDPMSampler
+
+    torch.manual_seed(0)
+    model = _SmallUNet3d().to(device=device, dtype=dtype).eval()
+    x_T = torch.randn(shape, device=device, dtype=dtype)
+    cond = torch.randn(shape, device=device, dtype=dtype)
+    providers = {"reference": lambda: ref.fast_ddpm_sample_ref(model, x_T, cond, SCHED, "ddim", 1.0,
+                                                               noise_fn=torch.randn_like)}
+    backend = "cpu" if device.type == "cpu" else "auto"
+    eager = FastDDPMSampler(model, SCHED, "ddim", eta=1.0, backend=backend, progress=False, cuda_graph=False)
+    providers["ours eager"] = lambda: eager(x_T, cond, seed=1)
+    if device.type == "cuda":
+        graphed = FastDDPMSampler(model, SCHED, "ddim", eta=1.0, progress=False, cuda_graph=True)
+        providers["ours cuda-graph"] = lambda: graphed(x_T, cond, seed=1)
+    return Case(op="FastDDPMSampler ddim eta=1 (small 3D UNet)", shape="x".join(map(str, shape)), dtype=dtype,
+                providers=providers, note=f"{SCHED.timesteps.numel()} steps; the model dominates")
+
+
 def cases(device: torch.device, full: bool):
     f32, bf16 = torch.float32, torch.bfloat16
     ops = [("q_sample", 0.0), ("ddim_step", 0.0), ("ddim_step", 1.0), ("ddpm_step", 0.0), ("diffusion_loss", 0.0)]
@@ -129,9 +170,13 @@ def cases(device: torch.device, full: bool):
         for shape in shapes:
             for op, eta in ops:
                 yield _case(op, shape, f32, device, eta, note="issue target: CPU >= 3x the eager chain")
+        yield _sampler_case((1, 1, 32, 32, 32), device)
         return
     shapes = [(1, 1, 128, 128, 128), (8, 1, 256, 256), (2, 1, 160, 224, 224)]
     for dtype in (f32, bf16):
         for shape in shapes if (full or dtype == f32) else shapes[:1]:
             for op, eta in ops:
                 yield _case(op, shape, dtype, device, eta, note="issue target: >= 85% HBM bandwidth, >= 3x eager")
+    yield _sampler_case((1, 1, 64, 64, 64), device)
+    if full:
+        yield _sampler_case((1, 1, 128, 128, 128), device)

@@ -176,9 +176,10 @@ def diffusion_loss_grad_ref(eps_pred, noise, reduction: str = "sum_mean", upcast
 
 
 def fast_ddpm_sample_ref(model, x_T, cond, schedule, kind: str = "ddim", eta: float = 0.0, seed: int = 0,
-                         offset: int = 0, clip: Optional[float] = 1.0, upcast: bool = False):
+                         offset: int = 0, clip: Optional[float] = 1.0, upcast: bool = False, noise_fn=None):
     """The official sampling loop (``sg_generalized_steps`` / ``sg_ddpm_steps``) with the
-    contract's noise: step i (0 = the first, at the largest t) draws ``(seed, offset + i)``.
+    contract's noise: step i (0 = the first, at the largest t) draws ``(seed, offset + i)``;
+    ``noise_fn(x)`` (e.g. ``torch.randn_like``, as the official code) replaces it when given.
 
     Returns (x_0, list of x0 predictions)."""
     seq = schedule.timesteps.tolist()
@@ -192,7 +193,7 @@ def fast_ddpm_sample_ref(model, x_T, cond, schedule, kind: str = "ddim", eta: fl
             t_next = torch.full((n,), tn, dtype=torch.int64, device=x.device)
             inp = x if cond is None else torch.cat([cond, x], dim=1)
             e = model(inp, t.float())  # the official loops pass t as a float tensor
-            z = normal_ref(x.shape, seed, offset + i, device=x.device)
+            z = noise_fn(x) if noise_fn is not None else normal_ref(x.shape, seed, offset + i, device=x.device)
             if kind == "ddim":
                 x, x0 = ddim_step_ref(x, e, t, t_next, table, eta, z, upcast=upcast)
             else:
