@@ -191,6 +191,8 @@ def _run_bwd(gs, qs, ks, vs, outs, lse, table, pad_kv, window, shift, mask_value
     d_table, d_pad = _BWD[backend](gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale,
                                    mask_value, mask_padded, need_table and table is not None)
     d_table = d_table.to(table.dtype) if d_table is not None else qs[0].new_empty((0,))
+    if d_pad is None and pad_kv is not None:  # no padding token in this volume (or all masked)
+        d_pad = torch.zeros_like(pad_kv)
     d_pad = d_pad.to(pad_kv.dtype) if d_pad is not None else qs[0].new_empty((0,))
     return dqs, dks, dvs, d_table, d_pad
 

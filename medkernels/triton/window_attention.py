@@ -213,11 +213,12 @@ def _window_attention_bwd_dkdv_kernel(
     skb, skd, skh, skw, skn, ske,
     svb, svd, svh, svw, svn, sve,
     sgb, sgd, sgh, sgw, sgn, sge,
+    sdb, sdd, sdh, sdw, sdn, sde,
     HAS_TABLE: tl.constexpr, HAS_PAD: tl.constexpr, SHIFTED: tl.constexpr, MASK_PADDED: tl.constexpr,
     DOT_LOWP: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    # dk, dv have the strides of k, v; dpad: (dirs, B*NW*HEADS*N_NB, 2, HEAD_DIM) fp32
+    # dk, dv have the strides sd*; dpad: (dirs, B*NW*HEADS*N_NB, 2, HEAD_DIM) fp32
     pid = tl.program_id(0).to(tl.int64)
     direction = tl.program_id(1)
     if direction == 0:
@@ -281,8 +282,9 @@ def _window_attention_bwd_dkdv_kernel(
             dk += tl.dot(tl.trans(ds), q, input_precision=PREC)
     dk = dk * scale
     out_m = k_ok[:, None] & e_in[None, :]
-    tl.store(dk_base + k_off[:, None] + offs_e[None, :] * ske, dk.to(dk0.dtype.element_ty), mask=out_m)
-    tl.store(dv_base + v_off[:, None] + offs_e[None, :] * sve, dv.to(dv0.dtype.element_ty), mask=out_m)
+    d_off = (b * sdb + kd * sdd + kh * sdh + kw * sdw + head * sdn)[:, None] + offs_e[None, :] * sde
+    tl.store(dk_base + d_off, dk.to(dk0.dtype.element_ty), mask=out_m)
+    tl.store(dv_base + d_off, dv.to(dv0.dtype.element_ty), mask=out_m)
     if HAS_PAD:
         # padding tokens share one key/value: their gradients sum, here per program
         slot = dpad_ptr + (direction * (B * NW * HEADS * N_NB) + pid) * 2 * HEAD_DIM
@@ -301,11 +303,12 @@ def _window_attention_bwd_dq_kernel(
     skb, skd, skh, skw, skn, ske,
     svb, svd, svh, svw, svn, sve,
     sgb, sgd, sgh, sgw, sgn, sge,
+    sdb, sdd, sdh, sdw, sdn, sde,
     HAS_TABLE: tl.constexpr, HAS_PAD: tl.constexpr, SHIFTED: tl.constexpr, MASK_PADDED: tl.constexpr,
     DOT_LOWP: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    # dq has the strides of q
+    # dq has the strides sd*
     pid = tl.program_id(0).to(tl.int64)
     direction = tl.program_id(1)
     if direction == 0:
@@ -364,8 +367,8 @@ def _window_attention_bwd_dq_kernel(
         else:
             dq += tl.dot(ds, k, input_precision=PREC)
     dq = dq * scale
-    tl.store(dq_base + q_off[:, None] + offs_e[None, :] * sqe, dq.to(dq0.dtype.element_ty),
-             mask=q_ok[:, None] & e_in[None, :])
+    d_off = (b * sdb + od * sdd + oh * sdh + ow * sdw + head * sdn)[:, None] + offs_e[None, :] * sde
+    tl.store(dq_base + d_off, dq.to(dq0.dtype.element_ty), mask=q_ok[:, None] & e_in[None, :])
 
 
 @triton.jit
@@ -548,8 +551,8 @@ def window_attention_bwd(
     mask_padded: bool,
     need_pair_grad: bool,
 ):
-    """Backward of :func:`window_attention_fwd`: fills dq[i] (strides of q[0]) and dk[i], dv[i]
-    (the gradients of k[i], v[i]; strides of k[0], v[0]). grad_out[i] share one set of strides.
+    """Backward of :func:`window_attention_fwd`: fills dq[i], dk[i], dv[i] (the gradients of q[i],
+    k[i], v[i]; all six share one set of strides). grad_out[i] share one set of strides.
     Returns (pair_grad (heads, N, N) fp32 or None, d_pad_kv (2, heads, head_dim) fp32 or None)."""
     dirs = len(q)
     B, heads, e, n, nw, nwh, nww, geo, flags = _common(q[0], window, eff_window, shift, padded, table, pad_kv,
@@ -569,15 +572,20 @@ def window_attention_bwd(
     if flags["HAS_PAD"]:
         dpad = torch.empty((dirs, B * nw * heads * n_nb, 2, e), dtype=torch.float32, device=q0.device)
     (dk0, dk1), (dv0, dv1), (dq0, dq1) = sel(dk), sel(dv), sel(dq)
+    grad_strides = dq0.stride()
+    if any(t.stride() != grad_strides for t in (*dq, *dk, *dv)):
+        raise ValueError("window_attention_bwd: dq, dk and dv must share one set of strides")
     _window_attention_bwd_dkdv_kernel[(B * nw * heads * n_nb, dirs)](
         q0, k0, v0, g0, dk0, dv0, q1, k1, v1, g1, dk1, dv1,
         table_arg, pad_arg, lse, delta, dpad if dpad is not None else lse,
-        B, heads, e, n, nw, nwh, nww, n_nb, *geo, float(scale), float(mask_value), *strides, **consts,
+        B, heads, e, n, nw, nwh, nww, n_nb, *geo, float(scale), float(mask_value), *strides, *grad_strides,
+        **consts,
     )
     _window_attention_bwd_dq_kernel[(B * nw * heads * n_mb, dirs)](
         q0, k0, v0, g0, dq0, q1, k1, v1, g1, dq1,
         table_arg, pad_arg, lse, delta,
-        B, heads, e, n, nw, nwh, nww, n_mb, *geo, float(scale), float(mask_value), *strides, **consts,
+        B, heads, e, n, nw, nwh, nww, n_mb, *geo, float(scale), float(mask_value), *strides, *grad_strides,
+        **consts,
     )
     pair = None
     if need_pair_grad:
@@ -604,6 +612,7 @@ _GEO_NAMES = (
     "T1D", "T2D", "T1H", "T2H", "T1W", "T2W", "CWD", "CWH", "CWW",
 )
 _STRIDE_NAMES = tuple(f"s{t}{a}" for t in "qkvg" for a in ("b", "d", "h", "w", "n", "e"))
+_GRAD_STRIDE_NAMES = tuple(f"sd{a}" for a in ("b", "d", "h", "w", "n", "e"))
 
 
 def lowering_specs():
@@ -616,6 +625,7 @@ def lowering_specs():
         ints = {name: "i32" for name in ("B", "HEADS", "HEAD_DIM", "N", "NW", "NWH", "NWW") + _GEO_NAMES}
         floats = {"scale": "fp32", "mask_value": "fp32"}
         strides = {name: "i64" for name in _STRIDE_NAMES}
+        grad_strides = {name: "i64" for name in _GRAD_STRIDE_NAMES}
         const = {name: "constexpr" for name in cx}
         fwd_strides = {k.replace("sg", "so"): v for k, v in strides.items()}
         ptr = f"*{dt}"
@@ -625,10 +635,10 @@ def lowering_specs():
         tensors = ("q0", "k0", "v0", "do0", "q1", "k1", "v1", "do1")
         common = {"table_ptr": ptr, "pad_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32"}
         dkdv = {**{n: ptr for n in ("q0", "k0", "v0", "do0", "dk0", "dv0", "q1", "k1", "v1", "do1", "dk1", "dv1")},
-                **common, "dpad_ptr": "*fp32", **ints, "N_NB": "i32", **floats, **strides, **const}
+                **common, "dpad_ptr": "*fp32", **ints, "N_NB": "i32", **floats, **strides, **grad_strides, **const}
         specs.append((_window_attention_bwd_dkdv_kernel, dkdv, cx))
         dq = {**{n: ptr for n in ("q0", "k0", "v0", "do0", "dq0", "q1", "k1", "v1", "do1", "dq1")},
-              **common, **ints, "N_MB": "i32", **floats, **strides, **const}
+              **common, **ints, "N_MB": "i32", **floats, **strides, **grad_strides, **const}
         specs.append((_window_attention_bwd_dq_kernel, dq, cx))
         pair = {**{n: ptr for n in tensors}, **common, "pair_ptr": "*fp32", **ints, "N_MB": "i32", "N_NB": "i32",
                 "WINDOWS_PER_CHUNK": "i32", "N_CHUNKS": "i32", **floats, **strides, **const}
