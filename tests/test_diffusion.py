@@ -344,6 +344,17 @@ def test_loss_gradcheck_float64(backend):
     assert torch.autograd.gradcheck(lambda e: diffusion_loss(e, x0, t, 1, schedule=SCHED, backend=backend), (ep,))
 
 
+@pytest.mark.parametrize("backend", _backends("q_sample"))
+def test_q_sample_gradcheck_float64(backend):
+    x0 = torch.randn(2, 1, 3, 4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(2, 1, 3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([5, 900])
+    assert torch.autograd.gradcheck(lambda a, b: q_sample(a, t, schedule=SCHED, noise=b, backend=backend), (x0, z))
+    x0.grad = None
+    q_sample(x0, t, schedule=SCHED, seed=3, backend=backend).sum().backward()  # stride-0 grad
+    assert torch.allclose(x0.grad, TABLE[t + 1].sqrt().view(-1, 1, 1, 1).expand_as(x0))
+
+
 def test_loss_pairs_with_q_sample():
     # training: the loss regenerates the very eps q_sample used
     x0 = torch.randn(2, 1, 6, 6)

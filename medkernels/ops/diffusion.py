@@ -146,6 +146,25 @@ def _(x0, t, table, noise, seed, offset, backend):
     return torch.empty_like(x0)
 
 
+def _q_sample_setup_context(ctx, inputs, output):
+    x0, t, table, noise, seed, offset, backend = inputs
+    ctx.save_for_backward(t, table)
+    ctx.has_noise = noise is not None
+
+
+def _q_sample_backward(ctx, grad):
+    # d x_t / d x0 = sqrt(abar_t), d x_t / d eps = sqrt(1 - abar_t), per sample
+    t, table = ctx.saved_tensors
+    a = table.index_select(0, t + 1).view(-1, *([1] * (grad.dim() - 1)))
+    g = grad.to(torch.float64 if grad.dtype == torch.float64 else torch.float32)
+    gx = (g * a.sqrt().to(g.dtype)).to(grad.dtype)
+    gn = (g * (1 - a).sqrt().to(g.dtype)).to(grad.dtype) if ctx.has_noise else None
+    return gx, None, None, gn, None, None, None
+
+
+_q_sample_op.register_autograd(_q_sample_backward, setup_context=_q_sample_setup_context)
+
+
 @torch.library.custom_op("medkernels::diffusion_ddim_step", mutates_args=())
 def _ddim_step_op(
     x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, table: torch.Tensor,
@@ -326,7 +345,7 @@ def q_sample(x0, t, *, schedule, noise=None, seed=None, offset: int = 0, backend
         backend: "auto", "triton", "cpu" or "reference".
 
     Returns:
-        x_t, (B, C, ...) contiguous, in x0's dtype.
+        x_t, (B, C, ...) contiguous, in x0's dtype; differentiable wrt x0 (and ``noise``).
     """
     _check_x("x0", x0)
     table = _table(schedule, x0)
