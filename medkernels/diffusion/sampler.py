@@ -59,13 +59,18 @@ class FastDDPMSampler:
         seq_next = [-1] + seq[:-1]
         return list(zip(reversed(seq), reversed(seq_next)))
 
-    def _loop(self, x, cond, seed, offset, trajectory, progress):
+    def _step_tensors(self, device):
+        """Every step's (t, t_next, float t), made once up front: no host-to-device copy inside the
+        loop (which a CUDA graph capture would also forbid)."""
+        pairs = self._pairs()
+        ts = torch.tensor([p[0] for p in pairs], dtype=torch.int64, device=device)
+        tns = torch.tensor([p[1] for p in pairs], dtype=torch.int64, device=device)
+        return ts, tns, ts.to(torch.float32)
+
+    def _loop(self, x, cond, seed, offset, trajectory, progress, steps_t=None):
         n = x.shape[0]
         pairs = self._pairs()
-        # every step's timesteps made once, up front (no per-step host-to-device copies)
-        ts = torch.tensor([p[0] for p in pairs], dtype=torch.int64, device=x.device)
-        tns = torch.tensor([p[1] for p in pairs], dtype=torch.int64, device=x.device)
-        tfs = ts.to(torch.float32)
+        ts, tns, tfs = steps_t if steps_t is not None else self._step_tensors(x.device)
         x0s = []
         steps = range(len(pairs))
         if progress:
@@ -96,17 +101,18 @@ class FastDDPMSampler:
         if entry is None:
             static_x = x_T.clone()
             static_c = None if cond is None else cond.clone()
+            steps_t = self._step_tensors(x_T.device)
             stream = torch.cuda.Stream(device=x_T.device)
             stream.wait_stream(torch.cuda.current_stream(x_T.device))
             with torch.cuda.stream(stream), torch.no_grad():  # warm-up: compile kernels, allocate
-                self._loop(static_x, static_c, seed, offset, trajectory, False)
+                self._loop(static_x, static_c, seed, offset, trajectory, False, steps_t)
             torch.cuda.current_stream(x_T.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph), torch.no_grad():
-                out = self._loop(static_x, static_c, seed, offset, trajectory, False)
-            entry = (graph, static_x, static_c, out)
+                out = self._loop(static_x, static_c, seed, offset, trajectory, False, steps_t)
+            entry = (graph, static_x, static_c, out, steps_t)
             self._graphs[key] = entry
-        graph, static_x, static_c, out = entry
+        graph, static_x, static_c, out, _ = entry
         static_x.copy_(x_T)
         if static_c is not None:
             static_c.copy_(cond)

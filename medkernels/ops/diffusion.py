@@ -269,8 +269,8 @@ def _timesteps(name: str, t, x: torch.Tensor, low: int, high: int) -> torch.Tens
     """t as a contiguous (B,) int64 tensor on x's device, checked to lie in low..high.
 
     CPU tensors are checked on the host (no sync to pay). CUDA tensors are checked with
-    ``torch._assert_async`` (no host sync; a bad value fails the stream); under torch.compile the
-    range check is left out and the kernels clamp t into the table."""
+    ``torch._assert_async`` (no host sync; a bad value fails the stream); under torch.compile or a
+    CUDA-graph capture the range check is left out and the kernels clamp t into the table."""
     B = x.shape[0]
     if isinstance(t, bool) or not isinstance(t, (int, torch.Tensor)):
         raise TypeError(f"{name} must be an int or an integer tensor of shape ({B},), got {type(t).__name__}")
@@ -287,7 +287,7 @@ def _timesteps(name: str, t, x: torch.Tensor, low: int, high: int) -> torch.Tens
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but x is on {x.device}: move them to one device")
     t = t.to(torch.int64).expand(B).contiguous()
-    if torch.compiler.is_compiling():
+    if _skip_value_checks(t):
         return t
     if t.device.type == "cpu":
         lo, hi = int(t.min()), int(t.max())
@@ -299,8 +299,16 @@ def _timesteps(name: str, t, x: torch.Tensor, low: int, high: int) -> torch.Tens
     return t
 
 
-def _check_next(t: torch.Tensor, t_next: torch.Tensor) -> None:
+def _skip_value_checks(t: torch.Tensor) -> bool:
+    """Under torch.compile or a CUDA-graph capture the range checks are left out (the kernels
+    clamp t into the table); everywhere else they run."""
     if torch.compiler.is_compiling():
+        return True
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _check_next(t: torch.Tensor, t_next: torch.Tensor) -> None:
+    if _skip_value_checks(t):
         return
     if t.device.type == "cpu":
         if bool((t_next >= t).any()):
