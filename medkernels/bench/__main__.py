@@ -46,8 +46,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
 
-    import medkernels  # noqa: F401  (sets the Triton interpreter up before kernels load)
     from tqdm import tqdm
+
+    import medkernels  # noqa: F401  (sets the Triton interpreter up before kernels load)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     print(f"device: {roof.device}; measured copy bandwidth {roof.bandwidth_gbs:.1f} GB/s, "
           f"{roof.details.get('flops_dtype')} {roof.gflops:.1f} GFLOP/s")
     cases = []
-    for fam, mod in _suites(args.only):
+    for _fam, mod in _suites(args.only):
         cases.extend(mod.cases(device, args.full))
     with tqdm(total=len(cases), desc="benchmarks", file=sys.stderr) as bar:
         rows = harness.run_cases(cases, device, roof, progress=bar, repeats=args.repeats)

@@ -252,7 +252,8 @@ def plot_results(json_path: Path, png_path: Path) -> Optional[Path]:
 
 def compare(rows: List[dict], old_json: Path, threshold: float = 0.9) -> List[str]:
     """Lines naming every (op, shape, dtype, provider) now slower than ``threshold`` x before."""
-    old = {(r["op"], r["shape"], r["dtype"], r["provider"]): r["ms"] for r in json.loads(Path(old_json).read_text())["rows"]}
+    old_rows = json.loads(Path(old_json).read_text())["rows"]
+    old = {(r["op"], r["shape"], r["dtype"], r["provider"]): r["ms"] for r in old_rows}
     out = []
     for r in rows:
         key = (r["op"], r["shape"], r["dtype"], r["provider"])

@@ -122,13 +122,24 @@ def _triton_bwd(*args):
     return decomp_conv_bwd(*args)
 
 
+def _ref_dtype(x: torch.Tensor):
+    """PyTorch's CPU convolutions in 16-bit are slow and, for some shapes, wrong (bf16
+    channels-last weight gradients with the kernel longer than the volume come out garbage in
+    torch 2.13): the reference backend computes 16-bit CPU inputs in float32."""
+    return torch.float32 if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def _reference_fwd(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
-    out.copy_(decomp_conv3d_ref(x, w_d, w_h, w_w, bias, stride, groups, activation))
+    dt = _ref_dtype(x)
+    cast = lambda t: t.to(dt) if t is not None else None
+    out.copy_(decomp_conv3d_ref(cast(x), cast(w_d), cast(w_h), cast(w_w), cast(bias), stride, groups, activation))
     return out
 
 
 def _reference_bwd(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, grad_x):
-    gx, *rest = decomp_conv3d_bwd_ref(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation)
+    dt = _ref_dtype(x)
+    cast = lambda t: t.to(dt) if t is not None else None
+    gx, *rest = decomp_conv3d_bwd_ref(*(cast(t) for t in (grad_y, x, w_d, w_h, w_w, bias)), stride, groups, activation)
     grad_x.copy_(gx)
     return (grad_x, *rest)
 
@@ -216,7 +227,9 @@ def _weight_3d(name: str, w: torch.Tensor, axis: int, c_out: int) -> torch.Tenso
         if spatial != expect:
             want = ["1", "1", "1"]
             want[axis] = "k"
-            raise ValueError(f"{name} as a 5-D conv weight must be (C_out, C_in/groups, {', '.join(want)}), got {describe(w)}")
+            raise ValueError(
+                f"{name} as a 5-D conv weight must be (C_out, C_in/groups, {', '.join(want)}), got {describe(w)}"
+            )
         w = w.reshape(w.shape[0], w.shape[1], k)
     if w.shape[0] != c_out:
         raise ValueError(f"{name} must have {c_out} output channels (as w_d), got {describe(w)}")

@@ -323,8 +323,9 @@ def decomp_conv_bwd(
         K=K, KP=kp, ACC=_acc_dtype(x.dtype), BLOCK_C=bc, BLOCK_W=bw,
     )
     total = part.sum(0)  # fixed-order reduction over the splits
-    gw_d, gw_h, gw_w = (total[i, :, :, :K].contiguous() for i in range(3))
-    g_b = total[3, :, 0, 0].contiguous()
+    # clones, not views: the four results must not share storage
+    gw_d, gw_h, gw_w = (total[i, :, :, :K].clone(memory_format=torch.contiguous_format) for i in range(3))
+    g_b = total[3, :, 0, 0].clone()
     # input gradient
     bc, bw = _tiles(x, C_in, W)
     _decomp_conv_bwd_dx_kernel[(N * D * H, triton.cdiv(W, bw), triton.cdiv(C_in, bc))](
@@ -334,3 +335,34 @@ def decomp_conv_bwd(
         K=K, ACC=_acc_dtype(x.dtype), BLOCK_C=bc, BLOCK_W=bw,
     )
     return grad_x, gw_d, gw_h, gw_w, g_b
+
+
+def lowering_specs():
+    """(kernel, signature, constexprs) for every kernel here, for the sm_90 lowering test."""
+    ptr_x, ptr_y = "*bf16", "*bf16"
+    fwd_sig = {n: "*bf16" for n in ("x_ptr", "wd_ptr", "wh_ptr", "ww_ptr", "b_ptr", "gy_ptr")}
+    fwd_sig.update({"y_ptr": ptr_y})
+    ints = ["D", "H", "W", "Do", "Ho", "Wo", "C_out", "CIN_G", "COUT_G", "stride"]
+    strides = [f"s{t}{a}" for t in "xyg" for a in "ncdhw"]
+    fwd_sig.update({n: "i32" for n in ints})
+    fwd_sig.update({n: "i64" for n in strides})
+    fwd_cx = {"K": 13, "HAS_BIAS": True, "ACT": 1, "MODE": 0, "ACC": tl.float32, "BLOCK_C": 16, "BLOCK_W": 64}
+    fwd_sig.update({n: "constexpr" for n in fwd_cx})
+    gz_sig = dict(fwd_sig, y_ptr="*fp32")
+    gz_cx = dict(fwd_cx, MODE=1)
+    dw_sig = {"x_ptr": ptr_x, "gz_ptr": "*fp32", "part_ptr": "*fp32"}
+    dw_sig.update({n: "i32" for n in ints[:-1] + ["stride", "rows", "rows_per_split"]})
+    dw_sig.update({f"s{t}{a}": "i64" for t in "xg" for a in "ncdhw"})
+    dw_cx = {"K": 13, "KP": 16, "ACC": tl.float32, "BLOCK_C": 16, "BLOCK_W": 32}
+    dw_sig.update({n: "constexpr" for n in dw_cx})
+    dx_sig = {"gz_ptr": "*fp32", "wd_ptr": ptr_x, "wh_ptr": ptr_x, "ww_ptr": ptr_x, "dx_ptr": ptr_x}
+    dx_sig.update({n: "i32" for n in ["D", "H", "W", "Do", "Ho", "Wo", "C_in", "CIN_G", "COUT_G", "stride"]})
+    dx_sig.update({f"s{t}{a}": "i64" for t in "gx" for a in "ncdhw"})
+    dx_cx = {"K": 13, "ACC": tl.float32, "BLOCK_C": 16, "BLOCK_W": 64}
+    dx_sig.update({n: "constexpr" for n in dx_cx})
+    return [
+        (_decomp_conv_fwd_kernel, fwd_sig, fwd_cx),
+        (_decomp_conv_fwd_kernel, gz_sig, gz_cx),
+        (_decomp_conv_bwd_dw_kernel, dw_sig, dw_cx),
+        (_decomp_conv_bwd_dx_kernel, dx_sig, dx_cx),
+    ]

@@ -1,0 +1,1 @@
+"""The seed models assembled from ``medkernels.nn`` modules."""
