@@ -47,7 +47,7 @@ class _Extension:
             return self.unavailable_reason
         if not self.has(symbol):
             if symbol.endswith("_cuda"):
-                return f"{what}: medkernels._C was built without the CUDA kernels (no nvcc at build time, or MEDKERNELS_CUDA=0)"
+                return f"{what}: medkernels._C was built without the CUDA kernels (no nvcc, or MEDKERNELS_CUDA=0)"
             return f"{what}: medkernels._C has no {symbol} (rebuild with `pip install -e .`)"
         return None
 
