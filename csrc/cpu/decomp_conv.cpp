@@ -17,6 +17,7 @@
 
 #include "medkernels/decomp_conv.h"
 #include "medkernels/detail/activation.h"
+#include "medkernels/detail/decomp_conv_index.h"
 #include "medkernels/detail/dtype_switch.h"
 #include "medkernels/detail/error.h"
 #include "vec.h"
@@ -49,9 +50,10 @@ static int64_t numel_out(const DecompConvParams& p) {
   return p.batch * p.out_channels * p.out_size[0] * p.out_size[1] * p.out_size[2];
 }
 
+// gz at offset 0 (the CPU uses only that part) plus what the CUDA backward needs; see
+// detail::decomp_conv_bwd_layout.
 size_t decomp_conv_bwd_workspace_bytes(const DecompConvBwdParams& b) {
-  const size_t acc = b.fwd.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
-  return static_cast<size_t>(numel_out(b.fwd)) * acc;
+  return detail::decomp_conv_bwd_layout(b.fwd).total_bytes;
 }
 
 namespace cpu {
@@ -179,9 +181,8 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
           const TI* row = xc + (od * s) * xs[2] + (oh * s) * xs[3];
           for (int j = 0; j < K; ++j) {
             const int64_t off = j - pad;  // iw = ow*s + off
-            int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
-            int64_t hi = (W - 1 - off) >= 0 ? (W - 1 - off) / s + 1 : 0;
-            hi = std::min(hi, Wo);
+            int64_t lo, hi;
+            detail::tap_out_range(off, s, W, Wo, &lo, &hi);
             const A wj = ww[j];
             for (int64_t ow = lo; ow < hi; ++ow) acc[ow] += wj * Io<TI>::load(row + (ow * s + off) * xs[4]);
           }
@@ -303,13 +304,9 @@ Status bwd_typed(const DecompConvBwdParams& b) {
 
   // 1. gz = dy * act'(z), in A, laid out like the output would be (channels-last if x is).
   A* gz = static_cast<A*>(b.workspace);
-  const bool cl = xs[1] == 1 && Co > 1;
+  const bool cl = detail::bwd_gz_channels_last(p);
   int64_t gs[5];
-  if (cl) {
-    gs[1] = 1; gs[4] = Co; gs[3] = Co * Wo; gs[2] = Co * Wo * Ho; gs[0] = Co * Wo * Ho * Do;
-  } else {
-    gs[4] = 1; gs[3] = Wo; gs[2] = Wo * Ho; gs[1] = Wo * Ho * Do; gs[0] = Wo * Ho * Do * Co;
-  }
+  detail::dense_strides(Co, Do, Ho, Wo, cl, gs);
   const int64_t total = numel_out(p);
   const T* gy = static_cast<const T*>(b.grad_y);
   const int64_t* gys = b.grad_y_strides;
@@ -368,9 +365,8 @@ Status bwd_typed(const DecompConvBwdParams& b) {
                     for (int64_t ow = 0; ow < Wo; ++ow) acc += grow[ow * gs[4]] * Io<T>::load(row + ow * s * xs[4]);
                   } else {
                     const T* row = xc + base[0] * xs[2] + base[1] * xs[3];
-                    int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
-                    int64_t hi = (p.in_size[2] - 1 - off) >= 0 ? (p.in_size[2] - 1 - off) / s + 1 : 0;
-                    hi = std::min(hi, Wo);
+                    int64_t lo, hi;
+                    detail::tap_out_range(off, s, p.in_size[2], Wo, &lo, &hi);
                     for (int64_t ow = lo; ow < hi; ++ow) acc += grow[ow * gs[4]] * Io<T>::load(row + (ow * s + off) * xs[4]);
                   }
                   sw[(br * cin_g + cl2) * K + j] += acc;
@@ -425,16 +421,11 @@ Status bwd_typed(const DecompConvBwdParams& b) {
     for (int br = 0; br < 3; ++br) {
       int64_t o[3];
       bool ok = true;
-      for (int a = 0; a < 3; ++a) {
-        if (a == br) continue;
-        if (ip[a] % s != 0 || ip[a] / s >= osz[a]) { ok = false; break; }
-        o[a] = ip[a] / s;
-      }
+      for (int a = 0; a < 3 && ok; ++a)
+        if (a != br) ok = detail::on_output_grid(ip[a], s, osz[a], &o[a]);
       if (!ok) continue;
       for (int j = 0; j < K; ++j) {
-        const int64_t t = ip[br] + pad - j;
-        if (t < 0 || t % s != 0 || t / s >= osz[br]) continue;
-        o[br] = t / s;
+        if (!detail::gather_tap(ip[br], pad, j, s, osz[br], &o[br])) continue;
         const A* gp = gz + n * gs[0] + o[0] * gs[2] + o[1] * gs[3] + o[2] * gs[4];
         for (int64_t col = 0; col < cout_g; ++col) {
           const int64_t co = g * cout_g + col;
@@ -456,14 +447,8 @@ Status decomp_conv_fwd(const DecompConvParams& p) {
 }
 
 Status decomp_conv_bwd(const DecompConvBwdParams& b) {
-  DecompConvParams chk = b.fwd;
-  chk.y = b.grad_x ? b.grad_x : const_cast<void*>(b.grad_y);  // y is unused in the backward
-  const Status st = decomp_conv_check(chk);
+  const Status st = detail::decomp_conv_bwd_check(b);
   if (st != Status::kSuccess) return st;
-  MK_CHECK_ARG(b.grad_y, "decomp_conv_bwd: grad_y must not be null");
-  MK_CHECK_ARG(b.workspace && b.workspace_bytes >= decomp_conv_bwd_workspace_bytes(b),
-               "decomp_conv_bwd: workspace must hold decomp_conv_bwd_workspace_bytes() = " +
-                   std::to_string(decomp_conv_bwd_workspace_bytes(b)) + " bytes, got " + std::to_string(b.workspace_bytes));
   MK_DTYPE_SWITCH(b.fwd.dtype, T, return bwd_typed<T>(b);)
 }
 
