@@ -150,6 +150,49 @@ def test_scalar_normal_path_of_the_cuda_kernel():
     assert (out.reshape(shape) - ref.normal_ref(shape, 77, 2**35 + 1)).abs().max().item() <= 2e-6
 
 
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=lambda d: str(d).replace("torch.", ""))
+def test_cuda_kernel_emulated_on_host(dtype):
+    # the CUDA kernel's per-thread code (detail::diffusion_thread) and block reduction, run on the host
+    from medkernels._extension import extension
+
+    if not extension.has("diffusion_fwd_emulate_cuda_cpu"):
+        pytest.skip("medkernels._C without diffusion_fwd_emulate_cuda_cpu")
+    ops = torch.ops.medkernels
+    shape = (3, 1, 7, 9, 21)  # 1323 per sample: two blocks, a partial last group
+    g = torch.Generator().manual_seed(12)
+    x, e, _ = _inputs(shape, dtype, g)
+    t, tn = torch.tensor([999, 0, 399]), torch.tensor([599, -1, 398])
+    z = ref.normal_ref(shape, 21, 6)
+
+    def check(name, got, want, low):
+        # float64 state still draws the contract's fp32 normals: judge it at fp32 tolerance
+        if dtype == torch.float64:
+            assert_close(name, got, want, dtype=torch.float32)
+        else:
+            assert_close(name, got, want, low.to(dtype), dtype)
+
+    got = ops.diffusion_q_sample(x, t, TABLE, None, 21, 6, "cuda_emulated")
+    check("q_sample", got, ref.q_sample_ref(x, t, TABLE, z), ref.q_sample_ref(x.float(), t, TABLE, z, upcast=False))
+    got, x0 = ops.diffusion_ddim_step(x, e, t, tn, TABLE, None, 21, 6, 0.8, True, "cuda_emulated")
+    want, want0 = ref.ddim_step_ref(x, e, t, tn, TABLE, 0.8, z)
+    low, low0 = ref.ddim_step_ref(x.float(), e.float(), t, tn, TABLE, 0.8, z, upcast=False)
+    check("ddim", got, want, low)
+    check("ddim x0", x0, want0, low0)
+    got, x0 = ops.diffusion_ddpm_step(x, e, t, tn, TABLE, None, 21, 6, 1.0, True, "cuda_emulated")
+    want, want0 = ref.ddpm_step_ref(x, e, t, tn, TABLE, z)
+    low, low0 = ref.ddpm_step_ref(x.float(), e.float(), t, tn, TABLE, z, 1.0, upcast=False)
+    check("ddpm", got, want, low)
+    check("ddpm x0", x0, want0, low0)
+    loss, grad = ops.diffusion_loss(e, None, 21, 6, "sum_mean", "cuda_emulated")
+    want = ref.diffusion_loss_ref(e, z)
+    assert abs(loss.item() - want.item()) <= 1e-5 * want.item()
+    gw = ref.diffusion_loss_grad_ref(e, z)
+    check("loss grad", grad, gw, gw)
+    got = ops.diffusion_normal(x, 21, 6, "cuda_emulated")
+    assert (got.double() - z.to(dtype).double()).abs().max().item() <= (2e-6 if dtype in (torch.float32, torch.float64)
+                                                                        else 0.02)
+
+
 def _big_draw(numel=1 << 20, seed=7, offset=0):
     x = torch.empty((4, numel // 4))
     be = "cpu" if "cpu" in [b for b in _backends() if isinstance(b, str)] else "reference"

@@ -18,7 +18,6 @@
 #include <cstdint>
 
 #include "medkernels/detail/diffusion.h"
-#include "medkernels/detail/philox.h"
 #include "medkernels/diffusion.h"
 
 namespace medkernels {
@@ -44,43 +43,10 @@ __global__ void __launch_bounds__(1024) diffusion_fwd_kernel(const DiffusionPara
   }
   A c[5];
   for (int i = 0; i < 5; ++i) c[i] = op <= DiffusionOp::kDdpm ? static_cast<A>(coef_s[i]) : A(0);
-
-  const int64_t N = p.numel;
   const int64_t i0 = k * p.block + 4 * static_cast<int64_t>(tid);
-  const int64_t base = b * N;
-  float zf[4] = {0.f, 0.f, 0.f, 0.f};
-  if (draw && i0 < N) detail::philox_normal4(p.seed, p.offset, static_cast<uint64_t>(b), static_cast<uint64_t>(i0 / 4), zf);
-  const T* x = static_cast<const T*>(p.x);
-  const T* e = static_cast<const T*>(p.eps);
-  const T* zin = static_cast<const T*>(p.noise);
-  T* out = static_cast<T*>(p.out);
-  T* x0o = static_cast<T*>(p.x0_out);
-  const A clip = static_cast<A>(p.clip);
-  A dsum = A(0);
-#pragma unroll
-  for (int l = 0; l < 4; ++l) {
-    const int64_t i = i0 + l;
-    if (i >= N) break;
-    const A z = zin ? Io<T>::load(zin + base + i) : static_cast<A>(zf[l]);
-    if (op == DiffusionOp::kNormal) {
-      Io<T>::store(out + base + i, z);
-    } else if (op == DiffusionOp::kLoss) {
-      const A d = Io<T>::load(x + base + i) - z;
-      dsum += d * d;
-      Io<T>::store(out + base + i, d * static_cast<A>(p.scale));
-    } else if (op == DiffusionOp::kQSample) {
-      Io<T>::store(out + base + i, c[0] * Io<T>::load(x + base + i) + c[1] * z);
-    } else {
-      A x0v;
-      const A v = detail::diffusion_elem<A>(op, c, Io<T>::load(x + base + i), Io<T>::load(e + base + i), z,
-                                            p.has_clip, clip, &x0v);
-      Io<T>::store(out + base + i, v);
-      if (x0o) Io<T>::store(x0o + base + i, x0v);
-    }
-  }
+  double v = detail::diffusion_thread<T>(p, c, b, i0, draw);
   if (op != DiffusionOp::kLoss) return;
   // block sum of d^2 in double, in a fixed order: warp shuffles, then warp 0 over the warp sums
-  double v = static_cast<double>(dsum);
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   const int warps = (static_cast<int>(blockDim.x) + 31) / 32;
   if ((tid & 31) == 0) warp_sums[tid >> 5] = v;

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/detail/philox.h"
 #include "medkernels/diffusion.h"
 
 namespace medkernels {
@@ -63,6 +64,50 @@ MK_HD A diffusion_elem(DiffusionOp op, const A c[5], A x, A e, A z, bool has_cli
   if (has_clip) p = p < -clip ? -clip : (p > clip ? clip : p);
   *x0 = p;
   return c[2] * p + c[3] * x + c[4] * z;
+}
+
+// One CUDA thread's work: elements i0 .. i0 + 3 of sample b (one Philox group), with the
+// sample's coefficients c; returns its sum of d^2 for the loss (0 otherwise). The CUDA kernel
+// runs this per thread and the host emulation (cpu::diffusion_fwd_emulate_cuda) runs it thread by
+// thread, so the tests execute the CUDA code path without a GPU.
+template <typename T>
+MK_HD double diffusion_thread(const DiffusionParams& p, const typename Io<T>::acc c[5], int64_t b, int64_t i0,
+                              bool draw) {
+  using A = typename Io<T>::acc;
+  const DiffusionOp op = p.op;
+  const int64_t N = p.numel;
+  if (i0 >= N) return 0.0;
+  const int64_t base = b * N;
+  float zf[4] = {0.f, 0.f, 0.f, 0.f};
+  if (draw) philox_normal4(p.seed, p.offset, static_cast<uint64_t>(b), static_cast<uint64_t>(i0 / 4), zf);
+  const T* x = static_cast<const T*>(p.x);
+  const T* e = static_cast<const T*>(p.eps);
+  const T* zin = static_cast<const T*>(p.noise);
+  T* out = static_cast<T*>(p.out);
+  T* x0o = static_cast<T*>(p.x0_out);
+  const A clip = static_cast<A>(p.clip);
+  A dsum = A(0);
+  for (int l = 0; l < 4; ++l) {
+    const int64_t i = i0 + l;
+    if (i >= N) break;
+    const A z = zin ? Io<T>::load(zin + base + i) : static_cast<A>(zf[l]);
+    if (op == DiffusionOp::kNormal) {
+      Io<T>::store(out + base + i, z);
+    } else if (op == DiffusionOp::kLoss) {
+      const A d = Io<T>::load(x + base + i) - z;
+      dsum += d * d;
+      Io<T>::store(out + base + i, d * static_cast<A>(p.scale));
+    } else if (op == DiffusionOp::kQSample) {
+      Io<T>::store(out + base + i, c[0] * Io<T>::load(x + base + i) + c[1] * z);
+    } else {
+      A x0v;
+      const A v = diffusion_elem<A>(op, c, Io<T>::load(x + base + i), Io<T>::load(e + base + i), z, p.has_clip, clip,
+                                    &x0v);
+      Io<T>::store(out + base + i, v);
+      if (x0o) Io<T>::store(x0o + base + i, x0v);
+    }
+  }
+  return static_cast<double>(dsum);
 }
 
 }  // namespace detail
