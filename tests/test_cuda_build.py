@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import pytest
 import torch
 
+from medkernels import _environment
 from medkernels.reference.decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_ref
 from medkernels.testing import assert_close
 
@@ -118,6 +119,36 @@ CASES = [
     Case(torch.bfloat16, (1, 3, 5, 6, 7), 6, 3, stride=2, groups=3, act="gelu", layout="cl",
          fwd_kernel="conv_generic mode=0 channels_inner=1"),
 ]
+
+
+def _random_cases(count: int, seed: int):
+    """Seeded sweep: every dtype, layout, stride, groups pattern and odd kernel, odd sizes."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        dtype = rng.choice(list(_DTYPE_CODE))
+        layout = rng.choice(["ncdhw", "ncdhw", "cl", "cl", "wslice", "wstep"])
+        k = rng.choice([1, 3, 3, 5, 7, 9, 15])
+        stride = rng.choice([1, 1, 2, 4])
+        kind = rng.choice(["dw", "dw", "dw", "grouped", "dense"])
+        c_in = rng.choice([1, 2, 3, 4, 8, 16])
+        if kind == "dw":
+            groups, c_out = None, c_in
+        elif kind == "grouped":
+            groups = rng.choice([g for g in (1, 2, 4) if c_in % g == 0])
+            c_out = groups * rng.choice([1, 2, 3])
+        else:
+            groups, c_out = 1, rng.choice([1, 3, 4])
+        shape = (rng.choice([1, 2]), c_in, *(rng.choice([1, 2, 3, 5, 8, 13, 16, 24]) for _ in range(3)))
+        out.append(Case(dtype, shape, c_out, k, stride, groups, rng.choice([None, "gelu", "relu", "silu"]),
+                        rng.random() < 0.7, layout, rng.choice([0, 0, 0, 1]), rng.choice(["random", "sum"])))
+    return out
+
+
+if _environment.EXTENDED_TESTS:
+    CASES = CASES + _random_cases(60, seed=1234)
 
 
 def _make_x(case: Case, device: str = "cpu") -> torch.Tensor:
