@@ -19,18 +19,20 @@ ACTIVATIONS = (None, "gelu", "relu", "silu")
 MAX_KERNEL = 15
 
 
-def _limits(**inputs):
-    return []
-
-
 def _cuda_auto(**inputs) -> bool:
     # A CUDA kernel is auto's pick only once it has beaten Triton on a GPU in our benchmarks;
     # benchmarks/results holds no such GPU run yet, so auto runs Triton on GPU tensors.
     return False
 
 
-def _cpu_auto(**inputs) -> bool:
-    return True
+# Dense channel mixing (C_in/groups >= 8, e.g. DCFormer's 64->64 k=3 stem layers) is a GEMM
+# that PyTorch's oneDNN convolution does faster than our direct loops; depthwise and the
+# 1-channel stem input are ours (benchmarks/bench_decomp_conv.py shows both).
+CPU_MAX_AUTO_CIN_PER_GROUP = 8
+
+
+def _cpu_auto(x, groups, **_) -> bool:
+    return x.shape[1] // groups < CPU_MAX_AUTO_CIN_PER_GROUP
 
 
 _DISPATCH = _dispatch.Dispatcher(
