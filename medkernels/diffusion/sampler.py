@@ -80,13 +80,13 @@ class FastDDPMSampler:
         for i in steps:
             t, tn = ts[i].expand(n), tns[i].expand(n)
             inp = x if cond is None else torch.cat([cond, x], dim=1)
-            eps = self.model(inp, tfs[i].expand(n)).to(x.dtype)
+            eps = self.model(inp, tfs[i].expand(n)).to(x.dtype)  # the schedule's timesteps: valid by construction
             if self.kind == "ddim":
                 out = ddim_step(x, eps, t, tn, schedule=self.schedule, eta=self.eta, seed=seed, offset=offset + i,
-                                return_x0=trajectory, backend=self.backend)
+                                return_x0=trajectory, backend=self.backend, check_timesteps=False)
             else:
                 out = ddpm_step(x, eps, t, tn, schedule=self.schedule, seed=seed, offset=offset + i, clip=self.clip,
-                                return_x0=trajectory, backend=self.backend)
+                                return_x0=trajectory, backend=self.backend, check_timesteps=False)
             if trajectory:
                 x, x0 = out
                 x0s.append(x0)

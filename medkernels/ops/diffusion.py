@@ -269,7 +269,7 @@ def _table(schedule, x: torch.Tensor) -> torch.Tensor:
     return schedule.alpha_table(x.device)
 
 
-def _timesteps(name: str, t, x: torch.Tensor, low: int, high: int) -> torch.Tensor:
+def _timesteps(name: str, t, x: torch.Tensor, low: int, high: int, check: bool = True) -> torch.Tensor:
     """t as a contiguous (B,) int64 tensor on x's device, checked to lie in low..high.
 
     CPU tensors are checked on the host (no sync to pay). CUDA tensors are checked with
@@ -291,7 +291,7 @@ def _timesteps(name: str, t, x: torch.Tensor, low: int, high: int) -> torch.Tens
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but x is on {x.device}: move them to one device")
     t = t.to(torch.int64).expand(B).contiguous()
-    if _skip_value_checks(t):
+    if not check or _skip_value_checks(t):
         return t
     if t.device.type == "cpu":
         lo, hi = int(t.min()), int(t.max())
@@ -367,7 +367,7 @@ def q_sample(x0, t, *, schedule, noise=None, seed=None, offset: int = 0, backend
     return _q_sample_op(x0.contiguous(), t, table, noise, seed, offset, name)
 
 
-def _step_inputs(x_t, eps, t, t_next, schedule):
+def _step_inputs(x_t, eps, t, t_next, schedule, check: bool):
     _check_x("x_t", x_t)
     check_tensor("eps", eps)
     if eps.shape != x_t.shape:
@@ -375,14 +375,15 @@ def _step_inputs(x_t, eps, t, t_next, schedule):
     check_same("x_t", x_t, eps=eps)
     table = _table(schedule, x_t)
     T = table.numel() - 1
-    t = _timesteps("t", t, x_t, 0, T - 1)
-    t_next = _timesteps("t_next", t_next, x_t, -1, T - 2)
-    _check_next(t, t_next)
+    t = _timesteps("t", t, x_t, 0, T - 1, check)
+    t_next = _timesteps("t_next", t_next, x_t, -1, T - 2, check)
+    if check:
+        _check_next(t, t_next)
     return table, t, t_next
 
 
 def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, seed=None, offset: int = 0,
-              return_x0: bool = False, backend: str = "auto"):
+              return_x0: bool = False, backend: str = "auto", check_timesteps: bool = True):
     """One DDIM ("generalized") step from t to t_next, fused (Fast-DDPM ``generalized_steps``).
 
     ``x0 = (x_t - sqrt(1 - at) eps) / sqrt(at)``, ``c1 = eta sqrt((1 - at/an)(1 - an)/(1 - at))``,
@@ -393,11 +394,14 @@ def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, se
         t: (B,) absolute timesteps in 0..T-1; t_next: (B,) in -1..t-1 (-1: abar = 1, the end).
         eta: 0 is deterministic DDIM (no noise drawn); > 0 needs ``seed`` or ``noise``.
         return_x0: also return the x0 prediction.
+        check_timesteps: check the ranges of t and t_next (on CUDA tensors with
+            ``torch._assert_async``: no host sync, but a few small launches per call); a caller
+            whose timesteps are valid by construction (the sampler) may turn it off.
 
     Returns:
         x_next, or (x_next, x0_pred) with ``return_x0``; contiguous, in x_t's dtype.
     """
-    table, t, t_next = _step_inputs(x_t, eps, t, t_next, schedule)
+    table, t, t_next = _step_inputs(x_t, eps, t, t_next, schedule, check_timesteps)
     eta = float(eta)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -411,7 +415,7 @@ def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, se
 
 
 def ddpm_step(x_t, eps, t, t_next, *, schedule, noise=None, seed=None, offset: int = 0, clip: Optional[float] = 1.0,
-              return_x0: bool = False, backend: str = "auto"):
+              return_x0: bool = False, backend: str = "auto", check_timesteps: bool = True):
     """One ancestral DDPM step from t to t_next, fused (Fast-DDPM ``ddpm_steps``).
 
     ``beta = 1 - at/an``; ``x0 = clamp(sqrt(1/at) x_t - sqrt(1/at - 1) eps, -clip, clip)``;
@@ -421,7 +425,7 @@ def ddpm_step(x_t, eps, t, t_next, *, schedule, noise=None, seed=None, offset: i
     Returns:
         x_next, or (x_next, x0_pred) with ``return_x0``.
     """
-    table, t, t_next = _step_inputs(x_t, eps, t, t_next, schedule)
+    table, t, t_next = _step_inputs(x_t, eps, t, t_next, schedule, check_timesteps)
     if clip is not None:
         clip = float(clip)
         if not clip > 0:
