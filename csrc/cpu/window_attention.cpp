@@ -19,7 +19,54 @@
 #include "medkernels/detail/error.h"
 #include "medkernels/window_attention.h"
 
+// Two primitives carry every O(N^2 E) loop, each over a row of N keys: y += a * x and a dot
+// product with 16 fixed lanes (the same summation order on every run). They are built per
+// x86 ISA level (AVX-512, AVX2+FMA, baseline) by GCC function multiversioning, as csrc/cpu/vec.cpp.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define MK_WA_VERSIONS(DEFINE)                              \
+  DEFINE(__attribute__((target("avx512f,avx512vl,fma")))) \
+  DEFINE(__attribute__((target("avx2,fma"))))             \
+  DEFINE(__attribute__((target("default"))))
+#else
+#define MK_WA_VERSIONS(DEFINE) DEFINE()
+#endif
+
 namespace medkernels {
+namespace cpu {
+namespace wa_detail {
+
+#define MK_WA_DEFINE(ATTR)                                                                    \
+  ATTR void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {        \
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];                                         \
+  }                                                                                           \
+  ATTR void axpy(double* __restrict y, double a, const double* __restrict x, int64_t n) {     \
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];                                         \
+  }                                                                                           \
+  ATTR float dot(const float* __restrict a, const float* __restrict b, int64_t n) {           \
+    float acc[16] = {0};                                                                      \
+    int64_t i = 0;                                                                            \
+    for (; i + 16 <= n; i += 16)                                                              \
+      for (int l = 0; l < 16; ++l) acc[l] += a[i + l] * b[i + l];                             \
+    for (int l = 0; i + l < n; ++l) acc[l] += a[i + l] * b[i + l];                            \
+    float s = 0;                                                                              \
+    for (int l = 0; l < 16; ++l) s += acc[l];                                                 \
+    return s;                                                                                 \
+  }                                                                                           \
+  ATTR double dot(const double* __restrict a, const double* __restrict b, int64_t n) {        \
+    double acc[8] = {0};                                                                      \
+    int64_t i = 0;                                                                            \
+    for (; i + 8 <= n; i += 8)                                                                \
+      for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];                              \
+    for (int l = 0; i + l < n; ++l) acc[l] += a[i + l] * b[i + l];                            \
+    double s = 0;                                                                             \
+    for (int l = 0; l < 8; ++l) s += acc[l];                                                  \
+    return s;                                                                                 \
+  }
+MK_WA_VERSIONS(MK_WA_DEFINE)
+#undef MK_WA_DEFINE
+
+}  // namespace wa_detail
+}  // namespace cpu
 
 Status window_attention_check(const WindowAttentionParams& p) {
   MK_CHECK_ARG(p.directions == 1 || p.directions == 2,
@@ -120,10 +167,10 @@ std::vector<A> bias_values(const WindowAttentionParams& p, const Geometry& g) {
 
 template <typename A>
 struct Window {
-  // token buffers of one (window, head): Q (N, E), K^T (E, N), V (N, E)
-  std::vector<A> Q, KT, V;
+  // token buffers of one (window, head): Q (N, E), K^T (E, N), V^T (E, N)
+  std::vector<A> Q, KT, VT;
   std::vector<uint8_t> valid;
-  Window(int64_t N, int64_t E) : Q(N * E), KT(E * N), V(N * E), valid(N) {}
+  Window(int64_t N, int64_t E) : Q(N * E), KT(E * N), VT(E * N), valid(N) {}
 };
 
 template <typename T, typename A>
@@ -142,13 +189,13 @@ void gather(const WindowAttentionParams& p, const Geometry& g, int64_t b, int64_
       for (int64_t e = 0; e < E; ++e) {
         win.Q[t * E + e] = Io<T>::load(qp + e * p.q_strides[5]);
         win.KT[e * N + t] = Io<T>::load(kp + e * p.k_strides[5]);
-        win.V[t * E + e] = Io<T>::load(vp + e * p.v_strides[5]);
+        win.VT[e * N + t] = Io<T>::load(vp + e * p.v_strides[5]);
       }
     } else {
       for (int64_t e = 0; e < E; ++e) {
         win.Q[t * E + e] = A(0);
         win.KT[e * N + t] = pad ? Io<T>::load(pad + h * E + e) : A(0);
-        win.V[t * E + e] = pad ? Io<T>::load(pad + (p.heads + h) * E + e) : A(0);
+        win.VT[e * N + t] = pad ? Io<T>::load(pad + (p.heads + h) * E + e) : A(0);
       }
     }
   }
@@ -162,11 +209,7 @@ void logits_row(const WindowAttentionParams& p, const Geometry& g, const std::ve
   const A scale = A(p.scale);
   for (int64_t j = 0; j < N; ++j) s[j] = A(0);
   const A* qi = win.Q.data() + i * E;
-  for (int64_t e = 0; e < E; ++e) {
-    const A qe = qi[e];
-    const A* kt = win.KT.data() + e * N;
-    for (int64_t j = 0; j < N; ++j) s[j] += qe * kt[j];
-  }
+  for (int64_t e = 0; e < E; ++e) cpu::wa_detail::axpy(s, qi[e], win.KT.data() + e * N, N);
   for (int64_t j = 0; j < N; ++j) s[j] *= scale;
   if (!bias.empty()) {
     const A* br = bias.data() + (h * N + i) * N;
@@ -217,13 +260,7 @@ Status fwd_impl(const WindowAttentionParams& p) {
           s[j] = std::exp(s[j] - m);
           l += s[j];
         }
-        std::fill(acc.begin(), acc.end(), A(0));
-        for (int64_t j = 0; j < N; ++j) {
-          const A pj = s[j];
-          if (pj == A(0)) continue;
-          const A* vj = win.V.data() + j * E;
-          for (int64_t e = 0; e < E; ++e) acc[e] += pj * vj[e];
-        }
+        for (int64_t e = 0; e < E; ++e) acc[e] = cpu::wa_detail::dot(s.data(), win.VT.data() + e * N, N);
         const A inv = A(1) / l;
         T* op = o + offset(p.o_strides, b, g, w * N + i, h);
         for (int64_t e = 0; e < E; ++e) Io<T>::store(op + e * p.o_strides[5], acc[e] * inv);
@@ -268,7 +305,7 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
 #pragma omp parallel
   {
     Window<A> win(N, E);
-    std::vector<A> dO(N * E), VT(E * N), dK(N * E), dV(N * E), s(N), ds(N), dq(E), delta(N);
+    std::vector<A> dO(N * E), dKT(E * N), dVT(E * N), s(N), ds(N), delta(N);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units; ++unit) {
       const int64_t h = unit % HEADS, c = (unit / HEADS) % chunks;
@@ -289,8 +326,6 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
       for (int64_t bw = c * per_chunk; bw < bw1; ++bw) {
         const int64_t b = bw / g.nW, w = bw % g.nW;
         gather<T, A>(p, g, b, w, h, q, k, v, win);
-        for (int64_t t = 0; t < N; ++t)
-          for (int64_t e = 0; e < E; ++e) VT[e * N + t] = win.V[t * E + e];
         for (int64_t t = 0; t < N; ++t) {
           delta[t] = A(0);
           if (!win.valid[t]) {
@@ -308,41 +343,27 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
           }
           delta[t] = dl;
         }
-        std::fill(dK.begin(), dK.end(), A(0));
-        std::fill(dV.begin(), dV.end(), A(0));
+        std::fill(dKT.begin(), dKT.end(), A(0));
+        std::fill(dVT.begin(), dVT.end(), A(0));
         for (int64_t i = 0; i < N; ++i) {
           if (!win.valid[i]) continue;
           logits_row<A>(p, g, bias, w, h, win, i, s.data());
           const A li = lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h];
           for (int64_t j = 0; j < N; ++j) s[j] = std::exp(s[j] - li);  // P row
-          // dP row = dO_i . V_j
-          for (int64_t j = 0; j < N; ++j) ds[j] = A(0);
           const A* doi = dO.data() + i * E;
-          for (int64_t e = 0; e < E; ++e) {
-            const A de = doi[e];
-            const A* vt = VT.data() + e * N;
-            for (int64_t j = 0; j < N; ++j) ds[j] += de * vt[j];
-          }
-          for (int64_t j = 0; j < N; ++j) ds[j] = s[j] * (ds[j] - delta[i]);
-          std::fill(dq.begin(), dq.end(), A(0));
           const A* qi = win.Q.data() + i * E;
-          for (int64_t j = 0; j < N; ++j) {
-            const A dsj = ds[j], pj = s[j];
-            const A* kt = win.KT.data();
-            for (int64_t e = 0; e < E; ++e) dq[e] += dsj * kt[e * N + j];
-            A* dkj = dK.data() + j * E;
-            A* dvj = dV.data() + j * E;
-            for (int64_t e = 0; e < E; ++e) {
-              dkj[e] += dsj * qi[e];
-              dvj[e] += pj * doi[e];
-            }
-          }
-          if (pair) {
-            A* row = pair + i * N;
-            for (int64_t j = 0; j < N; ++j) row[j] += ds[j];
-          }
+          std::fill(ds.begin(), ds.end(), A(0));
+          for (int64_t e = 0; e < E; ++e) cpu::wa_detail::axpy(ds.data(), doi[e], win.VT.data() + e * N, N);  // dP
+          const A di = delta[i];
+          for (int64_t j = 0; j < N; ++j) ds[j] = s[j] * (ds[j] - di);
           T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
-          for (int64_t e = 0; e < E; ++e) Io<T>::store(dqo + e * bp.dq_strides[5], dq[e] * scale);
+          for (int64_t e = 0; e < E; ++e) {
+            const A dqe = cpu::wa_detail::dot(ds.data(), win.KT.data() + e * N, N);
+            Io<T>::store(dqo + e * bp.dq_strides[5], dqe * scale);
+            cpu::wa_detail::axpy(dKT.data() + e * N, qi[e], ds.data(), N);
+            cpu::wa_detail::axpy(dVT.data() + e * N, doi[e], s.data(), N);
+          }
+          if (pair) cpu::wa_detail::axpy(pair + i * N, A(1), ds.data(), N);
         }
         for (int64_t j = 0; j < N; ++j) {
           if (win.valid[j]) {
@@ -350,13 +371,13 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
             T* dko = dkp + offset(bp.dk_strides, b, g, i, h);
             T* dvo = dvp + offset(bp.dv_strides, b, g, i, h);
             for (int64_t e = 0; e < E; ++e) {
-              Io<T>::store(dko + e * bp.dk_strides[5], dK[j * E + e] * scale);
-              Io<T>::store(dvo + e * bp.dv_strides[5], dV[j * E + e]);
+              Io<T>::store(dko + e * bp.dk_strides[5], dKT[e * N + j] * scale);
+              Io<T>::store(dvo + e * bp.dv_strides[5], dVT[e * N + j]);
             }
           } else if (padg) {
             for (int64_t e = 0; e < E; ++e) {
-              padg[e] += dK[j * E + e] * scale;
-              padg[E + e] += dV[j * E + e];
+              padg[e] += dKT[e * N + j] * scale;
+              padg[E + e] += dVT[e * N + j];
             }
           }
         }

@@ -139,6 +139,12 @@ def bias_table_grad(pair_grad: torch.Tensor, window: IntOr3, tokens: int) -> tor
     """Table gradient from the per-pair gradient ``pair_grad`` (heads, N, N), in a fixed order
     (gather, then sum): the same bits on every run, on CPU and GPU. Returns (rows, heads)."""
     heads = pair_grad.shape[0]
+    if pair_grad.device.type == "cpu":  # bincount on CPU adds in index order: deterministic
+        idx = relative_position_index(window, tokens).reshape(-1)
+        rows = math.prod(2 * w - 1 for w in _triple("window", window))
+        flat = pair_grad.reshape(heads, -1)
+        cols = [torch.bincount(idx, weights=flat[h], minlength=rows) for h in range(heads)]
+        return torch.stack(cols, 1).to(pair_grad.dtype)
     gather = _table_gather_cpu(_triple("window", window), tokens).to(pair_grad.device)
     flat = torch.cat([pair_grad.reshape(heads, -1), pair_grad.new_zeros(heads, 1)], dim=1)
     return flat[:, gather].sum(-1).t().contiguous()
@@ -367,3 +373,23 @@ def cross_window_attention3d_ref(
         pad_kv=pad_kv, mask_padded=mask_padded, upcast=upcast,
     )
     return window_attention3d_ref(q_a, k_b, v_b, **opts), window_attention3d_ref(q_b, k_a, v_a, **opts)
+
+
+def partition_windows(x: torch.Tensor, geom: WindowGeometry, fill: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The copies MONAI's path makes before attention: (B, D, H, W, heads, e) -> (B * nW, heads,
+    N, e), padded at the end with ``fill`` (heads, e) (zeros when None), rolled by -shift and
+    partitioned (for peers such as SDPA on pre-partitioned windows)."""
+    return _to_windows(x, geom, fill)
+
+
+def merge_windows(xw: torch.Tensor, geom: WindowGeometry, batch: int) -> torch.Tensor:
+    """Inverse of :func:`partition_windows`: reverse partition, roll back, crop."""
+    return _crop(_from_windows(xw, geom, batch), geom)
+
+
+def window_logits_bias(geom: WindowGeometry, heads: int, rel_bias_table: Optional[torch.Tensor],
+                       mask_value: float = -100.0, mask_padded: bool = False, dtype=None,
+                       device=None) -> torch.Tensor:
+    """Bias gather + shift mask (+ padding mask) added to q k^T * scale: (1 or nW, heads or 1, N, N)."""
+    dtype = dtype or (rel_bias_table.dtype if rel_bias_table is not None else torch.float32)
+    return _logits_bias(geom, heads, rel_bias_table, mask_value, mask_padded, dtype, device)

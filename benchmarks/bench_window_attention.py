@@ -1,0 +1,151 @@
+"""(Shifted) 3D window attention: ours per backend vs the eager MONAI path (pad, roll, partition,
+full softmax attention, reverse) and F.scaled_dot_product_attention on pre-partitioned windows
+(the partition copies, bias gather and mask included), torch.compile of the reference on GPU.
+
+Swin UNETR stages (feature 48, window 7^3, heads 3/6/12/24, head_dim 16), shifted blocks:
+48 ch at 24^3 tokens, 96 at 12^3, 192 at 6^3 (window clamped to 6), 384 at 3^3 (clamped to 3);
+on GPU also 48 ch at 48^3 (96^3 input, patch 2). Inputs are the projected q, k, v as views of
+one (B, D, H, W, 3, heads, head_dim) qkv tensor, as the modules pass them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from medkernels.bench import Case
+from medkernels.ops import window_attention3d
+from medkernels.ops.window_attention import window_attention3d_backend
+from medkernels.reference.window_attention import (
+    merge_windows,
+    partition_windows,
+    window_attention3d_ref,
+    window_geometry,
+    window_logits_bias,
+)
+from medkernels.testing import rel_err
+
+SWIN_UNETR_STAGES = [(48, 3, 24), (96, 6, 12), (192, 12, 6), (384, 24, 3)]  # (channels, heads, tokens per axis)
+WINDOW, SHIFT = 7, 3
+
+
+def _sdpa_partitioned(q, k, v, geom, table, pad_kv, scale):
+    """The strongest plain-PyTorch peer: partition copies, one SDPA call over all windows with
+    bias + shift mask as a float mask, reverse copies."""
+    b, heads = q.shape[0], q.shape[4]
+    qw = partition_windows(q, geom)
+    kw = partition_windows(k, geom, pad_kv[0])
+    vw = partition_windows(v, geom, pad_kv[1])
+    mask = window_logits_bias(geom, heads, table, dtype=q.dtype, device=q.device)  # (nW or 1, heads, N, N)
+    n = geom.tokens
+    mask = mask.expand(geom.num_windows, heads, n, n)
+    if b > 1:
+        mask = mask.repeat(b, 1, 1, 1)
+    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, scale=scale)
+    return merge_windows(out, geom, b)
+
+
+def _case(batch, channels, heads, tokens, dtype, device, backward=False, note=""):
+    torch.manual_seed(0)
+    size = (tokens,) * 3
+    e = channels // heads
+    geom = window_geometry(size, WINDOW, SHIFT)
+    qkv = torch.randn(batch, *size, 3, heads, e, device=device, dtype=dtype)
+    table = (0.02 * torch.randn(geom.table_rows, heads, device=device)).to(dtype)
+    pad_kv = torch.randn(2, heads, e, device=device, dtype=dtype)
+    scale = e**-0.5
+    opts = dict(window=WINDOW, shift=SHIFT, rel_bias_table=table, pad_kv=pad_kv, scale=scale)
+    n = geom.tokens
+    elem = qkv.element_size()
+    numel = qkv.numel() // 3
+    flops = 4 * batch * geom.num_windows * heads * n * n * e
+    nbytes = 4 * numel * elem
+    if backward:
+        flops = int(flops * 3.5)  # forward + backward (2.5x: dS, dq, dk, dv)
+        nbytes = 8 * numel * elem  # read q, k, v, out, dout; write dq, dk, dv
+        leaf = qkv.detach().requires_grad_(True)
+        tleaf = table.detach().requires_grad_(True)
+        g = torch.randn(batch, *size, heads, e, device=device, dtype=dtype)
+
+        def grads_of(fn):
+            def run():
+                q, k, v = leaf.unbind(4)
+                out = fn(q, k, v, tleaf)
+                torch.autograd.grad(out, (leaf, tleaf), g)
+            return run
+
+        def ours(backend):
+            return grads_of(lambda q, k, v, t: window_attention3d(q, k, v, **{**opts, "rel_bias_table": t},
+                                                                  backend=backend))
+        ref = grads_of(lambda q, k, v, t: window_attention3d_ref(q, k, v, **{**opts, "rel_bias_table": t}))
+        sdpa = grads_of(lambda q, k, v, t: _sdpa_partitioned(q, k, v, geom, t, pad_kv, scale))
+    else:
+        q, k, v = qkv.unbind(4)
+
+        def ours(backend):
+            def run():
+                with torch.no_grad():
+                    return window_attention3d(q, k, v, **opts, backend=backend)
+            return run
+
+        def ref():
+            with torch.no_grad():
+                return window_attention3d_ref(q, k, v, **opts)
+
+        def sdpa():
+            with torch.no_grad():
+                return _sdpa_partitioned(q, k, v, geom, table, pad_kv, scale)
+
+    providers = {"reference": ref}
+    q0 = qkv[..., 0, :, :]
+    for b in (["cpu"] if device.type == "cpu" else ["triton"]):
+        try:
+            window_attention3d_backend(q0, backend=b)
+            providers[b] = ours(b)
+        except RuntimeError:
+            pass
+    providers[f"auto({window_attention3d_backend(q0)})"] = ours("auto")
+    providers["sdpa-partitioned"] = sdpa
+    if device.type == "cuda" and not backward:
+        compiled = torch.compile(window_attention3d_ref)
+        qc, kc, vc = qkv.unbind(4)
+
+        def comp():
+            with torch.no_grad():
+                return compiled(qc, kc, vc, **opts)
+        providers["torch.compile"] = comp
+
+    def check():
+        with torch.no_grad():
+            q, k, v = qkv.unbind(4)
+            y64 = window_attention3d_ref(q, k, v, **opts, upcast=True)
+            errs = {"reference": rel_err(window_attention3d_ref(q, k, v, **opts), y64),
+                    "sdpa-partitioned": rel_err(_sdpa_partitioned(q, k, v, geom, table, pad_kv, scale), y64)}
+            for name in providers:
+                if name in ("cpu", "triton"):
+                    errs[name] = rel_err(window_attention3d(q, k, v, **opts, backend=name), y64)
+            return errs
+
+    shape = f"{batch}x{tokens}^3x{channels}ch h{heads} w{WINDOW} s{SHIFT} (N={n}, {geom.num_windows} windows)"
+    return Case(op="window_attention3d" + (" fwd+bwd" if backward else " fwd"), shape=shape, dtype=dtype,
+                providers=providers, bytes=nbytes, flops=flops, check=None if backward else check, note=note)
+
+
+def cases(device: torch.device, full: bool):
+    f32, bf16 = torch.float32, torch.bfloat16
+    if device.type == "cpu":
+        for c, h, t in SWIN_UNETR_STAGES:
+            yield _case(1, c, h, t, f32, device, note="Swin UNETR stage; issue target: CPU >= 2x reference")
+        yield _case(1, 96, 6, 12, f32, device, backward=True, note="Swin UNETR stage 2")
+        yield _case(1, 192, 12, 6, f32, device, backward=True, note="Swin UNETR stage 3")
+        if full:
+            yield _case(1, 48, 3, 24, f32, device, backward=True, note="Swin UNETR stage 1")
+            yield _case(2, 48, 3, 24, f32, device, note="Swin UNETR stage 1, batch 2")
+            yield _case(1, 96, 6, 12, bf16, device)
+        return
+    stages = [(48, 3, 48)] + SWIN_UNETR_STAGES
+    for dtype in (bf16, f32):
+        for batch in (2,) if not full else (1, 2, 4):
+            for c, h, t in stages:
+                yield _case(batch, c, h, t, dtype, device, note="Swin UNETR stage; target >= 2x ref, >= 1.3x SDPA")
+                yield _case(batch, c, h, t, dtype, device, backward=True, note="Swin UNETR stage")
