@@ -54,7 +54,9 @@ namespace {
 // branch-free polynomials (Cephes logf, sinf, cosf; max error ~1e-7 relative for log and ~1e-7
 // absolute for sin/cos over the contract's inputs): the normals stay within the contract's
 // "last-ulp of log/cos/sin" of the reference.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#define MK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MK_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MK_CPU_CLONES
