@@ -213,6 +213,8 @@ Status fwd_typed(const DiffusionParams& p) {
         for (int64_t j = 0; j < n; ++j) Io<T>::store(out + base + j, z[j]);
       } else if (op == DiffusionOp::kLoss) {
         A s = A(0);
+        // a SIMD reduction (fixed for a given build and ISA, so reruns give the same bits)
+#pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < n; ++j) {
           const A d = Io<T>::load(x + base + j) - z[j];
           s += d * d;
