@@ -49,7 +49,23 @@ class CMakeBuild(build_ext):
             args.append("-GNinja")
         jobs = os.environ.get("MEDKERNELS_BUILD_JOBS", str(os.cpu_count() or 1))
         subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
-        subprocess.run([cmake, "--build", str(build_dir), "--target", "_C", "-j", jobs], check=True)
+        subprocess.run([cmake, "--build", str(build_dir), "--target", "_C", "medkernels_capi", "-j", jobs], check=True)
+        # The CMake package (headers, libmedkernels_core.a, libmedkernels_capi.so, medkernelsConfig.cmake)
+        # goes into the package folder next to _C: medkernels/{include,lib}, shipped in the wheel.
+        # (build_ext --inplace / editable builds into build_lib, then copies only _C: install there too.)
+        prefixes = {out_dir}
+        if self._mk_inplace:
+            prefixes.add(ROOT / "medkernels")
+        for prefix in sorted(prefixes):
+            subprocess.run(
+                [cmake, "--install", str(build_dir), "--prefix", str(prefix), "--component", "medkernels"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+
+    def run(self):
+        self._mk_inplace = bool(self.inplace or getattr(self, "editable_mode", False))
+        super().run()
 
 
 setup(ext_modules=[CMakeExtension("medkernels._C")], cmdclass={"build_ext": CMakeBuild})

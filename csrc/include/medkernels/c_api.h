@@ -1,0 +1,110 @@
+/* medkernels C ABI: extern "C" entry points for ctypes, cffi, Rust, Julia or any FFI.
+ *
+ * Plain C types only (pointers, int64_t sizes and element strides, int enums, void* streams).
+ * Every call returns an mk_status; on failure mk_last_error() gives a message for the calling
+ * thread, naming the argument, what was expected and what came. Nothing aborts the host
+ * process: C++ exceptions are caught at this boundary and returned as MK_INTERNAL_ERROR.
+ *
+ * Versioning: MK_ABI_VERSION counts breaking changes of this header (it follows the library's
+ * major version once that reaches 1); entry points are only ever added within one ABI version.
+ * Check at run time that mk_abi_version() == MK_ABI_VERSION.
+ *
+ * Dtypes: _f32 (float), _f64 (double), _f16 and _bf16 (uint16_t bits of IEEE half and bfloat16).
+ * Devices: the plain names run on the CPU (host memory, OpenMP); the _cuda names take device
+ * pointers and a cudaStream_t as void* (NULL: the legacy default stream), run asynchronously,
+ * and return MK_UNSUPPORTED from a library built without CUDA.
+ *
+ * Layout: 5-D tensors are described by sizes {N, C, D, H, W} and element strides in that same
+ * order, so NCDHW, NDHWC (channels-last) and strided views all work; a NULL strides pointer
+ * means contiguous NCDHW.
+ */
+#ifndef MEDKERNELS_C_API_H_
+#define MEDKERNELS_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(MK_CAPI_BUILDING)
+#define MK_CAPI __declspec(dllexport)
+#else
+#define MK_CAPI __declspec(dllimport)
+#endif
+#else
+#define MK_CAPI __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MK_ABI_VERSION 1
+
+typedef enum mk_status {
+  MK_SUCCESS = 0,
+  MK_INVALID_ARGUMENT = 1, /* a pointer, size, stride or option is out of range */
+  MK_UNSUPPORTED = 2,      /* valid, but this build or device cannot run it (e.g. _cuda without CUDA) */
+  MK_CUDA_ERROR = 3,       /* a CUDA runtime call or kernel launch failed */
+  MK_INTERNAL_ERROR = 4    /* an unexpected C++ exception (e.g. out of host memory) */
+} mk_status;
+
+typedef enum mk_activation { MK_ACT_NONE = 0, MK_ACT_GELU = 1, MK_ACT_RELU = 2, MK_ACT_SILU = 3 } mk_activation;
+
+/* Library version major * 10000 + minor * 100 + patch (0.1.0 -> 100). */
+MK_CAPI int mk_version(void);
+/* The MK_ABI_VERSION this library was built with. */
+MK_CAPI int mk_abi_version(void);
+/* Message of the last non-success status returned on this thread ("" if none). Valid until the
+ * next mk_* call on the same thread. */
+MK_CAPI const char* mk_last_error(void);
+/* 1 when the library holds the CUDA kernels, else 0. */
+MK_CAPI int mk_cuda_available(void);
+
+/* ---- decomposed 3D convolution (DCFormer DecompConv3D), see medkernels/decomp_conv.h ------
+ *   y = act(conv_d(x) + conv_h(x) + conv_w(x) + bias)
+ * x_sizes    {N, C_in, D, H, W}
+ * w_d/h/w    contiguous (C_out, C_in/groups, kernel_size); kernel_size odd, 1..15
+ * bias       (C_out,) or NULL
+ * y          (N, C_out, Do, Ho, Wo), every output size (S - 1) / stride + 1, through y_strides
+ * activation an mk_activation
+ */
+#define MK_DECOMP_CONV3D_FWD_ARGS(T)                                                                    \
+  const T *x, const int64_t *x_sizes, const int64_t *x_strides, const T *w_d, const T *w_h, const T *w_w, \
+      const T *bias, int64_t out_channels, int64_t kernel_size, int64_t stride, int64_t groups,             \
+      int activation, T *y, const int64_t *y_strides
+
+MK_CAPI int mk_decomp_conv3d_fwd_f32(MK_DECOMP_CONV3D_FWD_ARGS(float));
+MK_CAPI int mk_decomp_conv3d_fwd_f64(MK_DECOMP_CONV3D_FWD_ARGS(double));
+MK_CAPI int mk_decomp_conv3d_fwd_f16(MK_DECOMP_CONV3D_FWD_ARGS(uint16_t));
+MK_CAPI int mk_decomp_conv3d_fwd_bf16(MK_DECOMP_CONV3D_FWD_ARGS(uint16_t));
+MK_CAPI int mk_decomp_conv3d_fwd_f32_cuda(MK_DECOMP_CONV3D_FWD_ARGS(float), void* stream);
+MK_CAPI int mk_decomp_conv3d_fwd_f64_cuda(MK_DECOMP_CONV3D_FWD_ARGS(double), void* stream);
+MK_CAPI int mk_decomp_conv3d_fwd_f16_cuda(MK_DECOMP_CONV3D_FWD_ARGS(uint16_t), void* stream);
+MK_CAPI int mk_decomp_conv3d_fwd_bf16_cuda(MK_DECOMP_CONV3D_FWD_ARGS(uint16_t), void* stream);
+
+/* Backward of the same call given grad_y (y's shape, through grad_y_strides). Writes grad_x
+ * (x's shape and dtype, through grad_x_strides; NULL to skip), and grad_w_d/h/w (C_out,
+ * C_in/groups, kernel_size) and grad_bias (C_out,) contiguous in the accumulation type: double
+ * for _f64, float otherwise (each may be NULL). workspace: *_bwd_workspace_bytes() bytes of
+ * host (CPU) or device (_cuda) memory. The weight and bias sums run in a fixed order. */
+#define MK_DECOMP_CONV3D_BWD_ARGS(T, A)                                                                    \
+  const T *grad_y, const int64_t *grad_y_strides, const T *x, const int64_t *x_sizes,                      \
+      const int64_t *x_strides, const T *w_d, const T *w_h, const T *w_w, const T *bias,                    \
+      int64_t out_channels, int64_t kernel_size, int64_t stride, int64_t groups, int activation, T *grad_x, \
+      const int64_t *grad_x_strides, A *grad_w_d, A *grad_w_h, A *grad_w_w, A *grad_bias, void *workspace,  \
+      size_t workspace_bytes
+
+/* Workspace bytes the backward needs for these sizes and dtype (0 on bad arguments, with
+ * mk_last_error() set). dtype: 0 float32, 1 float16, 2 bfloat16, 3 float64. */
+MK_CAPI size_t mk_decomp_conv3d_bwd_workspace_bytes(int dtype, const int64_t* x_sizes, int64_t out_channels,
+                                                    int64_t kernel_size, int64_t stride, int64_t groups);
+MK_CAPI int mk_decomp_conv3d_bwd_f32(MK_DECOMP_CONV3D_BWD_ARGS(float, float));
+MK_CAPI int mk_decomp_conv3d_bwd_f64(MK_DECOMP_CONV3D_BWD_ARGS(double, double));
+MK_CAPI int mk_decomp_conv3d_bwd_f32_cuda(MK_DECOMP_CONV3D_BWD_ARGS(float, float), void* stream);
+MK_CAPI int mk_decomp_conv3d_bwd_f64_cuda(MK_DECOMP_CONV3D_BWD_ARGS(double, double), void* stream);
+
+#ifdef __cplusplus
+}  /* extern "C" */
+#endif
+
+#endif /* MEDKERNELS_C_API_H_ */

@@ -1,0 +1,253 @@
+"""Vendoring (#8): our kernels from outside our Python package.
+
+- the CMake package (`cmake --install`) consumed by examples/vendor_cmake (find_package + medkernels::core);
+- the C ABI (libmedkernels_capi.so) from ctypes on NumPy arrays, in a fresh interpreter without torch;
+- every header-only CUDA kernel header compiling stand-alone with nvcc;
+- DLPack inputs (NumPy, JAX) to the public ops; the CuPy/NVRTC sources; the JAX FFI example.
+
+The expected values come from a direct NumPy evaluation of the decomposed convolution (the C ABI and
+CMake tests run without torch, so the torch reference cannot serve them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medkernels
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = Path(medkernels.__file__).resolve().parent
+BUILD_DIR = ROOT / "build" / f"cmake-py{sys.version_info[0]}{sys.version_info[1]}"
+EXAMPLES = ROOT / "examples"
+CMAKE = shutil.which("cmake")
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("g++") or shutil.which("c++")
+
+
+# --- a direct NumPy decomposed convolution (float64) --------------------------------------------
+def numpy_decomp_conv3d(x, w_d, w_h, w_w, bias=None, stride=1, groups=1, activation=0):
+    """y[n, co] = act(bias[co] + sum over the group's ci and the three axes of w[co, ci', j] * x shifted)."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c_in, *size = x.shape
+    c_out, cin_g, k = w_d.shape
+    pad = k // 2
+    out = [(s - 1) // stride + 1 for s in size]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pad, pad)] * 3)
+    y = np.zeros((n, c_out, *out))
+    cout_g = c_out // groups
+    for co in range(c_out):
+        g = co // cout_g
+        for cl in range(cin_g):
+            xc = xp[:, g * cin_g + cl]
+            for axis, w in enumerate((w_d, w_h, w_w)):
+                for j in range(k):
+                    start = [pad] * 3
+                    start[axis] = j
+                    idx = tuple(slice(start[a], start[a] + (out[a] - 1) * stride + 1, stride) for a in range(3))
+                    y[:, co] += float(w[co, cl, j]) * xc[(slice(None),) + idx]
+        if bias is not None:
+            y[:, co] += float(bias[co])
+    if activation == 2:
+        y = np.maximum(y, 0)
+    elif activation == 3:
+        y = y / (1 + np.exp(-y))
+    elif activation == 1:
+        from math import erf
+
+        y = 0.5 * y * (1 + np.vectorize(erf)(y / np.sqrt(2)))
+    return y
+
+
+def _case(seed=0, n=2, c_in=4, c_out=4, size=(5, 6, 7), k=3, groups=4, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, *size)).astype(dtype)
+    ws = [(rng.standard_normal((c_out, c_in // groups, k)) / k).astype(dtype) for _ in range(3)]
+    bias = rng.standard_normal(c_out).astype(dtype)
+    return x, *ws, bias
+
+
+def test_numpy_reference_matches_torch_reference():
+    """The NumPy evaluation above agrees with the package's reference (so the tests below judge the kernels)."""
+    import torch
+
+    from medkernels.reference.decomp_conv import decomp_conv3d_ref
+
+    x, w_d, w_h, w_w, b = _case(1, c_in=4, c_out=6, groups=2, size=(4, 5, 6), k=3)
+    for stride, act in ((1, 0), (2, 3)):
+        got = numpy_decomp_conv3d(x, w_d, w_h, w_w, b, stride, 2, act)
+        t = lambda a: torch.from_numpy(np.asarray(a, np.float64))
+        want = decomp_conv3d_ref(t(x), t(w_d), t(w_h), t(w_w), t(b), stride, 2, [None, "gelu", "relu", "silu"][act])
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# --- the CMake package ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def install_prefix(tmp_path_factory):
+    """The CMake package: the one shipped in the package (setup.py installs it there), else a fresh
+    `cmake --install` of the build folder into a tmp prefix."""
+    if (PKG / "lib" / "cmake" / "medkernels" / "medkernelsConfig.cmake").exists():
+        return PKG
+    if CMAKE is None or not (BUILD_DIR / "cmake_install.cmake").exists():
+        pytest.skip("no installed CMake package and no CMake build folder (run setup.py build_ext first)")
+    prefix = tmp_path_factory.mktemp("prefix")
+    subprocess.run([CMAKE, "--install", str(BUILD_DIR), "--prefix", str(prefix), "--component", "medkernels"],
+                   check=True, capture_output=True)
+    return prefix
+
+
+def test_info_cmake_dir_prints_the_shipped_package():
+    out = subprocess.run([sys.executable, "-m", "medkernels.info", "--cmake-dir"], cwd=ROOT, capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        pytest.skip(f"this checkout did not ship the CMake package: {out.stdout.strip()}")
+    d = Path(out.stdout.strip())
+    assert (d / "medkernelsConfig.cmake").exists() and (d / "medkernelsConfigVersion.cmake").exists()
+    assert (d.parents[1] / "libmedkernels_capi.so").exists()
+    assert (d.parents[2] / "include" / "medkernels" / "decomp_conv.h").exists()
+
+
+def test_install_tree_layout(tmp_path):
+    if CMAKE is None or not (BUILD_DIR / "cmake_install.cmake").exists():
+        pytest.skip("no CMake build folder (run setup.py build_ext first)")
+    subprocess.run([CMAKE, "--install", str(BUILD_DIR), "--prefix", str(tmp_path), "--component", "medkernels"],
+                   check=True, capture_output=True)
+    headers = sorted(p.relative_to(tmp_path / "include").as_posix() for p in (tmp_path / "include").rglob("*.h*"))
+    source_headers = sorted(p.relative_to(ROOT / "csrc" / "include").as_posix()
+                            for p in (ROOT / "csrc" / "include").rglob("*.h*"))
+    assert headers == source_headers
+    assert "medkernels/c_api.h" in headers and "medkernels/detail/error.h" in headers
+    for f in ("lib/libmedkernels_core.a", "lib/libmedkernels_capi.so", "lib/cmake/medkernels/medkernelsConfig.cmake",
+              "lib/cmake/medkernels/medkernelsConfigVersion.cmake", "lib/cmake/medkernels/medkernelsTargets.cmake"):
+        assert (tmp_path / f).exists(), f
+
+
+@pytest.mark.skipif(CMAKE is None, reason="cmake not found")
+@pytest.mark.parametrize("stride,groups,activation", [(1, 4, 0), (2, 2, 2)], ids=["depthwise-s1", "g2-s2-relu"])
+def test_cmake_consumer_project(install_prefix, tmp_path, stride, groups, activation):
+    build = tmp_path / "build"
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    cfg = subprocess.run([CMAKE, "-S", str(EXAMPLES / "vendor_cmake"), "-B", str(build), *gen,
+                          f"-DCMAKE_PREFIX_PATH={install_prefix}", "-DCMAKE_BUILD_TYPE=Release"],
+                         capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    bld = subprocess.run([CMAKE, "--build", str(build), "-j", "2"], capture_output=True, text=True)
+    assert bld.returncode == 0, bld.stdout + bld.stderr
+    x, w_d, w_h, w_w, b = _case(3, c_in=4, c_out=4, groups=groups, size=(5, 6, 7), k=3)
+    k = w_d.shape[-1]
+    header = np.array([*x.shape, w_d.shape[0], k, stride, groups, activation], dtype="<i8")
+    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    with open(inp, "wb") as f:
+        for a in (header, x, w_d, w_h, w_w, b):
+            f.write(np.ascontiguousarray(a).tobytes())
+    run = subprocess.run([str(build / "app"), str(inp), str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    want = numpy_decomp_conv3d(x, w_d, w_h, w_w, b, stride, groups, activation)
+    got = np.fromfile(out, dtype=np.float32).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --- the C ABI through ctypes, torch never imported ----------------------------------------------
+def _capi_lib(install_prefix) -> Path:
+    lib = Path(install_prefix) / "lib" / "libmedkernels_capi.so"
+    if not lib.exists():
+        pytest.skip(f"{lib} not built")
+    return lib
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_capi_ctypes_without_torch(install_prefix, tmp_path, dtype):
+    lib = _capi_lib(install_prefix)
+    x, w_d, w_h, w_w, b = _case(5, c_in=6, c_out=6, groups=3, size=(4, 7, 5), k=5, dtype=dtype)
+    np.savez(tmp_path / "in.npz", x=x, w_d=w_d, w_h=w_h, w_w=w_w, bias=b, stride=2, groups=3, activation=3)
+    # a fresh interpreter that never imports our package (nor torch)
+    run = subprocess.run([sys.executable, str(EXAMPLES / "capi_ctypes" / "decomp_conv_ctypes.py"), str(lib),
+                          str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, run.stderr
+    out = np.load(tmp_path / "out.npz")
+    assert not bool(out["torch_imported"]), "the ctypes path imported torch"
+    want = numpy_decomp_conv3d(x, w_d, w_h, w_w, b, 2, 3, 3)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out["y"], want, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(out["y"], out["y_cl"])
+    assert int(out["version"]) == 10000 * 0 + 100 * 1 and int(out["abi"]) == 1
+    # documented errors: MK_INVALID_ARGUMENT (1) with a message naming the argument
+    assert int(out["bad_status"]) == 1 and "kernel_size must be odd" in str(out["bad_msg"])
+    assert int(out["null_status"]) == 1 and "must not be NULL" in str(out["null_msg"])
+    if dtype == np.float32 and not medkernels.build_info().get("cuda"):
+        assert int(out["cuda_status"]) == 2  # MK_UNSUPPORTED: this build has no CUDA
+
+
+def test_capi_backward_matches_finite_differences(install_prefix):
+    """mk_decomp_conv3d_bwd_f64 on NumPy arrays: the weight/bias/x gradients of sum(y * g)."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(_capi_lib(install_prefix)))
+    lib.mk_last_error.restype = ctypes.c_char_p
+    lib.mk_decomp_conv3d_bwd_workspace_bytes.restype = ctypes.c_size_t
+    i64 = lambda v: (ctypes.c_int64 * len(v))(*v)
+    x, w_d, w_h, w_w, b = _case(7, n=1, c_in=2, c_out=2, groups=2, size=(3, 4, 5), k=3, dtype=np.float64)
+    y = numpy_decomp_conv3d(x, w_d, w_h, w_w, b, 1, 2, 0)
+    g = np.random.default_rng(8).standard_normal(y.shape)
+    ws_bytes = lib.mk_decomp_conv3d_bwd_workspace_bytes(3, i64(x.shape), 2, 3, 1, 2)
+    assert ws_bytes > 0
+    ws = np.empty(ws_bytes, np.uint8)
+    gx = np.empty_like(x)
+    gw = [np.empty_like(w_d) for _ in range(3)]
+    gb = np.empty_like(b)
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    st = lib.mk_decomp_conv3d_bwd_f64(p(g), None, p(x), i64(x.shape), None, p(w_d), p(w_h), p(w_w), p(b),
+                                      ctypes.c_int64(2), ctypes.c_int64(3), ctypes.c_int64(1), ctypes.c_int64(2),
+                                      ctypes.c_int(0), p(gx), None, p(gw[0]), p(gw[1]), p(gw[2]), p(gb), p(ws),
+                                      ctypes.c_size_t(ws_bytes))
+    assert st == 0, lib.mk_last_error()
+    # linear in every argument: the gradient of sum(y * g) is exact by central differences of the reference
+    f = lambda **kw: float((numpy_decomp_conv3d(**{**dict(x=x, w_d=w_d, w_h=w_h, w_w=w_w, bias=b, groups=2), **kw})
+                            * g).sum())
+    np.testing.assert_allclose(gb, g.sum(axis=(0, 2, 3, 4)), rtol=1e-10)
+    e = np.zeros_like(w_h)
+    e[1, 0, 2] = 1.0
+    np.testing.assert_allclose(gw[1][1, 0, 2], (f(w_h=w_h + e) - f(w_h=w_h - e)) / 2, rtol=1e-8)
+    ex = np.zeros_like(x)
+    ex[0, 1, 2, 1, 3] = 1.0
+    np.testing.assert_allclose(gx[0, 1, 2, 1, 3], (f(x=x + ex) - f(x=x - ex)) / 2, rtol=1e-8)
+    # too small a workspace: the documented error, not a crash
+    st = lib.mk_decomp_conv3d_bwd_f64(p(g), None, p(x), i64(x.shape), None, p(w_d), p(w_h), p(w_w), p(b),
+                                      ctypes.c_int64(2), ctypes.c_int64(3), ctypes.c_int64(1), ctypes.c_int64(2),
+                                      ctypes.c_int(0), p(gx), None, p(gw[0]), p(gw[1]), p(gw[2]), p(gb), p(ws),
+                                      ctypes.c_size_t(1))
+    assert st == 1 and b"workspace" in lib.mk_last_error()
+
+
+# --- header-only CUDA: every .cuh compiles stand-alone ----------------------------------------------
+CUH = sorted((ROOT / "csrc" / "include" / "medkernels" / "cuda").glob("*.cuh"))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+@pytest.mark.parametrize("header", CUH, ids=[h.stem for h in CUH])
+def test_cuda_header_compiles_standalone(header, tmp_path):
+    src = tmp_path / f"{header.stem}_standalone.cu"
+    src.write_text(f'#include "medkernels/cuda/{header.name}"\n')
+    run = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", f"-I{ROOT / 'csrc' / 'include'}", "-c", str(src),
+                          "-o", str(tmp_path / "out.o")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
+@pytest.mark.skipif(CXX is None, reason="no C/C++ compiler")
+def test_c_api_header_is_plain_c(tmp_path):
+    src = tmp_path / "use.c"
+    src.write_text('#include "medkernels/c_api.h"\n'
+                   "int main(void) { return mk_abi_version() == MK_ABI_VERSION ? 0 : 1; }\n")
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler")
+    run = subprocess.run([gcc, "-std=c99", "-Wall", "-Werror", "-pedantic", f"-I{ROOT / 'csrc' / 'include'}", "-c",
+                          str(src), "-o", str(tmp_path / "use.o")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
