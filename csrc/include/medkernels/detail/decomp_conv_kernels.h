@@ -11,7 +11,8 @@
 //                 (n, c, d) plane; the x tile with its k/2 halo along H and W is staged in shared
 //                 memory (16-byte loads when W is contiguous and aligned); D taps read through L1
 //  conv_cl_vec    depthwise, channels-last: a thread owns 16 bytes of contiguous channels at
-//                 one output position and loads every tap as one 16-byte vector
+//                 4 outputs along W, loads each tap's weights once and every x tap as one
+//                 16-byte vector
 //  gz_copy        gz = dy in the accumulation type (no activation)
 //  dw_partial     weight/bias partial sums per (row split, co, ci', tap); dw_reduce sums the
 //                 splits in a fixed order: deterministic, no atomics
@@ -36,6 +37,13 @@
 
 namespace medkernels {
 namespace detail {
+
+// Unrolled on the device (register arrays must be indexed by constants); a no-op elsewhere.
+#if defined(__CUDA_ARCH__)
+#define MK_UNROLL _Pragma("unroll")
+#else
+#define MK_UNROLL
+#endif
 
 // Io with the hardware conversions on the device; the host keeps common.h's bit math.
 template <typename T>
@@ -283,30 +291,55 @@ MK_HD void tile_compute(const ConvArgs& a, const TilePlan& t, int64_t tile, int 
 }
 
 // --- conv_cl_vec: depthwise, channels-last ------------------------------------------------------
+// A thread owns VEC contiguous channels (16 bytes) at kClOw consecutive outputs along W: each
+// tap's VEC weights are loaded once for the kClOw outputs, every x tap is one 16-byte load.
+constexpr int kClOw = 4;
+
+MK_HD int64_t cl_vec_threads(const ConvArgs& a, int vec) {
+  return a.N * a.out[0] * a.out[1] * ceil_div(a.out[2], kClOw) * (a.Co / vec);
+}
+
 template <typename TI, typename TW, typename TO, typename A, int MODE, int VEC>
 MK_HD void conv_cl_vec_point(const ConvArgs& a, int64_t idx) {
   const int64_t nchunk = a.Co / VEC;
   const int64_t c0 = (idx % nchunk) * VEC;
   int64_t r = idx / nchunk;
-  const int64_t ow = r % a.out[2]; r /= a.out[2];
+  const int64_t wblocks = ceil_div(a.out[2], kClOw);
+  const int64_t ow0 = (r % wblocks) * kClOw; r /= wblocks;
   const int64_t oh = r % a.out[1]; r /= a.out[1];
   const int64_t od = r % a.out[0];
   const int64_t n = r / a.out[0];
-  A acc[VEC];
-  for (int u = 0; u < VEC; ++u) acc[u] = a.bias ? load_as<A>(static_cast<const TW*>(a.bias) + c0 + u) : A(0);
+  const int nq = a.out[2] - ow0 < kClOw ? static_cast<int>(a.out[2] - ow0) : kClOw;
+  A acc[kClOw][VEC];
+  MK_UNROLL for (int u = 0; u < VEC; ++u) {
+    const A b0 = a.bias ? load_as<A>(static_cast<const TW*>(a.bias) + c0 + u) : A(0);
+    MK_UNROLL for (int q = 0; q < kClOw; ++q) acc[q][u] = b0;
+  }
   const TI* xb = static_cast<const TI*>(a.x) + n * a.xs[0] + c0;  // xs[1] == 1
-  const int64_t base[3] = {od * a.s, oh * a.s, ow * a.s};
   for (int br = 0; br < 3; ++br) {
     const TW* w = static_cast<const TW*>(a.w[br]) + c0 * a.K;
     for (int j = 0; j < a.K; ++j) {
-      int64_t ip[3] = {base[0], base[1], base[2]};
-      ip[br] += j - a.pad;
-      if (ip[br] < 0 || ip[br] >= a.in[br]) continue;
-      const Vec<TI, VEC> v16 = *reinterpret_cast<const Vec<TI, VEC>*>(xb + ip[0] * a.xs[2] + ip[1] * a.xs[3] + ip[2] * a.xs[4]);
-      for (int u = 0; u < VEC; ++u) acc[u] += load_as<A>(w + u * a.K + j) * load_as<A>(&v16.e[u]);
+      const int64_t off = j - a.pad;
+      // the tap's input position on the branch axis must be inside the volume
+      const int64_t id = od * a.s + (br == 0 ? off : 0), ih = oh * a.s + (br == 1 ? off : 0);
+      if (id < 0 || id >= a.in[0] || ih < 0 || ih >= a.in[1]) continue;
+      A wv[VEC];
+      MK_UNROLL for (int u = 0; u < VEC; ++u) wv[u] = load_as<A>(w + u * a.K + j);
+      const TI* xrow = xb + id * a.xs[2] + ih * a.xs[3];
+      MK_UNROLL for (int q = 0; q < kClOw; ++q) {
+        const int64_t iw = (ow0 + q) * a.s + (br == 2 ? off : 0);
+        if (q < nq && iw >= 0 && iw < a.in[2]) {
+          const Vec<TI, VEC> v16 = *reinterpret_cast<const Vec<TI, VEC>*>(xrow + iw * a.xs[4]);
+          MK_UNROLL for (int u = 0; u < VEC; ++u) acc[q][u] += wv[u] * load_as<A>(&v16.e[u]);
+        }
+      }
     }
   }
-  for (int u = 0; u < VEC; ++u) conv_finish<TI, TO, A, MODE>(a, acc[u], n, c0 + u, od, oh, ow);
+  MK_UNROLL for (int q = 0; q < kClOw; ++q) {
+    if (q < nq) {
+      MK_UNROLL for (int u = 0; u < VEC; ++u) conv_finish<TI, TO, A, MODE>(a, acc[q][u], n, c0 + u, od, oh, ow0 + q);
+    }
+  }
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -387,16 +420,11 @@ MK_HD void dw_partial_point(const BwdArgs& b, int64_t idx) {
     if (br == 2) tap_out_range(off, s, b.in[2], Wo, &lo, &hi);
     for (int64_t row = r0; row < r1; ++row) {
       const int64_t oh = row % Ho, od = (row / Ho) % Do, n = row / (Ho * Do);
-      int64_t base[3] = {od * s, oh * s, 0};
-      if (br < 2) {
-        base[br] += off;
-        if (base[br] < 0 || base[br] >= b.in[br]) continue;
-      } else {
-        base[2] = off;
-      }
+      const int64_t id = od * s + (br == 0 ? off : 0), ih = oh * s + (br == 1 ? off : 0);
+      if (id < 0 || id >= b.in[0] || ih < 0 || ih >= b.in[1]) continue;
       const A* grow = gz + n * b.gs[0] + co * b.gs[1] + od * b.gs[2] + oh * b.gs[3];
-      const T* xrow = static_cast<const T*>(b.x) + n * b.xs[0] + ci * b.xs[1] + base[0] * b.xs[2] + base[1] * b.xs[3] +
-                      base[2] * b.xs[4];
+      const T* xrow = static_cast<const T*>(b.x) + n * b.xs[0] + ci * b.xs[1] + id * b.xs[2] + ih * b.xs[3] +
+                      (br == 2 ? off : 0) * b.xs[4];
       for (int64_t ow = lo; ow < hi; ++ow) sum += grow[ow * b.gs[4]] * load_as<A>(xrow + ow * s * b.xs[4]);
     }
   }
@@ -475,7 +503,7 @@ int run_conv(ConvArgs a, Exec& ex) {
   if (depthwise && a.xs[1] == 1 && a.Co > 1) {
     const bool vec_ok = a.Co % VEC == 0 && aligned16(a.x) && a.xs[0] % VEC == 0 && a.xs[2] % VEC == 0 &&
                         a.xs[3] % VEC == 0 && a.xs[4] % VEC == 0;
-    if (vec_ok) return ex.template conv_cl_vec<TI, TW, TO, A, MODE, VEC>(a, total / VEC);
+    if (vec_ok) return ex.template conv_cl_vec<TI, TW, TO, A, MODE, VEC>(a, cl_vec_threads(a, VEC));
   } else if (depthwise && a.s == 1) {
     const bool vec_ok = a.xs[4] == 1 && aligned16(a.x) && a.xs[0] % VEC == 0 && a.xs[1] % VEC == 0 &&
                         a.xs[2] % VEC == 0 && a.xs[3] % VEC == 0;
