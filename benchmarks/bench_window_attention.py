@@ -10,10 +10,13 @@ one (B, D, H, W, 3, heads, head_dim) qkv tensor, as the modules pass them.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 
 from medkernels.bench import Case
+from medkernels.nn import SwinBlock3d
 from medkernels.ops import window_attention3d
 from medkernels.ops.window_attention import window_attention3d_backend
 from medkernels.reference.window_attention import (
@@ -131,6 +134,50 @@ def _case(batch, channels, heads, tokens, dtype, device, backward=False, note=""
                 providers=providers, bytes=nbytes, flops=flops, check=None if backward else check, note=note)
 
 
+def _block_case(batch, channels, heads, tokens, dtype, device, backward=False):
+    """The whole Swin block (norm, shifted-window attention with projections, MLP) against MONAI's
+    own SwinTransformerBlock, eager and with its SDPA path (use_flash_attention), when installed."""
+    try:
+        swin = importlib.import_module("monai.networks.nets.swin_unetr")
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    size = (tokens,) * 3
+    win, sh = (WINDOW,) * 3, (SHIFT,) * 3
+    monai_eager = swin.SwinTransformerBlock(channels, heads, win, sh).to(device, dtype)
+    blocks = {"monai": monai_eager}
+    try:
+        blocks["monai-sdpa"] = swin.SwinTransformerBlock(channels, heads, win, sh, use_flash_attention=True)
+        blocks["monai-sdpa"].load_state_dict(monai_eager.state_dict())
+        blocks["monai-sdpa"].to(device, dtype)
+    except TypeError:  # an older MONAI without use_flash_attention
+        pass
+    backends = ["cpu"] if device.type == "cpu" else ["triton"]
+    for b in backends:
+        blk = SwinBlock3d(channels, heads, win, sh, backend=b).to(device, dtype)
+        blk.load_state_dict(monai_eager.state_dict())
+        blocks[b] = blk
+    ws, ss = swin.get_window_size(size, win, sh)
+    mask = swin.compute_mask([-(-s // w) * w for s, w in zip(size, ws)], ws, ss, device).to(dtype)
+    x = torch.randn(batch, *size, channels, device=device, dtype=dtype, requires_grad=backward)
+    g = torch.randn_like(x)
+
+    def provider(name, blk):
+        call = (lambda: blk(x, mask)) if name.startswith("monai") else (lambda: blk(x))
+        if backward:
+            return lambda: torch.autograd.grad(call(), [x, *blk.parameters()], g)
+
+        def run():
+            with torch.no_grad():
+                return call()
+        return run
+
+    providers = {name: provider(name, blk) for name, blk in blocks.items()}
+    shape = f"{batch}x{tokens}^3x{channels}ch h{heads} w{WINDOW} s{SHIFT}"
+    return Case(op="SwinBlock3d" + (" fwd+bwd" if backward else " fwd"), shape=shape, dtype=dtype,
+                providers=providers, baseline="monai", note="whole block vs MONAI SwinTransformerBlock")
+
+
 def cases(device: torch.device, full: bool):
     f32, bf16 = torch.float32, torch.bfloat16
     if device.type == "cpu":
@@ -138,6 +185,10 @@ def cases(device: torch.device, full: bool):
             yield _case(1, c, h, t, f32, device, note="Swin UNETR stage; issue target: CPU >= 2x reference")
         yield _case(1, 96, 6, 12, f32, device, backward=True, note="Swin UNETR stage 2")
         yield _case(1, 192, 12, 6, f32, device, backward=True, note="Swin UNETR stage 3")
+        for backward in (False, True):
+            case = _block_case(1, 96, 6, 12, f32, device, backward=backward)
+            if case is not None:
+                yield case
         if full:
             yield _case(1, 48, 3, 24, f32, device, backward=True, note="Swin UNETR stage 1")
             yield _case(2, 48, 3, 24, f32, device, note="Swin UNETR stage 1, batch 2")
@@ -149,3 +200,7 @@ def cases(device: torch.device, full: bool):
             for c, h, t in stages:
                 yield _case(batch, c, h, t, dtype, device, note="Swin UNETR stage; target >= 2x ref, >= 1.3x SDPA")
                 yield _case(batch, c, h, t, dtype, device, backward=True, note="Swin UNETR stage")
+                for backward in (False, True):
+                    case = _block_case(batch, c, h, t, dtype, device, backward=backward)
+                    if case is not None:
+                        yield case

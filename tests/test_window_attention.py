@@ -397,6 +397,34 @@ def test_swin_block_keys_and_residuals():
     assert a.shape == x.shape and b.shape == x.shape
 
 
+@pytest.mark.parametrize("use_flash_attention", [False, True], ids=["monai-eager", "monai-sdpa"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_swin_block_matches_installed_monai(backend, use_flash_attention):
+    """Against MONAI's own SwinTransformerBlock (when MONAI is installed): its state dict loads
+    strictly and the outputs agree, padding, shift and a clamped axis included."""
+    swin = pytest.importorskip("monai.networks.nets.swin_unetr")
+    import inspect
+
+    if use_flash_attention and "use_flash_attention" not in inspect.signature(swin.SwinTransformerBlock).parameters:
+        pytest.skip("this MONAI has no use_flash_attention")
+    torch.manual_seed(0)
+    size, window, shift = (5, 9, 6), (4, 4, 7), (2, 2, 3)  # W clamped (6 <= 7): Swin's index[:n, :n]
+    kw = {"use_flash_attention": True} if use_flash_attention else {}
+    ref = swin.SwinTransformerBlock(24, 3, window, shift, **kw).double().eval()
+    with torch.no_grad():
+        ref.attn.relative_position_bias_table.normal_()
+        ref.attn.qkv.bias.normal_()
+    ours = SwinBlock3d(24, 3, window, shift, backend=backend).double()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(1, *size, 24, dtype=torch.float64)
+    ws, ss = swin.get_window_size(size, window, shift)
+    dims = [-(-s // w) * w for s, w in zip(size, ws)]
+    expected = ref(x, swin.compute_mask(dims, ws, ss, x.device).double())
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    out = ours.to(_device(backend), dtype)(x.to(_device(backend), dtype))
+    assert_close("block", out.cpu(), expected)
+
+
 def test_module_rejects_wrong_input():
     mod = WindowAttention3d(16, 2, 3)
     with pytest.raises(ValueError, match=r"\(B, D, H, W, C=16\)"):
