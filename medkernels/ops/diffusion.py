@@ -294,10 +294,9 @@ def _timesteps(name: str, t, x: torch.Tensor, low: int, high: int, check: bool =
     if not check or _skip_value_checks(t):
         return t
     if t.device.type == "cpu":
-        lo, hi = int(t.min()), int(t.max())
-        if lo < low or hi > high:
-            bad = t[(t < low) | (t > high)][0].item()
-            raise ValueError(f"{name} must be in {low}..{high}, got {bad}")
+        for v in t.tolist():  # B values: cheaper than tensor reductions
+            if not low <= v <= high:
+                raise ValueError(f"{name} must be in {low}..{high}, got {v}")
     else:
         torch._assert_async(((t >= low) & (t <= high)).all(), f"{name} must be in {low}..{high}")
     return t
@@ -315,10 +314,9 @@ def _check_next(t: torch.Tensor, t_next: torch.Tensor) -> None:
     if _skip_value_checks(t):
         return
     if t.device.type == "cpu":
-        if bool((t_next >= t).any()):
-            i = int(torch.nonzero(t_next >= t)[0, 0])
-            raise ValueError(f"t_next must be in -1..t-1 per sample, got t_next={int(t_next[i])} for t={int(t[i])} "
-                             f"(sample {i})")
+        for i, (a, n) in enumerate(zip(t.tolist(), t_next.tolist())):
+            if n >= a:
+                raise ValueError(f"t_next must be in -1..t-1 per sample, got t_next={n} for t={a} (sample {i})")
     else:
         torch._assert_async((t_next < t).all(), "t_next must be in -1..t-1 per sample")
 
