@@ -251,3 +251,58 @@ def test_c_api_header_is_plain_c(tmp_path):
     run = subprocess.run([gcc, "-std=c99", "-Wall", "-Werror", "-pedantic", f"-I{ROOT / 'csrc' / 'include'}", "-c",
                           str(src), "-o", str(tmp_path / "use.o")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+# --- DLPack arrays into the public ops ------------------------------------------------------------
+def _dlpack_ops():
+    """(public op, NumPy inputs, NumPy expectation) for each family whose op takes DLPack arrays."""
+    from medkernels import ops
+
+    x, w_d, w_h, w_w, b = _case(11, c_in=3, c_out=3, groups=3, size=(4, 5, 6), k=3)
+    yield ("decomp_conv3d", ops.decomp_conv3d, (x, w_d, w_h, w_w), {"bias": b, "backend": "cpu"},
+           numpy_decomp_conv3d(x, w_d, w_h, w_w, b, 1, 3, 0))
+
+
+DLPACK_CASES = list(_dlpack_ops())
+
+
+@pytest.mark.parametrize("case", DLPACK_CASES, ids=[c[0] for c in DLPACK_CASES])
+def test_numpy_arrays_in_numpy_out(case):
+    _, op, args, kwargs, want = case
+    got = op(*args, **kwargs)
+    assert isinstance(got, np.ndarray), type(got)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # read-only and strided NumPy inputs
+    ro = [a.copy() for a in args]
+    for a in ro:
+        a.flags.writeable = False
+    np.testing.assert_allclose(op(*ro, **kwargs), want, rtol=1e-5, atol=1e-5)
+    x_cl = np.ascontiguousarray(args[0].transpose(0, 2, 3, 4, 1)).transpose(0, 4, 1, 2, 3)
+    np.testing.assert_allclose(op(x_cl, *args[1:], **kwargs), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", DLPACK_CASES, ids=[c[0] for c in DLPACK_CASES])
+def test_jax_arrays_in_jax_out(case):
+    jnp = pytest.importorskip("jax.numpy")
+    import jax
+
+    _, op, args, kwargs, want = case
+    got = op(*(jnp.asarray(a) for a in args), **{k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v)
+                                                 for k, v in kwargs.items()})
+    assert isinstance(got, jax.Array), type(got)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_tensors_pass_through_untouched():
+    import torch
+
+    from medkernels import _dlpack
+
+    seen = []
+    f = _dlpack.accepts_dlpack(lambda *a, **k: seen.append((a, k)) or a[0] * 2)
+    t = torch.ones(3)
+    assert f(t, scale=t) is not None and seen[0][0][0] is t and seen[0][1]["scale"] is t
+    assert isinstance(f(np.ones(3)), np.ndarray)
+    # bfloat16 results come back to NumPy as float32 (NumPy has no bfloat16)
+    g = _dlpack.accepts_dlpack(lambda a: a.to(torch.bfloat16))
+    assert g(np.ones(2, np.float32)).dtype == np.float32

@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _dispatch
+from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference.decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_ref
 from ._common import check_int, check_same, check_tensor, cuda_stream, describe, empty_like_layout
@@ -238,6 +239,7 @@ def _weight_3d(name: str, w: torch.Tensor, axis: int, c_out: int) -> torch.Tenso
     return w.contiguous()
 
 
+@accepts_dlpack
 def decomp_conv3d(
     x: torch.Tensor,
     w_d: torch.Tensor,
