@@ -331,6 +331,29 @@ def test_noncontiguous_and_channels_last(backend):
     assert_close("ddim strided", got, ref.ddim_step_ref(x, e, t, tn, TABLE, 0.5, z)[0])
 
 
+@pytest.mark.parametrize("backend", _backends())
+def test_every_output_element_written(backend):
+    # deterministic mode makes torch.empty* fill with NaN: an element a kernel skips stays NaN
+    shape = (2, 3, 5, 7, 11)  # 1155 per sample: partial blocks and a partial Philox group
+    g = torch.Generator().manual_seed(13)
+    x, e, _ = _inputs(shape, torch.float32, g)
+    t, tn = torch.tensor([700, 3]), torch.tensor([600, -1])
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        outs = [q_sample(x, t, schedule=SCHED, seed=1, backend=backend),
+                *ddim_step(x, e, t, tn, schedule=SCHED, eta=1.0, seed=1, return_x0=True, backend=backend),
+                *ddpm_step(x, e, t, tn, schedule=SCHED, seed=1, return_x0=True, backend=backend),
+                randn(x, 1, backend=backend)]
+        ep = e.clone().requires_grad_()
+        diffusion_loss(ep, x, t, 1, schedule=SCHED, backend=backend).backward()
+        outs.append(ep.grad)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for i, o in enumerate(outs):
+        assert torch.isfinite(o).all(), f"output {i} has unwritten (NaN) elements"
+
+
 def test_ddpm_no_noise_at_t0_and_ddim_eta0_deterministic():
     x, e = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     t, tn = torch.tensor([0, 0]), torch.tensor([-1, -1])
