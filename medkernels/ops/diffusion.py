@@ -261,6 +261,9 @@ def _check_x(name: str, x) -> None:
         raise ValueError(f"{name} must be (B, C, ...) with at least 2 dims, got {describe(x)}")
     if x.numel() == 0:
         raise ValueError(f"{name} must be non-empty, got {describe(x)}")
+    if x.numel() // x.shape[0] >= 2**34 or x.shape[0] > 65535:
+        raise ValueError(f"{name} must have < 2^34 elements per sample and <= 65535 samples (the Philox counter and "
+                         f"the launch grid), got {describe(x)}")
 
 
 def _table(schedule, x: torch.Tensor) -> torch.Tensor:
