@@ -306,3 +306,61 @@ def test_torch_tensors_pass_through_untouched():
     # bfloat16 results come back to NumPy as float32 (NumPy has no bfloat16)
     g = _dlpack.accepts_dlpack(lambda a: a.to(torch.bfloat16))
     assert g(np.ones(2, np.float32)).dtype == np.float32
+
+
+# --- JAX: the CPU kernel as an XLA FFI custom call under jax.jit ------------------------------------
+@pytest.fixture(scope="module")
+def jax_ffi_module(install_prefix, tmp_path_factory):
+    jax = pytest.importorskip("jax")
+    if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "include_dir"):
+        pytest.skip(f"jax {jax.__version__} has no jax.ffi")
+    if CMAKE is None:
+        pytest.skip("cmake not found")
+    build = tmp_path_factory.mktemp("jax_ffi")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    cfg = subprocess.run([CMAKE, "-S", str(EXAMPLES / "jax_ffi"), "-B", str(build), *gen,
+                          f"-DCMAKE_PREFIX_PATH={install_prefix}", f"-DXLA_FFI_INCLUDE_DIR={jax.ffi.include_dir()}",
+                          "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    bld = subprocess.run([CMAKE, "--build", str(build), "-j", "2"], capture_output=True, text=True)
+    assert bld.returncode == 0, bld.stdout + bld.stderr
+    sys.path.insert(0, str(EXAMPLES / "jax_ffi"))
+    try:
+        import decomp_conv_jax
+    finally:
+        sys.path.remove(str(EXAMPLES / "jax_ffi"))
+    decomp_conv_jax.register(str(build / "libmedkernels_jax_ffi.so"))
+    return decomp_conv_jax
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("stride,groups,activation", [(1, 4, None), (2, 2, "silu")], ids=["dw-s1", "g2-s2-silu"])
+def test_jax_ffi_under_jit(jax_ffi_module, dtype, stride, groups, activation):
+    import jax
+
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", dtype == np.float64 or x64)
+    try:
+        _check_jax_ffi(jax, jax_ffi_module, dtype, stride, groups, activation)
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+
+
+def _check_jax_ffi(jax, jax_ffi_module, dtype, stride, groups, activation):
+    x, w_d, w_h, w_w, b = _case(13, c_in=4, c_out=4, groups=groups, size=(5, 4, 6), k=3, dtype=dtype)
+    f = jax.jit(jax_ffi_module.decomp_conv3d, static_argnames=("stride", "groups", "activation"))
+    y = f(x, w_d, w_h, w_w, b, stride=stride, groups=groups, activation=activation)
+    assert y.dtype == dtype
+    want = numpy_decomp_conv3d(x, w_d, w_h, w_w, b, stride, groups, {None: 0, "silu": 3}[activation])
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(np.asarray(y), want, rtol=tol, atol=tol)
+    # composes with other jitted JAX code, no bias
+    g = jax.jit(lambda x: (jax_ffi_module.decomp_conv3d(x * 2, w_d, w_h, w_w, groups=groups) ** 2).sum())
+    want2 = (numpy_decomp_conv3d(x * 2, w_d, w_h, w_w, None, 1, groups) ** 2).sum()
+    np.testing.assert_allclose(float(g(x)), want2, rtol=1e-4)
+
+
+def test_jax_ffi_bad_arguments_raise(jax_ffi_module):
+    x, w_d, w_h, w_w, b = _case(14, c_in=4, c_out=4, groups=4, size=(3, 3, 3), k=3)
+    with pytest.raises(Exception, match="groups"):
+        jax_ffi_module.decomp_conv3d(x, w_d, w_h, w_w, b, groups=3)
