@@ -3,8 +3,10 @@
 
 from .decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_module_ref, decomp_conv3d_ref
 from .diffusion import ddim_step_ref, ddpm_step_ref, diffusion_loss_ref, normal_ref, q_sample_ref
+from .sigmoid_loss import sigmoid_loss_bwd_ref, sigmoid_loss_ref
 from .window_attention import cross_window_attention3d_ref, window_attention3d_bwd_ref, window_attention3d_ref
 
-__all__ = ["q_sample_ref", "ddim_step_ref", "ddpm_step_ref", "diffusion_loss_ref", "normal_ref",
+__all__ = ["sigmoid_loss_ref", "sigmoid_loss_bwd_ref",
+           "q_sample_ref", "ddim_step_ref", "ddpm_step_ref", "diffusion_loss_ref", "normal_ref",
            "decomp_conv3d_ref", "decomp_conv3d_bwd_ref", "decomp_conv3d_module_ref",
            "window_attention3d_ref", "window_attention3d_bwd_ref", "cross_window_attention3d_ref"]

@@ -58,8 +58,8 @@ def _positives(rows, cols, row_m, col_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, dia
 
 @triton.jit
 def _dots(a_ptr, b_ptr, rows, cols, row_m, col_m, D, sa0, sa1, sb0, sb1,
-          ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-          BLOCK_K: tl.constexpr):
+          ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # (BLOCK_M x BLOCK_N) tile of a[rows] . b[cols] over the whole of d
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
     for k0 in range(0, D, BLOCK_K):
@@ -67,6 +67,9 @@ def _dots(a_ptr, b_ptr, rows, cols, row_m, col_m, D, sa0, sa1, sb0, sb1,
         k_m = k < D
         a = tl.load(a_ptr + rows[:, None] * sa0 + k[None, :] * sa1, mask=row_m[:, None] & k_m[None, :], other=0.0)
         b = tl.load(b_ptr + cols[:, None] * sb0 + k[None, :] * sb1, mask=col_m[:, None] & k_m[None, :], other=0.0)
+        if UPCAST:  # the interpreter's 16-bit arithmetic is wrong: fp32 operands there
+            a = a.to(ACC)
+            b = b.to(ACC)
         acc += tl.dot(a, tl.trans(b), input_precision=PREC, out_dtype=ACC)
     return acc
 
@@ -76,7 +79,7 @@ def _sigmoid_loss_fwd_kernel(
     x_ptr, y_ptr, tp_ptr, b_ptr, lx_ptr, ly_ptr, mask_ptr, part_ptr,
     N, M, D, diag_offset,
     sxn, sxd, syn, syd, smr, smc,
-    POS: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    POS: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -89,11 +92,11 @@ def _sigmoid_loss_fwd_kernel(
         cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
         col_m = cols < M
         dots = _dots(x_ptr, y_ptr, rows, cols, row_m, col_m, D, sxn, sxd, syn, syd,
-                     ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K)
+                     ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
         if SYMMETRIC:
             # (x_j . y_i) for the transposed half: y rows against x columns
             dots = 0.5 * (dots + _dots(y_ptr, x_ptr, rows, cols, row_m, col_m, D, syn, syd, sxn, sxd,
-                                       ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K))
+                                       ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K))
         logits = s * dots + bias
         pos = _positives(rows, cols, row_m, col_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, diag_offset, POS)
         u = tl.where(pos, -logits, logits)  # -z L
@@ -109,7 +112,7 @@ def _sigmoid_loss_bwd_kernel(
     NA, NB, D, diag_offset,
     sa0, sa1, sb0, sb1, smr, smc, sda0, sda1, sdb0, sdb1,
     POS: tl.constexpr, SYMMETRIC: tl.constexpr, PARTIALS: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     # rows: the side whose gradient this program owns (a); cols: the other side (b).
@@ -131,10 +134,10 @@ def _sigmoid_loss_bwd_kernel(
         col_m = cols < NB
         tile_m = row_m[:, None] & col_m[None, :]
         dots = _dots(a_ptr, b_ptr, rows, cols, row_m, col_m, D, sa0, sa1, sb0, sb1,
-                     ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K)
+                     ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
         if SYMMETRIC:
             dots = 0.5 * (dots + _dots(b_ptr, a_ptr, rows, cols, row_m, col_m, D, sb0, sb1, sa0, sa1,
-                                       ACC, PREC, BLOCK_M, BLOCK_N, BLOCK_K))
+                                       ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K))
         logits = s * dots + bias
         pos = _positives(rows, cols, row_m, col_m, la_ptr, lb_ptr, mask_ptr, smr, smc, diag_offset, POS)
         z = tl.where(pos, 1.0, -1.0)
@@ -150,10 +153,14 @@ def _sigmoid_loss_bwd_kernel(
             g_sum += tl.sum(g, axis=1)
             gd_sum += tl.sum(g * dots, axis=1)
         bt = tl.load(b_ptr + cols[:, None] * sb0 + dcol[None, :] * sb1, mask=col_m[:, None] & d_m[None, :], other=0.0)
+        if UPCAST:
+            bt = bt.to(ACC)
         acc_a += tl.dot(g.to(bt.dtype), bt, input_precision=PREC, out_dtype=ACC)
         if SYMMETRIC:
             at = tl.load(a_ptr + cols[:, None] * sa0 + dcol[None, :] * sa1,
                          mask=col_m[:, None] & d_m[None, :], other=0.0)
+            if UPCAST:
+                at = at.to(ACC)
             acc_b += tl.dot(g.to(at.dtype), at, input_precision=PREC, out_dtype=ACC)
     out_m = row_m[:, None] & d_m[None, :]
     tl.store(da_ptr + rows[:, None] * sda0 + dcol[None, :] * sda1, (s * acc_a).to(da_ptr.dtype.element_ty), mask=out_m)
@@ -230,7 +237,7 @@ def sigmoid_loss_fwd(
         x, y, t_prime, bias, la, lb, mk, part,
         n, m, d, off,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), smr, smc,
-        POS=pos, SYMMETRIC=symmetric, ACC=_acc(x.dtype), PREC=_prec(x.dtype),
+        POS=pos, SYMMETRIC=symmetric, ACC=_acc(x.dtype), PREC=_prec(x.dtype), UPCAST=not x.is_cuda,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
     )
     return part.sum()
@@ -259,7 +266,8 @@ def sigmoid_loss_bwd(
     c = c.to(acc_dtype).reshape(1)
     grid_n = triton.cdiv(n, bm)
     part = torch.zeros(grid_n, 2, dtype=acc_dtype, device=x.device)
-    common = dict(ACC=_acc(x.dtype), PREC=_prec(x.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
+    common = dict(ACC=_acc(x.dtype), PREC=_prec(x.dtype), UPCAST=not x.is_cuda,
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
     pos, la, lb, mk, (smr, smc), off = _pos_args(n, m, labels_x, labels_y, mask, diag_offset, False)
     la, lb, mk = (_dev(t, x.device) for t in (la, lb, mk))
     _sigmoid_loss_bwd_kernel[(grid_n, triton.cdiv(d, bd))](
@@ -306,7 +314,7 @@ def lowering_specs():
         ("bf16", "tf32", 0, False), ("bf16", "tf32", 1, False), ("bf16", "tf32", 2, False),
         ("bf16", "tf32", 2, True), ("fp32", "ieee", 0, False),
     ):
-        cx = dict(POS=pos, SYMMETRIC=sym, ACC=tl.float32, PREC=prec, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
+        cx = dict(POS=pos, SYMMETRIC=sym, ACC=tl.float32, PREC=prec, UPCAST=False, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
         sig = {k: v.replace("bf16", dt) for k, v in fwd_sig.items()}
         sig.update({k: "constexpr" for k in cx})
         specs.append((_sigmoid_loss_fwd_kernel, sig, cx))

@@ -1,0 +1,297 @@
+"""Pairwise sigmoid (SigLIP) loss: every backend against the float64 reference, the loss and all
+four gradients, over odd sizes, positive-pair forms, both variants and dtypes; peak memory;
+the module; and the distributed (ring / all-gather) loss on gloo."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medkernels import _environment
+from medkernels.nn import SigLIPLoss
+from medkernels.ops import sigmoid_loss
+from medkernels.ops import sigmoid_loss as sl_ops_fn  # noqa: F401  (the public function)
+from medkernels.ops.sigmoid_loss import _DISPATCH
+from medkernels.reference.sigmoid_loss import sigmoid_loss_ref
+from medkernels.testing import assert_close
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+GPU = torch.cuda.is_available()
+
+
+def _backends(device="cpu"):
+    return [b.name for b in _DISPATCH.backends if not b.not_supported_reasons(torch.device(device), torch.float32)]
+
+
+CPU_BACKENDS = _backends("cpu")
+ALL_BACKENDS = sorted(set(CPU_BACKENDS) | ({"triton"} if GPU else set()))
+
+
+def _device(backend):
+    return "cuda" if backend == "triton" and GPU else "cpu"
+
+
+# (N, M, d, positives, variant, normalize)
+CASES = [
+    (1, 1, 1, "diag", "siglip", False),
+    (3, 3, 5, "diag", "med3dvlm", True),
+    (37, 37, 127, "diag", "siglip", True),
+    (13, 29, 16, "labels", "siglip", False),
+    (29, 29, 33, "labels", "med3dvlm", False),
+    (40, 23, 7, "mask", "siglip", True),
+    (33, 33, 3, "mask", "med3dvlm", False),
+    (127, 127, 64, "diag", "siglip", False),
+]
+if _environment.EXTENDED_TESTS:
+    CASES += [(1000, 1000, 512, "diag", "siglip", True), (1000, 777, 96, "labels", "siglip", False),
+              (515, 515, 200, "mask", "med3dvlm", True)]
+
+
+def _case_id(c):
+    n, m, d, pos, var, norm = c
+    return f"{n}x{m}x{d}-{pos}-{var}" + ("-norm" if norm else "")
+
+
+def _make(case, seed=0):
+    n, m, d, pos, var, norm = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    y = torch.randn(m, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    kw = dict(variant=var, normalize=norm)
+    if pos == "labels":
+        kw["labels"] = torch.randint(0, 4, (n,), generator=g)
+        kw["labels_y"] = torch.randint(0, 4, (m,), generator=g) if (m != n or var == "siglip") else None
+    elif pos == "mask":
+        mask = torch.rand(n, m, generator=g) < 0.25
+        kw["positive_mask"] = mask
+    t = torch.tensor(1.2, dtype=torch.float64)
+    b = torch.tensor(-2.0, dtype=torch.float64)
+    return x, y, t, b, kw
+
+
+def _loss_and_grads(fn, x, y, t, b, kw, gout=1.0):
+    x, y, t, b = (v.detach().clone().requires_grad_() for v in (x, y, t, b))
+    loss = fn(x, y, t, b, **kw)
+    grads = torch.autograd.grad(loss, (x, y, t, b), torch.tensor(gout, dtype=loss.dtype))
+    return loss.detach(), grads
+
+
+def _to(kw, device):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_loss_and_grads(backend, dtype, case):
+    """fp32: against the float64 oracle. fp16/bf16: the kernels compute in fp32 from the 16-bit
+    inputs, so the oracle is the float64 reference of the same (rounded) inputs; the loss and
+    the scalar gradients are then held to fp32 accuracy, dx and dy to their dtype's rounding."""
+    if backend == "triton" and not GPU and case[0] > 64:
+        pytest.skip("large shape in the Triton interpreter: extended tier only")
+    if dtype != torch.float32 and case[5]:
+        pytest.skip("normalize runs outside the op in the input dtype: covered in fp32 and float64")
+    dev = _device(backend)
+    x, y, t, b, kw = _make(case)
+    x, y = x.to(dtype).double(), y.to(dtype).double()
+    ref, gref = _loss_and_grads(lambda *a, **k: sigmoid_loss_ref(*a, **k, upcast=True), x, y, t, b, kw, 0.7)
+    xl, yl = x.to(dev, dtype), y.to(dev, dtype)
+    kwd = _to(kw, dev)
+    out, grads = _loss_and_grads(lambda *a, **k: sigmoid_loss(*a, **k, backend=backend), xl, yl, t.float().to(dev),
+                                 b.float().to(dev), kwd, 0.7)
+    assert out.dtype == torch.float32
+    # the eager reference computes in the input dtype itself: its own rounding sets the bar
+    acc = dtype if backend == "reference" else torch.float32
+    assert_close("loss", out.cpu(), ref, dtype=acc)
+    for name, g, gr in zip(("dx", "dy", "dt'", "db"), grads, gref):
+        want = dtype if name in ("dx", "dy") else torch.float32
+        assert g.dtype == want
+        assert_close(name, g.cpu(), gr, dtype=want if name in ("dx", "dy") else acc)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] * c[2] <= 600], ids=_case_id)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_float64(backend, case):
+    if backend == "triton" and not GPU and case[0] * case[2] > 20:
+        pytest.skip("gradcheck runs the kernel twice per input element: too slow in the interpreter")
+    x, y, t, b, kw = _make(case)
+    if case[2] == 1 and case[5]:
+        pytest.skip("normalising d=1 vectors has a zero gradient")
+    inputs = tuple(v.clone().requires_grad_() for v in (x, y, t, b))
+    fn = lambda *a: sigmoid_loss(*a, **kw, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "mean_pairs"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_reductions(backend, reduction):
+    x, y, t, b, kw = _make((11, 11, 9, "diag", "siglip", False))
+    ref = sigmoid_loss_ref(x, y, t, b, reduction=reduction, upcast=True)
+    out = sigmoid_loss(x.float(), y.float(), t.float(), b.float(), reduction=reduction, backend=backend)
+    assert_close("loss", out, ref, dtype=torch.float32)
+    n = x.shape[0]
+    full = sigmoid_loss_ref(x, y, t, b, reduction="sum", upcast=True)
+    expect = {"mean": full / n, "sum": full, "mean_pairs": full / (n * n)}[reduction]
+    assert abs(ref.item() - expect.item()) <= 1e-12 * abs(expect.item())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_and_scalars(backend):
+    g = torch.Generator().manual_seed(3)
+    xb = torch.randn(19, 2 * 10, generator=g, dtype=torch.float64)[:, ::2]  # strided rows
+    yb = torch.randn(10, 19, generator=g, dtype=torch.float64).t()  # transposed
+    ref, gref = _loss_and_grads(lambda *a, **k: sigmoid_loss_ref(*a, **k, upcast=True), xb, yb,
+                                torch.tensor(0.3, dtype=torch.float64), torch.tensor(-1.0, dtype=torch.float64), {})
+    out, grads = _loss_and_grads(lambda *a, **k: sigmoid_loss(*a, **k, backend=backend), xb.float(), yb.float(),
+                                 torch.tensor(0.3), torch.tensor(-1.0), {})
+    assert_close("loss", out, ref, dtype=torch.float32)
+    for name, gg, gr in zip(("dx", "dy", "dt'", "db"), grads, gref):
+        assert_close(name, gg, gr, dtype=torch.float32)
+    # python numbers for t' and b
+    val = sigmoid_loss(xb.float(), yb.float(), 0.3, -1.0, backend=backend)
+    assert_close("loss(numbers)", val, ref, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sum_backward_and_extreme_logits(backend):
+    # .sum() of a 0-d loss gives a stride-0-free scalar grad; extreme logits stay finite
+    x = torch.randn(8, 4)
+    x = x / x.norm(dim=-1, keepdim=True)
+    xs = x.clone().requires_grad_()
+    t = torch.tensor(math.log(100.0), requires_grad=True)
+    b = torch.tensor(-50.0, requires_grad=True)
+    loss = sigmoid_loss(xs, xs, t, b, backend=backend)
+    loss.sum().backward()
+    assert torch.isfinite(loss) and torch.isfinite(xs.grad).all() and torch.isfinite(t.grad) and torch.isfinite(b.grad)
+    ref = sigmoid_loss_ref(x.double(), x.double(), t.detach().double(), b.detach().double())
+    assert abs(loss.item() - ref.item()) <= 1e-5 * abs(ref.item())
+
+
+def test_deterministic_cpu():
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the C++ extension is not built")
+    x, y = torch.randn(200, 64), torch.randn(150, 64)
+    lab = torch.randint(0, 10, (200,)), torch.randint(0, 10, (150,))
+    runs = []
+    for _ in range(2):
+        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+        loss = sigmoid_loss(xs, ys, 1.0, -3.0, labels=lab[0], labels_y=lab[1], backend="cpu")
+        loss.backward()
+        runs.append((loss, xs.grad, ys.grad))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_bad_inputs():
+    x, y = torch.randn(4, 8), torch.randn(4, 8)
+    with pytest.raises(ValueError, match="same embedding size"):
+        sigmoid_loss(x, torch.randn(4, 7), 1.0, 0.0)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        sigmoid_loss(torch.randn(2, 4, 8), y, 1.0, 0.0)
+    with pytest.raises(ValueError, match="N != M needs labels"):
+        sigmoid_loss(x, torch.randn(5, 8), 1.0, 0.0)
+    with pytest.raises(ValueError, match="needs N == M"):
+        sigmoid_loss(x, torch.randn(5, 8), 1.0, 0.0, labels=torch.arange(4), labels_y=torch.arange(5),
+                     variant="med3dvlm")
+    with pytest.raises(ValueError, match="t_prime must be finite"):
+        sigmoid_loss(x, y, float("inf"), 0.0, backend="reference")
+    with pytest.raises(ValueError, match="t_prime must be finite"):
+        sigmoid_loss(x, y, torch.tensor(float("nan")), 0.0)
+    with pytest.raises(TypeError, match="y has dtype float64"):
+        sigmoid_loss(x, y.double(), 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"labels must be \(4,\)"):
+        sigmoid_loss(x, y, 1.0, 0.0, labels=torch.arange(3))
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        sigmoid_loss(x, y, 1.0, 0.0, labels=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"positive_mask must be \(N, M\)"):
+        sigmoid_loss(x, y, 1.0, 0.0, positive_mask=torch.ones(4, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="positive_mask must be a bool tensor"):
+        sigmoid_loss(x, y, 1.0, 0.0, positive_mask=torch.ones(4, 4))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        sigmoid_loss(x, y, 1.0, 0.0, reduction="avg")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        sigmoid_loss(x, y, 1.0, 0.0, variant="clip")
+    with pytest.raises(ValueError, match="t_prime must be a scalar"):
+        sigmoid_loss(x, y, torch.ones(2), 0.0)
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not implemented|cannot run"):
+        sigmoid_loss(x, y, 1.0, 0.0, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_opcheck(backend):
+    from medkernels.ops.sigmoid_loss import _sigmoid_loss_bwd_op, _sigmoid_loss_op
+
+    x, y = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
+    t, b = torch.tensor(0.5, requires_grad=True), torch.tensor(-1.0, requires_grad=True)
+    lab = torch.tensor([0, 1, 0, 2, 1, 0])
+    for args in ((x, y, t, b, None, None, None, 0, False, 1 / 6, backend),
+                 (x, y, t, b, lab, lab, None, 0, True, 1.0, backend),
+                 (x, y, t, b, None, None, torch.eye(6, dtype=torch.bool), 0, False, 1 / 36, backend)):
+        torch.library.opcheck(_sigmoid_loss_op, args)
+        torch.library.opcheck(_sigmoid_loss_bwd_op, (torch.tensor(1.0), *[a.detach() if isinstance(a, torch.Tensor)
+                                                                           else a for a in args]))
+
+
+def test_compile_fullgraph():
+    backend = "cpu" if "cpu" in CPU_BACKENDS else "reference"
+    loss_mod = SigLIPLoss(backend=backend, normalize=True)
+
+    def f(x, y):
+        return loss_mod(x * 2, y)
+
+    x, y = torch.randn(9, 16, requires_grad=True), torch.randn(9, 16)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(x, y)
+    out.backward()
+    ref = sigmoid_loss_ref(x.detach().double() * 2, y.double(), math.log(10), -10.0, normalize=True)
+    assert abs(out.item() - ref.item()) <= 1e-5 * abs(ref.item())
+    assert loss_mod.t_prime.grad is not None and x.grad is not None
+
+
+def test_module_matches_functional():
+    import inspect
+
+    mod = SigLIPLoss()
+    assert set(dict(mod.named_parameters())) == {"t_prime", "bias"}
+    assert abs(mod.t_prime.item() - math.log(10)) < 1e-6 and mod.bias.item() == -10.0
+    x, y = torch.randn(7, 5), torch.randn(7, 5)
+    assert torch.equal(mod(x, y), sigmoid_loss(x, y, mod.t_prime, mod.bias))
+    fixed = SigLIPLoss(learnable=False, variant="med3dvlm", reduction="sum")
+    assert not list(fixed.parameters()) and set(fixed.state_dict()) == {"t_prime", "bias"}
+    assert torch.allclose(fixed(x, y), sigmoid_loss(x, y, math.log(10), -10.0, variant="med3dvlm", reduction="sum"))
+    fwd_params = set(inspect.signature(SigLIPLoss.forward).parameters) - {"self"}
+    fn_params = set(inspect.signature(sigmoid_loss).parameters)
+    assert fwd_params <= fn_params
+
+
+def _peak_bytes(fn) -> int:
+    """Peak of the bytes torch's CPU allocator holds while ``fn`` runs (profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    cur = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
+
+
+def test_peak_memory_cpu():
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the C++ extension is not built")
+    n, d = 8192, 512
+    x = torch.randn(n, d).div_(math.sqrt(d)).requires_grad_()
+    y = torch.randn(n, d).div_(math.sqrt(d)).requires_grad_()
+    t = torch.tensor(math.log(10.0), requires_grad=True)
+    b = torch.tensor(-10.0, requires_grad=True)
+    peak = _peak_bytes(lambda: sigmoid_loss(x, y, t, b, backend="cpu").backward())
+    matrix = n * n * 4
+    # everything the op allocates (packed inputs in its workspace, dx and dy; one dY copy per
+    # thread on a single thread) stays O((N + M) d): at most 5 N d floats = 80 MiB, against
+    # 256 MiB for one N x N float matrix (the reference holds several)
+    assert peak <= 5 * n * d * 4 + (1 << 20), f"peak {peak / 2**20:.1f} MiB"
+    assert peak <= matrix / 3, f"peak {peak / 2**20:.1f} MiB vs the N x N matrix {matrix / 2**20:.0f} MiB"
