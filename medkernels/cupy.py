@@ -1,0 +1,192 @@
+"""Our CUDA kernels on CuPy arrays without a compiled extension: the sources go through NVRTC.
+
+    import cupy as cp
+    from medkernels import cupy as mkc
+    y = mkc.decomp_conv3d(x, w_d, w_h, w_w, bias, stride=1, groups=None, activation="gelu")
+
+``cupy.RawModule`` compiles, at the first call and once per process, the same per-thread kernel
+bodies the compiled library runs (``csrc/include/medkernels/detail/*.h``, shared with
+``medkernels/cuda/*.cuh``), wrapped in ``extern "C"`` kernels below. The compiled library's
+launch plans (shared-memory tiles, 16-byte vector paths) are not reproduced: every op runs its
+generic one-thread-per-output kernel. Forward ops only. cupy is imported by the functions of
+this module, never by the rest of the package. ``source()`` is the exact NVRTC input; the tests
+compile it with nvcc where NVRTC is absent.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["decomp_conv3d", "source", "include_dir", "KERNELS"]
+
+# The headers: the source tree's csrc/include, or the copy setup.py installs into the package.
+_HERE = Path(__file__).resolve().parent
+
+
+def include_dir() -> Path:
+    for d in (_HERE.parent / "csrc" / "include", _HERE / "include"):
+        if (d / "medkernels" / "common.h").exists():
+            return d
+    raise FileNotFoundError(f"medkernels headers not found next to {_HERE} (csrc/include or medkernels/include)")
+
+
+# NVRTC has no C++ standard library: the few names our headers use on the device side come from
+# this prelude; the host-only error paths (std::string messages) get inert stand-ins.
+_PRELUDE = r"""
+#if defined(__CUDACC_RTC__) || defined(MK_NVRTC_PRELUDE_TEST)
+// the LP64 types glibc gives these names (a repeated identical typedef is legal C++)
+typedef signed char int8_t;
+typedef short int16_t;
+typedef int int32_t;
+typedef long int64_t;
+typedef unsigned char uint8_t;
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long uint64_t;
+typedef unsigned long uintptr_t;
+typedef decltype(sizeof(0)) size_t;
+namespace std {
+using ::int64_t; using ::uint64_t; using ::int32_t; using ::uint32_t; using ::uint16_t; using ::uint8_t;
+using ::size_t; using ::uintptr_t;
+struct string {
+  string() {}
+  string(const char*) {}
+  const char* c_str() const { return ""; }
+};
+inline string operator+(const string&, const string&) { return string(); }
+inline string operator+(const char*, const string&) { return string(); }
+inline string operator+(const string&, const char*) { return string(); }
+template <typename T> inline string to_string(T) { return string(); }
+}  // namespace std
+#else
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#endif
+"""
+
+_STD_HEADERS = {"cmath", "cstddef", "cstdint", "cstring", "string"}
+_INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]')
+
+
+def _expand(rel: str, root: Path, seen: set) -> str:
+    """The header with its medkernels/* includes inlined once each (#pragma once) and the C++
+    standard headers dropped (the prelude supplies them)."""
+    if rel in seen:
+        return ""
+    seen.add(rel)
+    out = [f"// ---- {rel}"]
+    for line in (root / rel).read_text().splitlines():
+        m = _INCLUDE.match(line)
+        if m and m.group(1) == '"' and m.group(2).startswith("medkernels/"):
+            out.append(_expand(m.group(2), root, seen))
+        elif m and m.group(1) == "<" and m.group(2) in _STD_HEADERS:
+            continue
+        elif line.strip() == "#pragma once":
+            continue
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+# One extern "C" kernel per op and storage type: name -> (C type, medkernels storage type).
+_DTYPES = {"f32": ("float", "float"), "f64": ("double", "double"), "f16": ("medkernels::half_t", "half_t")}
+
+_DECOMP_CONV = r"""
+// meta (int64): N Ci Co cin_g cout_g | in[3] | out[3] | xs[5] | ys[5] | K s act channels_inner
+#define MK_DECOMP_CONV_FWD(SUFFIX, T)                                                                   \
+extern "C" __global__ void __launch_bounds__(256) mk_decomp_conv3d_fwd_##SUFFIX(                        \
+    const T* x, const T* w_d, const T* w_h, const T* w_w, const T* bias, T* y, const long long* meta,    \
+    long long total) {                                                                                   \
+  medkernels::detail::ConvArgs a;                                                                        \
+  a.x = x; a.w[0] = w_d; a.w[1] = w_h; a.w[2] = w_w; a.bias = bias; a.y = y;                           \
+  a.N = meta[0]; a.Ci = meta[1]; a.Co = meta[2]; a.cin_g = meta[3]; a.cout_g = meta[4];                 \
+  for (int i = 0; i < 3; ++i) { a.in[i] = meta[5 + i]; a.out[i] = meta[8 + i]; }                       \
+  for (int i = 0; i < 5; ++i) { a.xs[i] = meta[11 + i]; a.ys[i] = meta[16 + i]; }                      \
+  a.K = (int)meta[21]; a.pad = a.K / 2; a.s = (int)meta[22];                                            \
+  a.act = static_cast<medkernels::Activation>(meta[23]); a.channels_inner = meta[24] != 0;             \
+  typedef medkernels::Io<T>::acc A;                                                                      \
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;                       \
+       i += (long long)gridDim.x * blockDim.x)                                                           \
+    medkernels::detail::conv_generic_point<T, T, T, A, 0>(a, i);                                         \
+}
+"""
+
+KERNELS = {"decomp_conv": ["mk_decomp_conv3d_fwd_" + s for s in _DTYPES]}
+
+
+@functools.cache
+def source(family: str = "decomp_conv") -> str:
+    """The self-contained CUDA source NVRTC compiles for ``family`` (all of its kernels)."""
+    if family != "decomp_conv":
+        raise ValueError(f"family must be one of {sorted(KERNELS)}, got {family!r}")
+    root = include_dir()
+    body = _expand("medkernels/detail/decomp_conv_kernels.h", root, set())
+    inst = "\n".join(f"MK_DECOMP_CONV_FWD({s}, {c})" for s, (c, _) in _DTYPES.items())
+    return f"// medkernels.cupy: NVRTC source for {family}\n{_PRELUDE}\n{body}\n{_DECOMP_CONV}\n{inst}\n"
+
+
+@functools.cache
+def _module(family: str):
+    import cupy
+
+    return cupy.RawModule(code=source(family), options=("--std=c++17",))
+
+
+_ACT = {None: 0, "gelu": 1, "relu": 2, "silu": 3}
+
+
+def _elem_strides(a) -> list:
+    return [s // a.itemsize for s in a.strides]
+
+
+def decomp_conv3d(x, w_d, w_h, w_w, bias=None, stride: int = 1, groups: Optional[int] = None,
+                  activation: Optional[str] = None, stream=None):
+    """``act(conv_d(x) + conv_h(x) + conv_w(x) + bias)`` on CuPy arrays (float32, float64, float16).
+
+    x: (N, C_in, D, H, W), any strides (NCDHW, channels-last views...). w_d, w_h, w_w: (C_out,
+    C_in/groups, k), k odd; bias (C_out,) or None; groups None means depthwise. Returns a
+    contiguous (N, C_out, Do, Ho, Wo) array, each size (S - 1) // stride + 1, in x's dtype. Runs on
+    ``stream`` (a cupy Stream) or the current stream.
+    """
+    import cupy
+    import numpy as np
+
+    suffix = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}.get(x.dtype)
+    if suffix is None:
+        raise TypeError(f"x must be float32, float64 or float16, got {x.dtype}")
+    if x.ndim != 5:
+        raise ValueError(f"x must be (N, C_in, D, H, W), got shape {x.shape}")
+    n, c_in = x.shape[:2]
+    groups = c_in if groups is None else int(groups)
+    if activation not in _ACT:
+        raise ValueError(f"activation must be one of {tuple(_ACT)}, got {activation!r}")
+    ws = [cupy.ascontiguousarray(w, dtype=x.dtype) for w in (w_d, w_h, w_w)]
+    c_out, cin_g, k = ws[0].shape if ws[0].ndim == 3 else (None, None, None)
+    if c_out is None or any(w.shape != ws[0].shape for w in ws):
+        raise ValueError(f"w_d, w_h, w_w must all be (C_out, C_in/groups, k), got {[w.shape for w in ws]}")
+    if groups < 1 or c_in % groups or c_out % groups or cin_g != c_in // groups:
+        raise ValueError(f"groups={groups} must divide C_in={c_in} and C_out={c_out}, with w (C_out, C_in/groups, k)")
+    if k % 2 == 0 or stride < 1:
+        raise ValueError(f"kernel size must be odd and stride >= 1, got k={k}, stride={stride}")
+    b = None if bias is None else cupy.ascontiguousarray(bias, dtype=x.dtype)
+    if b is not None and b.shape != (c_out,):
+        raise ValueError(f"bias must be ({c_out},), got {b.shape}")
+    out = [(s - 1) // stride + 1 for s in x.shape[2:]]
+    y = cupy.empty((n, c_out, *out), dtype=x.dtype)
+    meta = [n, c_in, c_out, cin_g, c_out // groups, *x.shape[2:], *out, *_elem_strides(x), *_elem_strides(y),
+            k, stride, _ACT[activation], 0]
+    total = y.size
+    fn = _module("decomp_conv").get_function(f"mk_decomp_conv3d_fwd_{suffix}")
+    threads = 256
+    blocks = max(1, min((total + threads - 1) // threads, 1 << 20))
+    args = (x, *ws, b if b is not None else np.uintp(0), y, cupy.asarray(np.array(meta, dtype=np.int64)),
+            np.int64(total))
+    with stream if stream is not None else cupy.cuda.get_current_stream():
+        fn((blocks,), (threads,), args)
+    return y
