@@ -293,6 +293,44 @@ def test_jax_arrays_in_jax_out(case):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
+def _dlpack_consistency_cases():
+    """(op, NumPy positional args, kwargs): the other families' public ops, NumPy in vs torch in."""
+    from medkernels import ops
+    from medkernels.diffusion import FastDDPMSchedule
+
+    rng = np.random.default_rng(19)
+    q, k, v = (rng.standard_normal((1, 3, 4, 5, 2, 8)).astype(np.float32) for _ in range(3))
+    table = rng.standard_normal((3 * 3 * 3, 2)).astype(np.float32)
+    yield "window_attention3d", ops.window_attention3d, (q, k, v, 2), {"shift": 1, "rel_bias_table": table,
+                                                                       "backend": "cpu"}
+    yield "cross_window_attention3d", ops.cross_window_attention3d, (q, k, v, v, k, q, 2), {"backend": "cpu"}
+    sched = FastDDPMSchedule()
+    x, e = (rng.standard_normal((2, 1, 4, 4, 4)).astype(np.float32) for _ in range(2))
+    t = np.array([3, 700], dtype=np.int64)
+    yield "q_sample", ops.q_sample, (x, t), {"schedule": sched, "seed": 5, "backend": "cpu"}
+    yield "ddim_step", ops.ddim_step, (x, e, t, t - 1), {"schedule": sched, "return_x0": True, "backend": "cpu"}
+    yield "ddpm_step", ops.ddpm_step, (x, e, t, t - 1), {"schedule": sched, "seed": 3, "backend": "cpu"}
+    yield "diffusion_loss", ops.diffusion_loss, (e, x, t, 7), {"schedule": sched, "backend": "cpu"}
+
+
+CONSISTENCY = list(_dlpack_consistency_cases())
+
+
+@pytest.mark.parametrize("case", CONSISTENCY, ids=[c[0] for c in CONSISTENCY])
+def test_numpy_in_matches_torch_in(case):
+    import torch
+
+    _, op, args, kwargs = case
+    got = op(*args, **kwargs)
+    tt = lambda a: torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+    want = op(*map(tt, args), **{k: tt(v) for k, v in kwargs.items()})
+    got, want = (r if isinstance(r, tuple) else (r,) for r in (got, want))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert isinstance(g, np.ndarray), type(g)
+        np.testing.assert_array_equal(g, w.detach().numpy())
+
+
 def test_torch_tensors_pass_through_untouched():
     import torch
 

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _dispatch
+from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference import diffusion as ref
 from ._common import check_same, check_tensor, cuda_stream, describe
@@ -345,6 +346,7 @@ def _select(op: str, backend: str, x: torch.Tensor) -> str:
 
 
 # --- the public functions ---------------------------------------------------------------------
+@accepts_dlpack
 def q_sample(x0, t, *, schedule, noise=None, seed=None, offset: int = 0, backend: str = "auto") -> torch.Tensor:
     """Forward noising ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` in one pass.
 
@@ -383,6 +385,7 @@ def _step_inputs(x_t, eps, t, t_next, schedule, check: bool):
     return table, t, t_next
 
 
+@accepts_dlpack
 def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, seed=None, offset: int = 0,
               return_x0: bool = False, backend: str = "auto", check_timesteps: bool = True):
     """One DDIM ("generalized") step from t to t_next, fused (Fast-DDPM ``generalized_steps``).
@@ -415,6 +418,7 @@ def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, se
     return (out, x0) if return_x0 else out
 
 
+@accepts_dlpack
 def ddpm_step(x_t, eps, t, t_next, *, schedule, noise=None, seed=None, offset: int = 0, clip: Optional[float] = 1.0,
               return_x0: bool = False, backend: str = "auto", check_timesteps: bool = True):
     """One ancestral DDPM step from t to t_next, fused (Fast-DDPM ``ddpm_steps``).
@@ -438,6 +442,7 @@ def ddpm_step(x_t, eps, t, t_next, *, schedule, noise=None, seed=None, offset: i
     return (out, x0) if return_x0 else out
 
 
+@accepts_dlpack
 def diffusion_loss(eps_pred, x0, t, seed: int, *, schedule, offset: int = 0, reduction: str = "sum_mean",
                    backend: str = "auto") -> torch.Tensor:
     """The Fast-DDPM training loss with eps regenerated from ``(seed, offset)`` instead of stored.

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .. import _dispatch
+from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference.window_attention import (
     WindowGeometry,
@@ -421,6 +422,7 @@ def _geometry(q: torch.Tensor, window, shift) -> WindowGeometry:
     return window_geometry(q.shape[1:4], window, shift)
 
 
+@accepts_dlpack
 def window_attention3d(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -465,6 +467,7 @@ def window_attention3d(
     return out
 
 
+@accepts_dlpack
 def cross_window_attention3d(
     q_a: torch.Tensor,
     k_a: torch.Tensor,
