@@ -58,10 +58,25 @@ void bind_window_attention(py::module_& m) {
   MK_ARRAY_PROP(b, WindowAttentionBwdParams, dv_strides);
 
   m.def("window_attention_bwd_workspace_bytes", &mk::window_attention_bwd_workspace_bytes);
+  m.def("window_attention_cuda_bwd_workspace_bytes", &mk::window_attention_cuda_bwd_workspace_bytes);
+  m.def("window_attention_fwd_emulated_cpu", [](const WindowAttentionParams& prm) {
+    medkernels_glue::call([&] { return mk::cpu::window_attention_fwd_emulated(prm); });
+  });
+  m.def("window_attention_bwd_emulated_cpu", [](const WindowAttentionBwdParams& prm) {
+    medkernels_glue::call([&] { return mk::cpu::window_attention_bwd_emulated(prm); });
+  });
   m.def("window_attention_fwd_cpu", [](const WindowAttentionParams& prm) {
     medkernels_glue::call([&] { return mk::cpu::window_attention_fwd(prm); });
   });
   m.def("window_attention_bwd_cpu", [](const WindowAttentionBwdParams& prm) {
     medkernels_glue::call([&] { return mk::cpu::window_attention_bwd(prm); });
   });
+#ifdef MEDKERNELS_WITH_CUDA
+  m.def("window_attention_fwd_cuda", [](const WindowAttentionParams& prm, std::uintptr_t stream) {
+    medkernels_glue::call([&] { return mk::cuda::window_attention_fwd(prm, reinterpret_cast<void*>(stream)); });
+  });
+  m.def("window_attention_bwd_cuda", [](const WindowAttentionBwdParams& prm, std::uintptr_t stream) {
+    medkernels_glue::call([&] { return mk::cuda::window_attention_bwd(prm, reinterpret_cast<void*>(stream)); });
+  });
+#endif
 }

@@ -196,6 +196,52 @@ def test_noncontiguous_inputs_and_stride0_grad(backend):
         assert_close(f"grad {name}", g.cpu(), r)
 
 
+EMULATED = "cpu" in CPU_BACKENDS  # the _C module that has the C++ kernels also has the emulation
+
+
+def _run_kind(kind, case, dtype, seed=0):
+    """Forward and every gradient through one compiled kind ("cuda-emulated": the CUDA kernels'
+    per-thread code on the host), outputs poisoned first."""
+    qkv64, table64, pad64, (q, k, v), table, pad = _make(case, dtype, "cpu", seed, layout="contiguous")
+    _, _, _, _, window, shift, mv, mp = case
+    geom = window_geometry(q.shape[1:4], window, shift)
+    args = (geom, table, pad, q.shape[-1] ** -0.5, mv, mp)
+    outs = [poison(torch.empty_like(q))]
+    lse = wa_ops._FWD[kind]([q], [k], [v], outs, *args)
+    go = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    grads = [poison(torch.empty_like(t)) for t in (q, k, v)]
+    d_table, d_pad = wa_ops._BWD[kind]([go.to(dtype)], [q], [k], [v], outs, lse, *[[g] for g in grads], *args, True)
+    out64, grads64 = _ref_grads(qkv64, table64, pad64, _opts(case), go)
+    return outs[0], [*grads, d_table, d_pad], out64, grads64
+
+
+@pytest.mark.skipif(not EMULATED, reason="medkernels._C is not built")
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_cuda_kernels_emulated_on_host(case):
+    out, grads, out64, grads64 = _run_kind("cuda-emulated", case, torch.float32)
+    assert_close("cuda out", out, out64)
+    for name, g, r in zip(GRAD_NAMES, grads, grads64):
+        assert_close(f"cuda grad {name}", g, r)
+
+
+@pytest.mark.skipif(not EMULATED, reason="medkernels._C is not built")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
+def test_cuda_kernels_emulated_dtypes(dtype):
+    out, grads, out64, grads64 = _run_kind("cuda-emulated", LIGHT, dtype)
+    if dtype == torch.float64:
+        assert_close("cuda out", out, out64)
+        for name, g, r in zip(GRAD_NAMES, grads, grads64):
+            assert_close(f"cuda grad {name}", g, r)
+        return
+    qkv64, table64, pad64, *_ = _make(LIGHT, dtype, "cpu")
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lowp_out, lowp_grads = _ref_grads([t.to(dtype) for t in qkv64], table64.to(dtype), pad64.to(dtype), _opts(LIGHT),
+                                      go, upcast=False)
+    assert_close("cuda out", out, out64, lowp_out, dtype)
+    for name, g, r, lp in zip(GRAD_NAMES, grads, grads64, lowp_grads):
+        assert_close(f"cuda grad {name}", g.to(dtype), r, lp, dtype)
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 def test_poisoned_outputs_are_fully_written(backend):
     """The kernels write every output element (dropped padding queries included nowhere)."""

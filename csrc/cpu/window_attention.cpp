@@ -17,6 +17,7 @@
 
 #include "medkernels/detail/dtype_switch.h"
 #include "medkernels/detail/error.h"
+#include "medkernels/detail/window_attention_kernels.h"
 #include "medkernels/window_attention.h"
 
 // Two primitives carry every O(N^2 E) loop, each over a row of N keys: y += a * x and a dot
@@ -426,7 +427,97 @@ size_t window_attention_bwd_workspace_bytes(const WindowAttentionBwdParams& bp) 
   return n * acc;
 }
 
+size_t window_attention_cuda_bwd_workspace_bytes(const WindowAttentionBwdParams& bp) {
+  const size_t acc = bp.fwd.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return size_t(detail::wa_bwd_layout(bp).total) * acc;
+}
+
+namespace {
+
+// Every "thread" of the CUDA kernels, in turn (OpenMP over the independent items of a launch).
+template <typename T, int EMAX>
+Status fwd_emulated(const WindowAttentionParams& p) {
+  using A = typename Io<T>::acc;
+  const detail::WaGeo g = detail::wa_geo(p);
+  const int64_t items = g.batch * g.nW * g.heads * g.N;
+  for (int dir = 0; dir < p.directions; ++dir) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < items; ++i) detail::wa_fwd_item<T, A, EMAX>(p, g, dir, i);
+  }
+  return Status::kSuccess;
+}
+
+template <typename T, int EMAX>
+Status bwd_emulated(const WindowAttentionBwdParams& bp) {
+  using A = typename Io<T>::acc;
+  const detail::WaGeo g = detail::wa_geo(bp.fwd);
+  const detail::WaBwdLayout L = detail::wa_bwd_layout(bp);
+  A* ws = static_cast<A*>(bp.workspace);
+  A* delta = ws + L.delta;
+  A* pair = bp.pair_grad ? ws + L.pair : nullptr;
+  A* slots = bp.grad_pad_kv ? ws + L.pad : nullptr;
+  const int dirs = bp.fwd.directions;
+  const int64_t tokens = g.batch * g.vol * g.heads, items = g.batch * g.nW * g.heads * g.N;
+  for (int dir = 0; dir < dirs; ++dir) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < tokens; ++i) detail::wa_delta_item<T, A>(bp, g, dir, i, delta);
+  }
+  for (int dir = 0; dir < dirs; ++dir) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < items; ++i) detail::wa_dkdv_item<T, A, EMAX>(bp, g, dir, i, delta, slots);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < items; ++i) detail::wa_dq_item<T, A, EMAX>(bp, g, dir, i, delta);
+  }
+  if (pair) {
+    const int64_t pairs = L.chunks * g.heads * g.N * g.N;
+    for (int dir = 0; dir < dirs; ++dir) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < pairs; ++i) detail::wa_pair_item<T, A, EMAX>(bp, g, L, dir, i, delta, pair);
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < g.heads * g.N * g.N; ++i) detail::wa_reduce_pair_item<A>(bp, g, L, i, pair);
+  }
+  if (slots) {
+    for (int64_t i = 0; i < 2 * g.heads * g.E; ++i) detail::wa_reduce_pad_item<A>(bp, g, i, slots);
+  }
+  return Status::kSuccess;
+}
+
+template <typename T>
+Status fwd_emulated_t(const WindowAttentionParams& p) {
+  if (p.head_dim <= 16) return fwd_emulated<T, 16>(p);
+  if (p.head_dim <= 32) return fwd_emulated<T, 32>(p);
+  if (p.head_dim <= 64) return fwd_emulated<T, 64>(p);
+  return fwd_emulated<T, 128>(p);
+}
+
+template <typename T>
+Status bwd_emulated_t(const WindowAttentionBwdParams& bp) {
+  if (bp.fwd.head_dim <= 16) return bwd_emulated<T, 16>(bp);
+  if (bp.fwd.head_dim <= 32) return bwd_emulated<T, 32>(bp);
+  if (bp.fwd.head_dim <= 64) return bwd_emulated<T, 64>(bp);
+  return bwd_emulated<T, 128>(bp);
+}
+
+}  // namespace
+
 namespace cpu {
+
+Status window_attention_fwd_emulated(const WindowAttentionParams& p) {
+  const Status st = window_attention_check(p);
+  if (st != Status::kSuccess) return st;
+  MK_CHECK_ARG(p.head_dim <= 128, "window_attention (cuda): head_dim must be <= 128");
+  MK_DTYPE_SWITCH(p.dtype, T, return fwd_emulated_t<T>(p);)
+}
+
+Status window_attention_bwd_emulated(const WindowAttentionBwdParams& bp) {
+  const Status st = window_attention_check(bp.fwd);
+  if (st != Status::kSuccess) return st;
+  MK_CHECK_ARG(bp.fwd.head_dim <= 128, "window_attention (cuda): head_dim must be <= 128");
+  MK_CHECK_ARG(bp.workspace_bytes >= window_attention_cuda_bwd_workspace_bytes(bp),
+               "window_attention: workspace smaller than window_attention_cuda_bwd_workspace_bytes()");
+  MK_DTYPE_SWITCH(bp.fwd.dtype, T, return bwd_emulated_t<T>(bp);)
+}
 
 Status window_attention_fwd(const WindowAttentionParams& p) {
   const Status st = window_attention_check(p);

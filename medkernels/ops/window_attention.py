@@ -2,9 +2,10 @@
 custom ops with autograd (grads for q, k, v, the relative-position bias table and the padding
 key/value).
 
-Backends: ``triton`` (fused kernels: shift, padding, partition, bias gather, mask and the
-online softmax inside the kernel, no partition copies), ``cpu`` (our C++/OpenMP kernels) and
-``reference`` (MONAI's code path in PyTorch). All compute the same function; ``auto`` picks
+Backends: ``cuda`` (our CUDA kernels, chosen by name only until benchmarked on a GPU),
+``triton`` (fused kernels: shift, padding, partition, bias gather, mask and the online softmax
+inside the kernel, no partition copies), ``cpu`` (our C++/OpenMP kernels) and ``reference``
+(MONAI's code path in PyTorch). All compute the same function; ``auto`` picks
 Triton on GPU tensors and C++ on CPU tensors.
 """
 
@@ -24,7 +25,7 @@ from ..reference.window_attention import (
     window_attention3d_ref,
     window_geometry,
 )
-from ._common import check_same, check_tensor, describe
+from ._common import check_same, check_tensor, cuda_stream, describe
 
 MAX_HEAD_DIM_TRITON = 128
 
@@ -35,9 +36,21 @@ def _triton_limits(head_dim: int = 0, **_) -> List[str]:
     return []
 
 
+def _cuda_auto(**_) -> bool:
+    # auto picks the CUDA kernels only once they beat Triton on a GPU in our benchmarks; no GPU
+    # run exists yet, so auto runs Triton on GPU tensors
+    return False
+
+
+def _cuda_limits(head_dim: int = 0, **_) -> List[str]:
+    return [f"head_dim must be <= 128, got {head_dim}"] if head_dim > 128 else []
+
+
 _DISPATCH = _dispatch.Dispatcher(
     "window_attention3d",
     (
+        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("window_attention_fwd_cuda"),
+                          limits=_cuda_limits, auto=_cuda_auto),
         _dispatch.Backend(
             "triton", _dispatch.triton_devices(), dtypes=(torch.float32, torch.float16, torch.bfloat16),
             machine=_dispatch.triton_machine, limits=_triton_limits, auto=_dispatch.triton_auto,
@@ -96,37 +109,62 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _cpu_fwd(qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded):
-    p = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
-    lse = torch.empty((len(qs), *qs[0].shape[:5]), dtype=_acc_dtype(qs[0].dtype))
-    p.o0, p.o1, p.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
-    p.lse = lse.data_ptr()
-    extension.module.window_attention_fwd_cpu(p)
-    return lse
+# "cpu": the C++/OpenMP kernels; "cuda": the CUDA kernels; "cuda-emulated": the CUDA kernels'
+# per-thread code run on the host (tests on machines without a GPU)
+_ENTRY = {
+    "cpu": ("window_attention_fwd_cpu", "window_attention_bwd_cpu", "window_attention_bwd_workspace_bytes"),
+    "cuda": ("window_attention_fwd_cuda", "window_attention_bwd_cuda", "window_attention_cuda_bwd_workspace_bytes"),
+    "cuda-emulated": ("window_attention_fwd_emulated_cpu", "window_attention_bwd_emulated_cpu",
+                      "window_attention_cuda_bwd_workspace_bytes"),
+}
 
 
-def _cpu_bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale, mask_value, mask_padded,
-             need_table):
-    C = extension.module
-    acc = _acc_dtype(qs[0].dtype)
-    b = C.WindowAttentionBwdParams()
-    b.fwd = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
-    b.fwd.o0, b.fwd.o1, b.fwd.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
-    b.fwd.lse = lse.data_ptr()
-    b.g0, b.g1, b.g_strides = gs[0].data_ptr(), gs[-1].data_ptr(), list(gs[0].stride())
-    b.dq0, b.dq1, b.dq_strides = dqs[0].data_ptr(), dqs[-1].data_ptr(), list(dqs[0].stride())
-    b.dk0, b.dk1, b.dk_strides = dks[0].data_ptr(), dks[-1].data_ptr(), list(dks[0].stride())
-    b.dv0, b.dv1, b.dv_strides = dvs[0].data_ptr(), dvs[-1].data_ptr(), list(dvs[0].stride())
-    n, heads = geom.tokens, qs[0].shape[4]
-    pair = torch.empty((heads, n, n), dtype=acc) if need_table else None
-    d_pad = torch.empty((2, heads, qs[0].shape[5]), dtype=acc) if pad_kv is not None else None
-    b.pair_grad = pair.data_ptr() if pair is not None else 0
-    b.grad_pad_kv = d_pad.data_ptr() if d_pad is not None else 0
-    ws = torch.empty(max(C.window_attention_bwd_workspace_bytes(b), 1), dtype=torch.uint8)
-    b.workspace, b.workspace_bytes = ws.data_ptr(), ws.numel()
-    C.window_attention_bwd_cpu(b)
-    d_table = bias_table_grad(pair, geom.window, n) if pair is not None else None
-    return d_table, d_pad
+def _call(kind: str, which: int, params, like: torch.Tensor) -> None:
+    fn = getattr(extension.module, _ENTRY[kind][which])
+    if kind == "cuda":
+        fn(params, cuda_stream(like))
+    else:
+        fn(params)
+
+
+def _compiled_fwd(kind: str):
+    def run(qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded):
+        p = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
+        lse = torch.empty((len(qs), *qs[0].shape[:5]), dtype=_acc_dtype(qs[0].dtype), device=qs[0].device)
+        p.o0, p.o1, p.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
+        p.lse = lse.data_ptr()
+        _call(kind, 0, p, qs[0])
+        return lse
+
+    return run
+
+
+def _compiled_bwd(kind: str):
+    def run(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale, mask_value, mask_padded,
+            need_table):
+        C = extension.module
+        dev = qs[0].device
+        acc = _acc_dtype(qs[0].dtype)
+        b = C.WindowAttentionBwdParams()
+        b.fwd = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
+        b.fwd.o0, b.fwd.o1, b.fwd.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
+        b.fwd.lse = lse.data_ptr()
+        b.g0, b.g1, b.g_strides = gs[0].data_ptr(), gs[-1].data_ptr(), list(gs[0].stride())
+        b.dq0, b.dq1, b.dq_strides = dqs[0].data_ptr(), dqs[-1].data_ptr(), list(dqs[0].stride())
+        b.dk0, b.dk1, b.dk_strides = dks[0].data_ptr(), dks[-1].data_ptr(), list(dks[0].stride())
+        b.dv0, b.dv1, b.dv_strides = dvs[0].data_ptr(), dvs[-1].data_ptr(), list(dvs[0].stride())
+        n, heads = geom.tokens, qs[0].shape[4]
+        pair = torch.empty((heads, n, n), dtype=acc, device=dev) if need_table else None
+        d_pad = torch.empty((2, heads, qs[0].shape[5]), dtype=acc, device=dev) if pad_kv is not None else None
+        b.pair_grad = pair.data_ptr() if pair is not None else 0
+        b.grad_pad_kv = d_pad.data_ptr() if d_pad is not None else 0
+        ws = torch.empty(max(getattr(C, _ENTRY[kind][2])(b), 1), dtype=torch.uint8, device=dev)
+        b.workspace, b.workspace_bytes = ws.data_ptr(), ws.numel()
+        _call(kind, 1, b, qs[0])
+        d_table = bias_table_grad(pair, geom.window, n) if pair is not None else None
+        return d_table, d_pad
+
+    return run
 
 
 def _ref_opts(geom, table, pad_kv, scale, mask_value, mask_padded):
@@ -161,8 +199,10 @@ def _reference_bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv
     return d_table, (d_pad if pad_kv is not None else None)
 
 
-_FWD = {"triton": _triton_fwd, "cpu": _cpu_fwd, "reference": _reference_fwd}
-_BWD = {"triton": _triton_bwd, "cpu": _cpu_bwd, "reference": _reference_bwd}
+_FWD = {"triton": _triton_fwd, "reference": _reference_fwd}
+_BWD = {"triton": _triton_bwd, "reference": _reference_bwd}
+for _kind in _ENTRY:
+    _FWD[_kind], _BWD[_kind] = _compiled_fwd(_kind), _compiled_bwd(_kind)
 
 
 # --- the custom ops: the one compile-safe boundary -----------------------------------------
@@ -171,7 +211,7 @@ def _lse_shape(q: torch.Tensor, dirs: int, backend: str):
 
 
 def _lse_dtype(q: torch.Tensor, backend: str):
-    return torch.float64 if (backend == "cpu" and q.dtype == torch.float64) else torch.float32
+    return torch.float64 if (backend in _ENTRY and q.dtype == torch.float64) else torch.float32
 
 
 def _run_fwd(qs, ks, vs, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend):

@@ -75,11 +75,21 @@ struct WindowAttentionBwdParams {
 };
 
 Status window_attention_check(const WindowAttentionParams& p);
-size_t window_attention_bwd_workspace_bytes(const WindowAttentionBwdParams& p);
+size_t window_attention_bwd_workspace_bytes(const WindowAttentionBwdParams& p);       // cpu::
+size_t window_attention_cuda_bwd_workspace_bytes(const WindowAttentionBwdParams& p);  // cuda:: and *_emulated
 
 namespace cpu {
 Status window_attention_fwd(const WindowAttentionParams& p);
 Status window_attention_bwd(const WindowAttentionBwdParams& p);
+// The CUDA kernels' per-thread code run over every thread on the host (tests without a GPU).
+Status window_attention_fwd_emulated(const WindowAttentionParams& p);
+Status window_attention_bwd_emulated(const WindowAttentionBwdParams& p);
 }  // namespace cpu
+
+namespace cuda {
+// stream is a cudaStream_t (null: the legacy default stream). head_dim <= 128.
+Status window_attention_fwd(const WindowAttentionParams& p, void* stream);
+Status window_attention_bwd(const WindowAttentionBwdParams& p, void* stream);
+}  // namespace cuda
 
 }  // namespace medkernels
