@@ -202,7 +202,9 @@ inline int pow2_at_least(int64_t v, int cap) {
 inline TilePlan tile_plan(const ConvArgs& a, int vec) {
   TilePlan t;
   t.vec = vec;
-  t.tw = pow2_at_least(a.out[2], 128);
+  // near-square tiles: (th + 2p) x (tw + 2p) staged elements per th x tw outputs; a warp still
+  // spans 32 consecutive outputs along W (coalesced)
+  t.tw = pow2_at_least(a.out[2], 32);
   if (t.tw < 8) t.tw = 8;
   t.th = pow2_at_least(a.out[1], 256 / t.tw);
   t.threads = t.tw * t.th;
