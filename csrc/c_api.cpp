@@ -7,6 +7,11 @@
 
 #include "medkernels/common.h"
 #include "medkernels/decomp_conv.h"
+#include "medkernels/diffusion.h"
+#include "medkernels/window_attention.h"
+
+#include <cmath>
+#include <vector>
 
 namespace {
 
@@ -165,6 +170,108 @@ int decomp_conv_bwd(const char* fn, medkernels::DType dt, bool on_cuda, const vo
   });
 }
 
+int no_cuda(const char* fn) {
+  return fail(MK_UNSUPPORTED, std::string(fn) + ": this medkernels library was built without CUDA");
+}
+
+// --- diffusion ---------------------------------------------------------------------------------
+int diffusion_run(const char* fn, bool on_cuda, medkernels::DiffusionParams& p, void* stream) {
+  return guarded(fn, [&]() -> int {
+    if (!p.table || !p.t) return fail(MK_INVALID_ARGUMENT, std::string(fn) + ": table and t must not be NULL");
+    if (!on_cuda) return from_status(medkernels::cpu::diffusion_fwd(p));
+#ifdef MEDKERNELS_WITH_CUDA
+    return from_status(medkernels::cuda::diffusion_fwd(p, stream));
+#else
+    (void)stream;
+    return no_cuda(fn);
+#endif
+  });
+}
+
+medkernels::DiffusionParams diffusion_params(medkernels::DType dt, medkernels::DiffusionOp op, const void* x,
+                                             const void* noise, const int64_t* t, const double* table,
+                                             int64_t num_train_timesteps, int64_t batch, int64_t numel, uint64_t seed,
+                                             uint64_t offset, void* out) {
+  medkernels::DiffusionParams p;
+  p.dtype = dt;
+  p.op = op;
+  p.x = x;
+  p.noise = noise;
+  p.t = t;
+  p.table = table;
+  p.num_train_timesteps = num_train_timesteps;
+  p.batch = batch;
+  p.numel = numel;
+  p.seed = seed;
+  p.offset = offset;
+  p.out = out;
+  return p;
+}
+
+// --- window attention ------------------------------------------------------------------------------
+void strides6(const int64_t* sizes, const int64_t* given, int64_t* st) {
+  if (given) {
+    for (int i = 0; i < 6; ++i) st[i] = given[i];
+    return;
+  }
+  st[5] = 1;
+  for (int i = 4; i >= 0; --i) st[i] = st[i + 1] * sizes[i + 1];
+}
+
+template <typename A>
+int window_attention_fwd(const char* fn, medkernels::DType dt, const void* q, const void* k, const void* v,
+                         const int64_t* sizes, const int64_t* q_strides, const int64_t* k_strides,
+                         const int64_t* v_strides, const int64_t* window, const int64_t* shift, const void* table,
+                         const void* pad_kv, double scale, double mask_value, int mask_padded, void* out,
+                         const int64_t* out_strides, A* lse) {
+  return guarded(fn, [&]() -> int {
+    const std::string f(fn);
+    if (!sizes || !window || !shift)
+      return fail(MK_INVALID_ARGUMENT, f + ": sizes (6 values), window and shift (3 values each) must not be NULL");
+    for (int i = 0; i < 6; ++i)
+      if (sizes[i] < 1) return fail(MK_INVALID_ARGUMENT, f + ": sizes {B, D, H, W, heads, head_dim} must be >= 1");
+    medkernels::WindowAttentionParams p;
+    p.dtype = dt;
+    p.directions = 1;
+    p.q0 = q;
+    p.k0 = k;
+    p.v0 = v;
+    p.o0 = out;
+    p.table = table;
+    p.pad_kv = pad_kv;
+    p.batch = sizes[0];
+    p.heads = sizes[4];
+    p.head_dim = sizes[5];
+    for (int a = 0; a < 3; ++a) {
+      if (window[a] < 1 || shift[a] < 0 || shift[a] >= window[a])
+        return fail(MK_INVALID_ARGUMENT, f + ": need window >= 1 and 0 <= shift < window on every axis, got window[" +
+                                             std::to_string(a) + "]=" + std::to_string(window[a]) + " shift[" +
+                                             std::to_string(a) + "]=" + std::to_string(shift[a]));
+      p.size[a] = sizes[1 + a];
+      p.window[a] = window[a];
+      const bool clamp = p.size[a] <= window[a];  // MONAI get_window_size
+      p.eff_window[a] = clamp ? p.size[a] : window[a];
+      p.shift[a] = clamp ? 0 : shift[a];
+      p.padded[a] = (p.size[a] + p.eff_window[a] - 1) / p.eff_window[a] * p.eff_window[a];
+    }
+    p.scale = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim));
+    p.mask_value = mask_value;
+    p.mask_padded = mask_padded != 0;
+    strides6(sizes, q_strides, p.q_strides);
+    strides6(sizes, k_strides, p.k_strides);
+    strides6(sizes, v_strides, p.v_strides);
+    strides6(sizes, out_strides, p.o_strides);
+    std::vector<A> own_lse;
+    if (lse) {
+      p.lse = lse;
+    } else {
+      own_lse.resize(static_cast<size_t>(sizes[0] * sizes[1] * sizes[2] * sizes[3] * sizes[4]));
+      p.lse = own_lse.data();
+    }
+    return from_status(medkernels::cpu::window_attention_fwd(p));
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -234,5 +341,72 @@ size_t mk_decomp_conv3d_bwd_workspace_bytes(int dtype, const int64_t* x_sizes, i
 
 MK_DEFINE_DECOMP_CONV_BWD(f32, float, medkernels::DType::kFloat32)
 MK_DEFINE_DECOMP_CONV_BWD(f64, double, medkernels::DType::kFloat64)
+
+#define MK_DEFINE_DIFFUSION(SUFFIX, T, DT)                                                                        \
+  static int q_sample_##SUFFIX(const char* fn, bool cuda, MK_DIFFUSION_Q_SAMPLE_ARGS(T), void* stream) {         \
+    auto p = diffusion_params(DT, medkernels::DiffusionOp::kQSample, x0, noise, t, table, num_train_timesteps,     \
+                              batch, numel, seed, offset, out);                                                   \
+    return diffusion_run(fn, cuda, p, stream);                                                                    \
+  }                                                                                                               \
+  int mk_diffusion_q_sample_##SUFFIX(MK_DIFFUSION_Q_SAMPLE_ARGS(T)) {                                             \
+    return q_sample_##SUFFIX("mk_diffusion_q_sample_" #SUFFIX, false, x0, noise, t, table, num_train_timesteps,    \
+                             batch, numel, seed, offset, out, nullptr);                                          \
+  }                                                                                                               \
+  int mk_diffusion_q_sample_##SUFFIX##_cuda(MK_DIFFUSION_Q_SAMPLE_ARGS(T), void* stream) {                        \
+    return q_sample_##SUFFIX("mk_diffusion_q_sample_" #SUFFIX "_cuda", true, x0, noise, t, table,                  \
+                             num_train_timesteps, batch, numel, seed, offset, out, stream);                      \
+  }                                                                                                               \
+  static int ddim_##SUFFIX(const char* fn, bool cuda, MK_DIFFUSION_DDIM_ARGS(T), void* stream) {                 \
+    auto p = diffusion_params(DT, medkernels::DiffusionOp::kDdim, x_t, noise, t, table, num_train_timesteps,       \
+                              batch, numel, seed, offset, out);                                                   \
+    p.eps = eps;                                                                                                  \
+    p.t_next = t_next;                                                                                            \
+    p.eta = eta;                                                                                                  \
+    p.x0_out = x0_out;                                                                                            \
+    return diffusion_run(fn, cuda, p, stream);                                                                    \
+  }                                                                                                               \
+  int mk_diffusion_ddim_step_##SUFFIX(MK_DIFFUSION_DDIM_ARGS(T)) {                                                \
+    return ddim_##SUFFIX("mk_diffusion_ddim_step_" #SUFFIX, false, x_t, eps, noise, t, t_next, table,              \
+                         num_train_timesteps, batch, numel, seed, offset, eta, out, x0_out, nullptr);            \
+  }                                                                                                               \
+  int mk_diffusion_ddim_step_##SUFFIX##_cuda(MK_DIFFUSION_DDIM_ARGS(T), void* stream) {                           \
+    return ddim_##SUFFIX("mk_diffusion_ddim_step_" #SUFFIX "_cuda", true, x_t, eps, noise, t, t_next, table,       \
+                         num_train_timesteps, batch, numel, seed, offset, eta, out, x0_out, stream);             \
+  }                                                                                                               \
+  static int ddpm_##SUFFIX(const char* fn, bool cuda, MK_DIFFUSION_DDPM_ARGS(T), void* stream) {                 \
+    auto p = diffusion_params(DT, medkernels::DiffusionOp::kDdpm, x_t, noise, t, table, num_train_timesteps,       \
+                              batch, numel, seed, offset, out);                                                   \
+    p.eps = eps;                                                                                                  \
+    p.t_next = t_next;                                                                                            \
+    p.clip = clip;                                                                                                \
+    p.has_clip = has_clip != 0;                                                                                   \
+    p.x0_out = x0_out;                                                                                            \
+    return diffusion_run(fn, cuda, p, stream);                                                                    \
+  }                                                                                                               \
+  int mk_diffusion_ddpm_step_##SUFFIX(MK_DIFFUSION_DDPM_ARGS(T)) {                                                \
+    return ddpm_##SUFFIX("mk_diffusion_ddpm_step_" #SUFFIX, false, x_t, eps, noise, t, t_next, table,              \
+                         num_train_timesteps, batch, numel, seed, offset, clip, has_clip, out, x0_out, nullptr); \
+  }                                                                                                               \
+  int mk_diffusion_ddpm_step_##SUFFIX##_cuda(MK_DIFFUSION_DDPM_ARGS(T), void* stream) {                           \
+    return ddpm_##SUFFIX("mk_diffusion_ddpm_step_" #SUFFIX "_cuda", true, x_t, eps, noise, t, t_next, table,       \
+                         num_train_timesteps, batch, numel, seed, offset, clip, has_clip, out, x0_out, stream);  \
+  }
+
+MK_DEFINE_DIFFUSION(f32, float, medkernels::DType::kFloat32)
+MK_DEFINE_DIFFUSION(f64, double, medkernels::DType::kFloat64)
+MK_DEFINE_DIFFUSION(f16, uint16_t, medkernels::DType::kFloat16)
+MK_DEFINE_DIFFUSION(bf16, uint16_t, medkernels::DType::kBFloat16)
+
+#define MK_DEFINE_WINDOW_ATTENTION(SUFFIX, T, A, DT)                                                        \
+  int mk_window_attention3d_fwd_##SUFFIX(MK_WINDOW_ATTENTION3D_FWD_ARGS(T, A)) {                            \
+    return window_attention_fwd<A>("mk_window_attention3d_fwd_" #SUFFIX, DT, q, k, v, sizes, q_strides,      \
+                                   k_strides, v_strides, window, shift, rel_bias_table, pad_kv, scale,      \
+                                   mask_value, mask_padded, out, out_strides, lse);                         \
+  }
+
+MK_DEFINE_WINDOW_ATTENTION(f32, float, float, medkernels::DType::kFloat32)
+MK_DEFINE_WINDOW_ATTENTION(f64, double, double, medkernels::DType::kFloat64)
+MK_DEFINE_WINDOW_ATTENTION(f16, uint16_t, float, medkernels::DType::kFloat16)
+MK_DEFINE_WINDOW_ATTENTION(bf16, uint16_t, float, medkernels::DType::kBFloat16)
 
 }  // extern "C"

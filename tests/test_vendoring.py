@@ -457,3 +457,103 @@ def test_cupy_decomp_conv3d_on_gpu(dtype, stride, groups, activation):
     x_cl = cupy.ascontiguousarray(args[0].transpose(0, 2, 3, 4, 1)).transpose(0, 4, 1, 2, 3)
     y_cl = mkc.decomp_conv3d(x_cl, *args[1:4], args[4], stride=stride, groups=groups, activation=activation)
     np.testing.assert_array_equal(cupy.asnumpy(y_cl), cupy.asnumpy(y))
+
+
+# --- the C ABI of the other families (in-process ctypes; checked against our torch ops) --------------
+def _ctypes_lib(install_prefix):
+    import ctypes
+
+    lib = ctypes.CDLL(str(_capi_lib(install_prefix)))
+    lib.mk_last_error.restype = ctypes.c_char_p
+    return lib
+
+
+def _ptr(a):
+    import ctypes
+
+    return None if a is None else ctypes.c_void_p(a.ctypes.data)
+
+
+def _i64s(v):
+    import ctypes
+
+    return (ctypes.c_int64 * len(v))(*v)
+
+
+@pytest.mark.parametrize("op", ["q_sample", "ddim_step", "ddpm_step"])
+def test_capi_diffusion_matches_the_cpu_op(install_prefix, op):
+    import ctypes
+
+    import torch
+
+    from medkernels import ops
+    from medkernels.diffusion import FastDDPMSchedule
+
+    lib = _ctypes_lib(install_prefix)
+    sched = FastDDPMSchedule()
+    rng = np.random.default_rng(23)
+    x, e = (rng.standard_normal((3, 2, 4, 4, 5)).astype(np.float32) for _ in range(2))
+    t, t_next = np.array([0, 400, 999]), np.array([-1, 300, 900])
+    table = sched.alpha_table(torch.device("cpu")).double().numpy()
+    T = table.size - 1
+    out, x0 = np.empty_like(x), np.empty_like(x)
+    common = (_ptr(table), ctypes.c_int64(T), ctypes.c_int64(3), ctypes.c_int64(x[0].size), ctypes.c_uint64(11),
+              ctypes.c_uint64(2))
+    tt = torch.from_numpy
+    if op == "q_sample":
+        st = lib.mk_diffusion_q_sample_f32(_ptr(x), None, _ptr(t), *common, _ptr(out))
+        want = [ops.q_sample(tt(x), tt(t), schedule=sched, seed=11, offset=2, backend="cpu")]
+    elif op == "ddim_step":
+        st = lib.mk_diffusion_ddim_step_f32(_ptr(x), _ptr(e), None, _ptr(t), _ptr(t_next), *common,
+                                            ctypes.c_double(0.5), _ptr(out), _ptr(x0))
+        want = ops.ddim_step(tt(x), tt(e), tt(t), tt(t_next), schedule=sched, eta=0.5, seed=11, offset=2,
+                             return_x0=True, backend="cpu")
+    else:
+        st = lib.mk_diffusion_ddpm_step_f32(_ptr(x), _ptr(e), None, _ptr(t), _ptr(t_next), *common,
+                                            ctypes.c_double(1.0), ctypes.c_int(1), _ptr(out), _ptr(x0))
+        want = ops.ddpm_step(tt(x), tt(e), tt(t), tt(t_next), schedule=sched, seed=11, offset=2, clip=1.0,
+                             return_x0=True, backend="cpu")
+    assert st == 0, lib.mk_last_error()
+    for got, w in zip((out, x0), want):
+        np.testing.assert_array_equal(got, w.numpy())
+    # a timestep out of range: MK_INVALID_ARGUMENT and the reason
+    bad = np.array([0, 400, 1000])
+    st = lib.mk_diffusion_q_sample_f32(_ptr(x), None, _ptr(bad), *common, _ptr(out))
+    assert st == 1 and b"t must be in 0..999" in lib.mk_last_error()
+    st = lib.mk_diffusion_q_sample_f32(_ptr(x), None, None, *common, _ptr(out))
+    assert st == 1 and b"must not be NULL" in lib.mk_last_error()
+    if not lib.mk_cuda_available():
+        st = lib.mk_diffusion_q_sample_f32_cuda(_ptr(x), None, _ptr(t), *common, _ptr(out), None)
+        assert st == 2 and b"without CUDA" in lib.mk_last_error()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_capi_window_attention_matches_the_reference(install_prefix, dtype):
+    import ctypes
+
+    import torch
+
+    from medkernels import ops
+
+    lib = _ctypes_lib(install_prefix)
+    rng = np.random.default_rng(29)
+    sizes = (2, 3, 5, 4, 2, 8)
+    q, k, v = (rng.standard_normal(sizes).astype(dtype) for _ in range(3))
+    table = rng.standard_normal((3 * 3 * 3, 2)).astype(dtype)
+    # a strided q: a view of a bigger buffer
+    q_big = np.zeros((*sizes[:5], 16), dtype)
+    q_big[..., :8] = q
+    qv = q_big[..., :8]
+    out = np.empty(sizes, dtype)
+    fn = getattr(lib, f"mk_window_attention3d_fwd_{'f32' if dtype == np.float32 else 'f64'}")
+    st = fn(_ptr(q_big), _ptr(k), _ptr(v), _i64s(sizes), _i64s([s // q.itemsize for s in qv.strides]), None, None,
+            _i64s([2, 2, 2]), _i64s([1, 1, 1]), _ptr(table), None, ctypes.c_double(0.0), ctypes.c_double(-100.0),
+            ctypes.c_int(0), _ptr(out), None, None)
+    assert st == 0, lib.mk_last_error()
+    tt = lambda a: torch.from_numpy(np.ascontiguousarray(a)).double()
+    want = ops.window_attention3d(tt(q), tt(k), tt(v), 2, shift=1, rel_bias_table=tt(table), backend="reference")
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want.numpy(), rtol=tol, atol=tol)
+    st = fn(_ptr(q), _ptr(k), _ptr(v), _i64s(sizes), None, None, None, _i64s([2, 2, 2]), _i64s([2, 1, 1]), None,
+            None, ctypes.c_double(0.0), ctypes.c_double(-100.0), ctypes.c_int(0), _ptr(out), None, None)
+    assert st == 1 and b"shift < window" in lib.mk_last_error()

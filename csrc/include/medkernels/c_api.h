@@ -103,6 +103,55 @@ MK_CAPI int mk_decomp_conv3d_bwd_f64(MK_DECOMP_CONV3D_BWD_ARGS(double, double));
 MK_CAPI int mk_decomp_conv3d_bwd_f32_cuda(MK_DECOMP_CONV3D_BWD_ARGS(float, float), void* stream);
 MK_CAPI int mk_decomp_conv3d_bwd_f64_cuda(MK_DECOMP_CONV3D_BWD_ARGS(double, double), void* stream);
 
+/* ---- few-step diffusion (Fast-DDPM) steps, see medkernels/diffusion.h -----------------------
+ * Tensors are contiguous (batch, numel). table: float64 (num_train_timesteps + 1,) holding
+ * [1, abar_0, ..., abar_{T-1}]; t (batch,) in 0..T-1 and t_next (batch,) in -1..t-1 as int64
+ * (host memory for the CPU calls, device memory for _cuda, where they are not range-checked).
+ * noise: the eps/z tensor, or NULL to draw it from (seed, offset) by the Philox contract of
+ * medkernels/detail/philox.h, identical on every device. x0_out may be NULL.
+ *   q_sample   out = sqrt(abar_t) x0 + sqrt(1 - abar_t) z
+ *   ddim_step  out = DDIM update of x_t with predicted noise eps (eta: stochasticity)
+ *   ddpm_step  out = DDPM posterior sample, x0 clamped to [-clip, clip] when has_clip */
+#define MK_DIFFUSION_COMMON_ARGS \
+  const double *table, int64_t num_train_timesteps, int64_t batch, int64_t numel, uint64_t seed, uint64_t offset
+#define MK_DIFFUSION_Q_SAMPLE_ARGS(T) \
+  const T *x0, const T *noise, const int64_t *t, MK_DIFFUSION_COMMON_ARGS, T *out
+#define MK_DIFFUSION_DDIM_ARGS(T)                                                                          \
+  const T *x_t, const T *eps, const T *noise, const int64_t *t, const int64_t *t_next, MK_DIFFUSION_COMMON_ARGS, \
+      double eta, T *out, T *x0_out
+#define MK_DIFFUSION_DDPM_ARGS(T)                                                                          \
+  const T *x_t, const T *eps, const T *noise, const int64_t *t, const int64_t *t_next, MK_DIFFUSION_COMMON_ARGS, \
+      double clip, int has_clip, T *out, T *x0_out
+
+#define MK_DECLARE_DIFFUSION(SUFFIX, T)                                                                     \
+  MK_CAPI int mk_diffusion_q_sample_##SUFFIX(MK_DIFFUSION_Q_SAMPLE_ARGS(T));                                \
+  MK_CAPI int mk_diffusion_q_sample_##SUFFIX##_cuda(MK_DIFFUSION_Q_SAMPLE_ARGS(T), void* stream);           \
+  MK_CAPI int mk_diffusion_ddim_step_##SUFFIX(MK_DIFFUSION_DDIM_ARGS(T));                                   \
+  MK_CAPI int mk_diffusion_ddim_step_##SUFFIX##_cuda(MK_DIFFUSION_DDIM_ARGS(T), void* stream);              \
+  MK_CAPI int mk_diffusion_ddpm_step_##SUFFIX(MK_DIFFUSION_DDPM_ARGS(T));                                   \
+  MK_CAPI int mk_diffusion_ddpm_step_##SUFFIX##_cuda(MK_DIFFUSION_DDPM_ARGS(T), void* stream);
+MK_DECLARE_DIFFUSION(f32, float)
+MK_DECLARE_DIFFUSION(f64, double)
+MK_DECLARE_DIFFUSION(f16, uint16_t)
+MK_DECLARE_DIFFUSION(bf16, uint16_t)
+
+/* ---- 3D (shifted) window self-attention (Swin / MONAI), see medkernels/window_attention.h ----
+ * sizes {B, D, H, W, heads, head_dim}; q, k, v, out (B, D, H, W, heads, head_dim) through their
+ * element strides (NULL: contiguous). window and shift: 3 values each, shift in [0, window); on an
+ * axis whose size is <= the window, the window becomes the size and the shift 0 (MONAI). rel_bias_table
+ * ((2wd-1)(2wh-1)(2ww-1), heads) or NULL; pad_kv (2, heads, head_dim) or NULL (zeros); scale <= 0
+ * means head_dim^-0.5; mask_value is added across shift regions (-100 in Swin/MONAI). lse
+ * (B, D, H, W, heads) in the accumulation type (double for _f64, else float) receives the
+ * log-sum-exp for a backward, or NULL. CPU only in this version. */
+#define MK_WINDOW_ATTENTION3D_FWD_ARGS(T, A)                                                                 \
+  const T *q, const T *k, const T *v, const int64_t *sizes, const int64_t *q_strides, const int64_t *k_strides, \
+      const int64_t *v_strides, const int64_t *window, const int64_t *shift, const T *rel_bias_table,          \
+      const T *pad_kv, double scale, double mask_value, int mask_padded, T *out, const int64_t *out_strides, A *lse
+MK_CAPI int mk_window_attention3d_fwd_f32(MK_WINDOW_ATTENTION3D_FWD_ARGS(float, float));
+MK_CAPI int mk_window_attention3d_fwd_f64(MK_WINDOW_ATTENTION3D_FWD_ARGS(double, double));
+MK_CAPI int mk_window_attention3d_fwd_f16(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float));
+MK_CAPI int mk_window_attention3d_fwd_bf16(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float));
+
 #ifdef __cplusplus
 }  /* extern "C" */
 #endif
