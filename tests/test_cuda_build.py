@@ -282,3 +282,20 @@ def test_cuda_backend_matches_reference(case: Case):
     ref = decomp_conv3d_bwd_ref(gy.double(), up[0], *up[1:4], up[4], case.stride, groups, case.act)
     for name, leaf, r in zip(("grad_x", "grad_w_d", "grad_w_h", "grad_w_w", "grad_bias"), leaves, ref):
         assert_close(name, leaf.grad, r, dtype=case.dtype)
+
+
+@pytest.mark.skipif(_cuda_backend_reason() is not None, reason=str(_cuda_backend_reason()))
+def test_cuda_backward_is_deterministic():
+    from medkernels.ops import decomp_conv3d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 16, 24, 40, device="cuda", requires_grad=True)
+    ws = [torch.randn(32, 1, 7, device="cuda", requires_grad=True) for _ in range(3)]
+    b = torch.randn(32, device="cuda", requires_grad=True)
+    gy = torch.randn(2, 32, 16, 24, 40, device="cuda")
+    grads = []
+    for _ in range(2):
+        y = decomp_conv3d(x, *ws, b, activation="gelu", backend="cuda")
+        grads.append(torch.autograd.grad(y, (x, *ws, b), gy))
+    for name, g0, g1 in zip(("grad_x", "grad_w_d", "grad_w_h", "grad_w_w", "grad_bias"), *grads):
+        assert torch.equal(g0, g1), f"{name} differs between two identical backward runs"
