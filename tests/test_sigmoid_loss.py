@@ -295,3 +295,51 @@ def test_peak_memory_cpu():
     # 256 MiB for one N x N float matrix (the reference holds several)
     assert peak <= 5 * n * d * 4 + (1 << 20), f"peak {peak / 2**20:.1f} MiB"
     assert peak <= matrix / 3, f"peak {peak / 2**20:.1f} MiB vs the N x N matrix {matrix / 2**20:.0f} MiB"
+
+
+# --- distributed: W gloo processes against one process on the concatenated batch ---------------
+DIST_CASES = {
+    2: [dict(n_local=[5, 5], d=7, labels=False, reduction="mean")],
+    3: [dict(n_local=[4, 4, 4], d=6, labels=False, reduction="sum"),
+        dict(n_local=[4, 6, 3], d=5, labels=True, reduction="mean_pairs")],
+}
+
+
+@pytest.mark.parametrize("world", sorted(DIST_CASES), ids=lambda w: f"{w}ranks")
+def test_distributed_matches_single_process(world):
+    import numpy as np
+    import torch.distributed as dist
+
+    from medkernels.distributed._launch import check_worker, global_batch, run_gloo
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    backend = "cpu" if "cpu" in CPU_BACKENDS else "reference"
+    configs = [dict(c, exchange=ex, backend=backend) for c in DIST_CASES[world] for ex in ("ring", "all_gather")]
+    per_rank = run_gloo(world, check_worker, configs)
+    for i, cfg in enumerate(configs):
+        res = [per_rank[r][i] for r in range(world)]
+        x, y, lab = global_batch(cfg["n_local"], cfg["d"], seed=7, labels=cfg["labels"])
+        x.requires_grad_()
+        y.requires_grad_()
+        t = torch.tensor(1.1, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+        kw = dict(labels=lab) if cfg["labels"] else {}
+        loss = sigmoid_loss_ref(x, y, t, b, reduction=cfg["reduction"], normalize=True, **kw)
+        loss.backward()
+        what = f"{cfg['exchange']} {cfg['n_local']}"
+        # the rank-mean (DDP's gradient averaging) is the single-process loss and gradients
+        assert_close(f"{what} loss", torch.tensor(np.mean([r["loss"] for r in res])), loss.detach())
+        assert_close(f"{what} dx", torch.from_numpy(np.concatenate([r["dx"] for r in res]) / world), x.grad)
+        assert_close(f"{what} dy", torch.from_numpy(np.concatenate([r["dy"] for r in res]) / world), y.grad)
+        assert_close(f"{what} dt'", torch.tensor(np.mean([r["dt"] for r in res])), t.grad)
+        assert_close(f"{what} db", torch.tensor(np.mean([r["db"] for r in res])), b.grad)
+
+
+def test_distributed_needs_a_group():
+    from medkernels.distributed import sigmoid_loss as dist_loss
+
+    with pytest.raises(RuntimeError, match="initialised torch.distributed"):
+        dist_loss(torch.randn(3, 4), torch.randn(3, 4), 1.0, 0.0)
+    with pytest.raises(ValueError, match="distributed=True supports variant='siglip'"):
+        SigLIPLoss(distributed=True, variant="med3dvlm")
