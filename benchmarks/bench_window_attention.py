@@ -48,6 +48,24 @@ def _sdpa_partitioned(q, k, v, geom, table, pad_kv, scale):
     return merge_windows(out, geom, b)
 
 
+def _flex_partitioned(compiled_flex, q, k, v, geom, table, pad_kv, scale):
+    """FlexAttention (GPU, compiled) on the partitioned windows: the bias table gathered into a
+    (heads, N, N) score_mod buffer, the shift mask as a (nW, N, N) one; partition copies included."""
+    b, heads = q.shape[0], q.shape[4]
+    n, nw = geom.tokens, geom.num_windows
+    qw = partition_windows(q, geom)
+    kw = partition_windows(k, geom, pad_kv[0])
+    vw = partition_windows(v, geom, pad_kv[1])
+    add = window_logits_bias(geom, heads, table, dtype=torch.float32, device=q.device)  # (nW or 1, heads, N, N)
+    add = add.expand(nw, heads, n, n).contiguous()
+
+    def score_mod(score, bi, h, qi, ki):
+        return score + add[bi % nw, h, qi, ki]
+
+    out = compiled_flex(qw, kw, vw, score_mod=score_mod, scale=scale)
+    return merge_windows(out, geom, b)
+
+
 def _case(batch, channels, heads, tokens, dtype, device, backward=False, note=""):
     torch.manual_seed(0)
     size = (tokens,) * 3
@@ -109,6 +127,21 @@ def _case(batch, channels, heads, tokens, dtype, device, backward=False, note=""
             pass
     providers[f"auto({window_attention3d_backend(q0)})"] = ours("auto")
     providers["sdpa-partitioned"] = sdpa
+    if device.type == "cuda":
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            flex = torch.compile(flex_attention)
+            if backward:
+                providers["flex-attention"] = grads_of(
+                    lambda q, k, v, t: _flex_partitioned(flex, q, k, v, geom, t, pad_kv, scale))
+            else:
+                def flex_run():
+                    with torch.no_grad():
+                        return _flex_partitioned(flex, q, k, v, geom, table, pad_kv, scale)
+                providers["flex-attention"] = flex_run
+        except ImportError:  # torch < 2.5
+            pass
     if device.type == "cuda" and not backward:
         compiled = torch.compile(window_attention3d_ref)
         qc, kc, vc = qkv.unbind(4)
