@@ -8,9 +8,12 @@
 #include "medkernels/common.h"
 #include "medkernels/decomp_conv.h"
 #include "medkernels/diffusion.h"
+#include "medkernels/sigmoid_loss.h"
 #include "medkernels/window_attention.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -272,6 +275,50 @@ int window_attention_fwd(const char* fn, medkernels::DType dt, const void* q, co
   });
 }
 
+// --- sigmoid loss ------------------------------------------------------------------------------------
+int sigmoid_loss_fwd(const char* fn, medkernels::DType dt, const void* x, const void* y, int64_t n, int64_t m,
+                     int64_t d, const int64_t* x_strides, const int64_t* y_strides, double logit_scale, double bias,
+                     int symmetric, int positives, int64_t diag_offset, const int64_t* labels_x,
+                     const int64_t* labels_y, const uint8_t* mask, const int64_t* mask_strides, double* loss) {
+  return guarded(fn, [&]() -> int {
+    const std::string f(fn);
+    if (positives < 0 || positives > 2)
+      return fail(MK_INVALID_ARGUMENT, f + ": positives must be 0 (diagonal), 1 (labels) or 2 (mask), got " +
+                                           std::to_string(positives));
+    if (!loss) return fail(MK_INVALID_ARGUMENT, f + ": loss must not be NULL");
+    medkernels::SigmoidLossParams p;
+    p.dtype = dt;
+    p.x = x;
+    p.y = y;
+    p.n = n;
+    p.m = m;
+    p.d = d;
+    p.x_strides[0] = x_strides ? x_strides[0] : d;
+    p.x_strides[1] = x_strides ? x_strides[1] : 1;
+    p.y_strides[0] = y_strides ? y_strides[0] : d;
+    p.y_strides[1] = y_strides ? y_strides[1] : 1;
+    p.logit_scale = logit_scale;
+    p.bias = bias;
+    p.symmetric = symmetric != 0;
+    p.positives = static_cast<medkernels::SigmoidLossPositives>(positives);
+    p.diag_offset = diag_offset;
+    p.labels_x = labels_x;
+    p.labels_y = labels_y;
+    p.mask = mask;
+    p.mask_strides[0] = mask_strides ? mask_strides[0] : m;
+    p.mask_strides[1] = mask_strides ? mask_strides[1] : 1;
+    p.loss = loss;
+    const medkernels::Status st = medkernels::sigmoid_loss_check(p);
+    if (st != medkernels::Status::kSuccess) return from_status(st);
+    const size_t bytes = medkernels::cpu::sigmoid_loss_fwd_workspace_bytes(p);
+    std::unique_ptr<void, void (*)(void*)> ws(std::aligned_alloc(64, (bytes + 64) / 64 * 64), std::free);
+    if (!ws) return fail(MK_INTERNAL_ERROR, f + ": out of host memory for " + std::to_string(bytes) + " bytes");
+    p.workspace = ws.get();
+    p.workspace_bytes = bytes;
+    return from_status(medkernels::cpu::sigmoid_loss_fwd(p));
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -408,5 +455,17 @@ MK_DEFINE_WINDOW_ATTENTION(f32, float, float, medkernels::DType::kFloat32)
 MK_DEFINE_WINDOW_ATTENTION(f64, double, double, medkernels::DType::kFloat64)
 MK_DEFINE_WINDOW_ATTENTION(f16, uint16_t, float, medkernels::DType::kFloat16)
 MK_DEFINE_WINDOW_ATTENTION(bf16, uint16_t, float, medkernels::DType::kBFloat16)
+
+#define MK_DEFINE_SIGMOID_LOSS(SUFFIX, T, DT)                                                             \
+  int mk_sigmoid_loss_fwd_##SUFFIX(MK_SIGMOID_LOSS_FWD_ARGS(T)) {                                         \
+    return sigmoid_loss_fwd("mk_sigmoid_loss_fwd_" #SUFFIX, DT, x, y, n, m, d, x_strides, y_strides,       \
+                            logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask, \
+                            mask_strides, loss);                                                          \
+  }
+
+MK_DEFINE_SIGMOID_LOSS(f32, float, medkernels::DType::kFloat32)
+MK_DEFINE_SIGMOID_LOSS(f64, double, medkernels::DType::kFloat64)
+MK_DEFINE_SIGMOID_LOSS(f16, uint16_t, medkernels::DType::kFloat16)
+MK_DEFINE_SIGMOID_LOSS(bf16, uint16_t, medkernels::DType::kBFloat16)
 
 }  // extern "C"

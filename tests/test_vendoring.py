@@ -154,6 +154,29 @@ def test_cmake_consumer_project(install_prefix, tmp_path, stride, groups, activa
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not EXTENDED, reason="a fresh build of the library (minutes): MEDKERNELS_EXTENDED_TESTS=1")
+@pytest.mark.skipif(CMAKE is None, reason="cmake not found")
+@pytest.mark.parametrize("cuda", ["OFF", "ON"])
+def test_fresh_build_install_and_consume(tmp_path, cuda):
+    """Stand-alone CMake build (no Python), install, and the consumer project against it; with CUDA the
+    package carries the CUDA kernels and the config re-finds the CUDA toolkit."""
+    if cuda == "ON" and NVCC is None:
+        pytest.skip("nvcc not found")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    build, prefix = tmp_path / "build", tmp_path / "prefix"
+    for cmd in ([CMAKE, "-S", str(ROOT), "-B", str(build), *gen, "-DMEDKERNELS_PYTHON=OFF", f"-DMEDKERNELS_CUDA={cuda}",
+                 "-DMEDKERNELS_CUDA_ARCHS=90"],
+                [CMAKE, "--build", str(build), "-j", "2"],
+                [CMAKE, "--install", str(build), "--prefix", str(prefix)],
+                [CMAKE, "-S", str(EXAMPLES / "vendor_cmake"), "-B", str(tmp_path / "app"), *gen,
+                 f"-DCMAKE_PREFIX_PATH={prefix}"],
+                [CMAKE, "--build", str(tmp_path / "app")]):
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        assert run.returncode == 0, " ".join(cmd) + "\n" + run.stdout[-3000:] + run.stderr[-3000:]
+    config = (prefix / "lib" / "cmake" / "medkernels" / "medkernelsConfig.cmake").read_text()
+    assert f"set(medkernels_WITH_CUDA {cuda})" in config
+
+
 # --- the C ABI through ctypes, torch never imported ----------------------------------------------
 def _capi_lib(install_prefix) -> Path:
     lib = Path(install_prefix) / "lib" / "libmedkernels_capi.so"
@@ -312,6 +335,8 @@ def _dlpack_consistency_cases():
     yield "ddim_step", ops.ddim_step, (x, e, t, t - 1), {"schedule": sched, "return_x0": True, "backend": "cpu"}
     yield "ddpm_step", ops.ddpm_step, (x, e, t, t - 1), {"schedule": sched, "seed": 3, "backend": "cpu"}
     yield "diffusion_loss", ops.diffusion_loss, (e, x, t, 7), {"schedule": sched, "backend": "cpu"}
+    a, b = (rng.standard_normal((5, 8)).astype(np.float32) for _ in range(2))
+    yield "sigmoid_loss", ops.sigmoid_loss, (a, b, np.array(2.3, np.float32), -10.0), {"backend": "cpu"}
 
 
 CONSISTENCY = list(_dlpack_consistency_cases())
@@ -590,3 +615,40 @@ def test_capi_window_attention_matches_the_reference(install_prefix, dtype):
     st = fn(_ptr(q), _ptr(k), _ptr(v), _i64s(sizes), None, None, None, _i64s([2, 2, 2]), _i64s([2, 1, 1]), None,
             None, ctypes.c_double(0.0), ctypes.c_double(-100.0), ctypes.c_int(0), _ptr(out), None, None)
     assert st == 1 and b"shift < window" in lib.mk_last_error()
+
+
+@pytest.mark.parametrize("positives", ["diagonal", "labels", "mask"])
+def test_capi_sigmoid_loss_matches_the_reference(install_prefix, positives):
+    import ctypes
+    import math
+
+    import torch
+
+    from medkernels import ops
+
+    lib = _ctypes_lib(install_prefix)
+    if not hasattr(lib, "mk_sigmoid_loss_fwd_f64"):
+        pytest.skip("this libmedkernels_capi predates the sigmoid loss entry points")
+    rng = np.random.default_rng(37)
+    n, d = 6, 16
+    x, y = (rng.standard_normal((n, d)) for _ in range(2))
+    labels = np.array([0, 1, 1, 2, 0, 3])
+    mask = (rng.random((n, n)) < 0.3).astype(np.uint8)
+    t_prime, bias = math.log(10.0), -10.0
+    loss = np.zeros(1)
+    mode = {"diagonal": 0, "labels": 1, "mask": 2}[positives]
+    st = lib.mk_sigmoid_loss_fwd_f64(_ptr(x), _ptr(y), ctypes.c_int64(n), ctypes.c_int64(n), ctypes.c_int64(d), None,
+                                     None, ctypes.c_double(10.0), ctypes.c_double(bias), ctypes.c_int(0),
+                                     ctypes.c_int(mode), ctypes.c_int64(0), _ptr(labels), _ptr(labels), _ptr(mask),
+                                     None, _ptr(loss))
+    assert st == 0, lib.mk_last_error()
+    kw = {"labels": torch.from_numpy(labels)} if positives == "labels" else (
+        {"positive_mask": torch.from_numpy(mask.astype(bool))} if positives == "mask" else {})
+    want = ops.sigmoid_loss(torch.from_numpy(x), torch.from_numpy(y), t_prime, bias, reduction="sum",
+                            backend="reference", **kw)
+    np.testing.assert_allclose(loss[0], float(want), rtol=1e-12)
+    # positives=labels without labels: the documented error
+    st = lib.mk_sigmoid_loss_fwd_f64(_ptr(x), _ptr(y), ctypes.c_int64(n), ctypes.c_int64(n), ctypes.c_int64(d), None,
+                                     None, ctypes.c_double(10.0), ctypes.c_double(bias), ctypes.c_int(0),
+                                     ctypes.c_int(1), ctypes.c_int64(0), None, None, None, None, _ptr(loss))
+    assert st == 1 and b"labels" in lib.mk_last_error()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
+from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference.sigmoid_loss import (
     REDUCTIONS,
@@ -317,6 +318,7 @@ def prepare_sigmoid_loss_inputs(x, y, t_prime, bias, labels, labels_y, positive_
     return x, y, t_prime, bias, labels_x, labels_y_, mask, symmetric
 
 
+@accepts_dlpack
 def sigmoid_loss(
     x: torch.Tensor,
     y: torch.Tensor,

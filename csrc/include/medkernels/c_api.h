@@ -152,6 +152,23 @@ MK_CAPI int mk_window_attention3d_fwd_f64(MK_WINDOW_ATTENTION3D_FWD_ARGS(double,
 MK_CAPI int mk_window_attention3d_fwd_f16(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float));
 MK_CAPI int mk_window_attention3d_fwd_bf16(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float));
 
+/* ---- pairwise sigmoid (SigLIP) loss, see medkernels/sigmoid_loss.h ------------------------------
+ * x (n, d) and y (m, d) through element strides (NULL: contiguous). *loss receives the unscaled
+ * sum over all pairs of softplus(-z_ij L_ij), L_ij = logit_scale * x_i.y_j + bias (symmetric:
+ * logit_scale * (x_i.y_j + x_j.y_i) / 2 + bias, n == m); divide by n for SigLIP's mean.
+ * positives: 0 the pairs i - j == diag_offset, 1 labels_x[i] == labels_y[j] ((n,) and (m,) int64),
+ * 2 mask[i * mask_strides[0] + j * mask_strides[1]] != 0 (uint8; NULL strides: contiguous (n, m)).
+ * CPU only in this version; the scratch memory is allocated inside the call. */
+#define MK_SIGMOID_LOSS_FWD_ARGS(T)                                                                        \
+  const T *x, const T *y, int64_t n, int64_t m, int64_t d, const int64_t *x_strides, const int64_t *y_strides, \
+      double logit_scale, double bias, int symmetric, int positives, int64_t diag_offset,                     \
+      const int64_t *labels_x, const int64_t *labels_y, const uint8_t *mask, const int64_t *mask_strides,     \
+      double *loss
+MK_CAPI int mk_sigmoid_loss_fwd_f32(MK_SIGMOID_LOSS_FWD_ARGS(float));
+MK_CAPI int mk_sigmoid_loss_fwd_f64(MK_SIGMOID_LOSS_FWD_ARGS(double));
+MK_CAPI int mk_sigmoid_loss_fwd_f16(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t));
+MK_CAPI int mk_sigmoid_loss_fwd_bf16(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t));
+
 #ifdef __cplusplus
 }  /* extern "C" */
 #endif
