@@ -290,11 +290,12 @@ def test_peak_memory_cpu():
     b = torch.tensor(-10.0, requires_grad=True)
     peak = _peak_bytes(lambda: sigmoid_loss(x, y, t, b, backend="cpu").backward())
     matrix = n * n * 4
-    # everything the op allocates (packed inputs in its workspace, dx and dy; one dY copy per
-    # thread on a single thread) stays O((N + M) d): at most 5 N d floats = 80 MiB, against
-    # 256 MiB for one N x N float matrix (the reference holds several)
-    assert peak <= 5 * n * d * 4 + (1 << 20), f"peak {peak / 2**20:.1f} MiB"
-    assert peak <= matrix / 3, f"peak {peak / 2**20:.1f} MiB vs the N x N matrix {matrix / 2**20:.0f} MiB"
+    # everything the op allocates (packed inputs in its workspace, dx and dy, and with one or
+    # two threads a dY copy per thread) stays O((N + M) d): at most 6 N d floats = 96 MiB,
+    # against 256 MiB for one N x N float matrix (the reference holds five: 1.25 GiB)
+    assert peak <= 6 * n * d * 4 + (1 << 20), f"peak {peak / 2**20:.1f} MiB"
+    assert peak <= matrix * 3 / 8 + (1 << 20), (
+        f"peak {peak / 2**20:.1f} MiB vs the N x N matrix {matrix / 2**20:.0f} MiB")
 
 
 # --- distributed: W gloo processes against one process on the concatenated batch ---------------

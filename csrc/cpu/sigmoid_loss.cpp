@@ -8,8 +8,9 @@
 //  - forward: softplus(-z L) summed per tile; one partial per row block, summed in order.
 //  - backward: G = grad_scale * dloss/dL per tile (recomputed), then dX_I += G Y_J and
 //    dY_J += G^T X_I as register-blocked rank-64 updates. One thread owns a row block and
-//    its dX rows. dY: a second pass over the column blocks recomputes the tiles (five tile
-//    GEMMs in all); only on one thread does a dY accumulator fit the memory budget (four).
+//    its dX rows. dY: with few threads (T M <= N + M) each thread accumulates its own dY copy,
+//    reduced in thread order afterwards (four tile GEMMs in all); with more, a second pass over
+//    the column blocks recomputes the tiles instead (five), so memory stays O((N + M) d).
 //    Every sum is reduced in a fixed order: the same bits on every run.
 //  - symmetric (Med3DVLM): G_s = (G + G^T)/2 is one pass over the row blocks that writes
 //    both dX_I = s G_s Y and dY_I = s G_s X for the rows it owns.
@@ -513,9 +514,9 @@ struct Layout {
     mp = round_up(p.m, kTile);
     nblk = np / kTile;
     threads = num_threads();
-    // per-thread dY copies (one tile GEMM less) only while they cost at most half the packed
-    // inputs, so the workspace stays O((n + m) d) however many threads run
-    fused = backward && !p.symmetric && 2 * threads * mp <= np + mp;
+    // per-thread dY copies (one tile GEMM less) only while they cost at most as much as the
+    // packed inputs, so the workspace stays within 2 (n + m) d however many threads run
+    fused = backward && !p.symmetric && threads * mp <= np + mp;
     size_t at = 0;
     auto take = [&](size_t bytes) {
       const size_t off = at;
