@@ -1,1 +1,19 @@
 """The seed models assembled from ``medkernels.nn`` modules."""
+
+from .clip import CT_RATE_PATHOLOGIES, ByteTokenizer, DCFormerCLIP, TextTransformer, zero_shot_probabilities
+from .dcformer import (
+                       DCFORMER_CONFIGS,
+                       DCFormer,
+                       DCFormerEncoder,
+                       dcformer,
+                       decomp_base,
+                       decomp_naive,
+                       decomp_nano,
+                       decomp_small,
+                       decomp_tiny,
+)
+from .med3dvlm import Med3DVLM, MixerLowHighHybridMLP
+
+__all__ = ["DCFORMER_CONFIGS", "DCFormer", "DCFormerEncoder", "dcformer", "decomp_nano", "decomp_naive",
+           "decomp_tiny", "decomp_small", "decomp_base", "DCFormerCLIP", "TextTransformer", "ByteTokenizer",
+           "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM"]

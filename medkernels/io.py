@@ -1,0 +1,182 @@
+"""NIfTI volumes in and out: ``load_volume`` -> (tensor, meta) -> model -> ``save_volume``.
+
+nibabel is imported inside the functions only, so ``import medkernels`` never needs it.
+
+``load_volume`` reorients to RAS (``nibabel.as_closest_canonical``), optionally resamples
+(trilinear, to a voxel ``spacing`` in mm or a ``shape``), applies an HU window and/or min-max
+scaling, then crops/pads (centred) to ``crop_or_pad``. The tensor is (1, D, H, W) float32 with
+D, H, W the volume's first, second and third array axes after reorientation (RAS: x, y, z). The
+returned :class:`VolumeMeta` keeps the affine of every step, so ``save_volume`` writes an output of
+the same grid (a mask, a denoised volume) aligned with the original scan.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_EXTENSIONS = (".nii", ".nii.gz")
+
+
+class VolumeError(ValueError):
+    """A file that is not a readable 3D NIfTI volume."""
+
+
+@dataclass
+class VolumeMeta:
+    """Where the returned tensor's voxels sit: ``affine`` (4x4, voxel index -> RAS mm) of the
+    tensor's grid, the original file's affine and shape, and the steps applied."""
+
+    affine: np.ndarray
+    original_affine: np.ndarray
+    original_shape: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    steps: list = field(default_factory=list)
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise ImportError("reading and writing NIfTI needs nibabel: pip install nibabel") from e
+    return nibabel
+
+
+def _check_path(path) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"volume file not found: {path}")
+    if os.path.isdir(path):
+        raise VolumeError(f"expected a NIfTI file (.nii or .nii.gz), got a directory: {path}")
+    if not path.lower().endswith(_EXTENSIONS):
+        raise VolumeError(f"expected a NIfTI file (.nii or .nii.gz), got {os.path.basename(path)!r}")
+    return path
+
+
+def _spacing(affine: np.ndarray) -> Tuple[float, float, float]:
+    return tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def load_volume(path, *, spacing: Optional[Sequence[float]] = None, shape: Optional[Sequence[int]] = None,
+                hu_window: Optional[Tuple[float, float]] = None, minmax: bool = False,
+                crop_or_pad: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.float32):
+    """Read a 3D NIfTI file into a (1, D, H, W) tensor and its :class:`VolumeMeta`.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        spacing: resample to this voxel size (mm per axis), trilinear. Not with ``shape``.
+        shape: resample to this (D, H, W), trilinear. Not with ``spacing``.
+        hu_window: (low, high): clip to the window and scale it to [0, 1] (e.g. (-1000, 1000)).
+        minmax: scale the volume's own min..max to [0, 1] (after ``hu_window`` if both).
+        crop_or_pad: centre-crop / zero-pad to this (D, H, W) last (the model's input size).
+        dtype: of the returned tensor.
+
+    Raises FileNotFoundError, or :class:`VolumeError` (a ValueError) for a non-NIfTI path, a
+    corrupt or truncated file, or an image that is not 3D (2D, 4D with more than one frame).
+    """
+    if spacing is not None and shape is not None:
+        raise ValueError("give spacing= or shape=, not both")
+    nib = _nibabel()
+    path = _check_path(path)
+    try:
+        img = nib.load(path)
+    except Exception as e:
+        raise VolumeError(f"cannot read {path!r} as NIfTI: {e}") from e
+    dims = tuple(int(s) for s in img.shape)
+    if len(dims) == 4 and dims[3] == 1:
+        dims = dims[:3]
+    if len(dims) != 3:
+        raise VolumeError(f"expected a 3D volume, got a {len(img.shape)}D image of shape {tuple(img.shape)} "
+                          f"in {path!r}")
+    original_affine = np.asarray(img.affine, dtype=np.float64)
+    try:
+        img = nib.as_closest_canonical(img)
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+    except Exception as e:  # truncated or corrupt payload
+        raise VolumeError(f"cannot read the voxel data of {path!r} (corrupt or truncated file?): {e}") from e
+    affine = np.asarray(img.affine, dtype=np.float64)
+    meta = VolumeMeta(affine=affine.copy(), original_affine=original_affine,
+                      original_shape=dims, spacing=_spacing(affine), steps=["ras"])
+    x = torch.from_numpy(np.ascontiguousarray(data))[None]
+    if spacing is not None or shape is not None:
+        old = np.array(x.shape[1:], dtype=np.float64)
+        if spacing is not None:
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(f"spacing must be 3 positive numbers, got {spacing}")
+            new = np.maximum(1, np.round(old * np.array(meta.spacing) / np.array(spacing, dtype=np.float64)))
+        else:
+            if len(shape) != 3 or min(shape) < 1:
+                raise ValueError(f"shape must be 3 positive ints, got {shape}")
+            new = np.array(shape, dtype=np.float64)
+        new_shape = tuple(int(v) for v in new)
+        x = F.interpolate(x[None], size=new_shape, mode="trilinear", align_corners=True)[0]
+        # align_corners=True: corner voxel centres stay put, so index i -> i * (old-1)/(new-1)
+        scale = np.where(new > 1, (old - 1) / np.maximum(new - 1, 1), 1.0)
+        meta.affine = meta.affine @ np.diag([*scale, 1.0])
+        meta.spacing = _spacing(meta.affine)
+        meta.steps.append(f"resample{new_shape}")
+    if hu_window is not None:
+        lo, hi = (float(v) for v in hu_window)
+        if not hi > lo:
+            raise ValueError(f"hu_window must be (low, high) with high > low, got {hu_window}")
+        x = (x.clamp(lo, hi) - lo) / (hi - lo)
+        meta.steps.append(f"hu_window({lo:g},{hi:g})")
+    if minmax:
+        lo, hi = x.min(), x.max()
+        x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+        meta.steps.append("minmax")
+    if crop_or_pad is not None:
+        x, offset = _crop_or_pad(x, crop_or_pad)
+        shift = np.eye(4)
+        shift[:3, 3] = offset  # new index i is old index i + offset
+        meta.affine = meta.affine @ shift
+        meta.steps.append(f"crop_or_pad{tuple(crop_or_pad)}")
+    return x.to(dtype), meta
+
+
+def _crop_or_pad(x: torch.Tensor, size: Sequence[int]):
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"crop_or_pad must be 3 positive ints, got {size}")
+    offset = []
+    for axis, n in enumerate(size):
+        cur = x.shape[1 + axis]
+        start = (cur - n) // 2  # > 0 crops, < 0 pads
+        offset.append(start)
+        if start >= 0:
+            x = x.narrow(1 + axis, start, n)
+        else:
+            pad = [0, 0] * 3
+            before = -start
+            pad[2 * (2 - axis)] = before
+            pad[2 * (2 - axis) + 1] = n - cur - before
+            x = F.pad(x, pad)
+    return x.contiguous(), np.array(offset, dtype=np.float64)
+
+
+def save_volume(tensor: torch.Tensor, meta, path) -> None:
+    """Write a (D, H, W) or (1, D, H, W) tensor on ``meta``'s grid (a :class:`VolumeMeta` or a
+    4x4 affine) as NIfTI. Integer and bool tensors are stored as int16/uint8 labels."""
+    nib = _nibabel()
+    path = os.fspath(path)
+    if not path.lower().endswith(_EXTENSIONS):
+        raise VolumeError(f"output must end in .nii or .nii.gz, got {os.path.basename(path)!r}")
+    t = tensor.detach().cpu()
+    if t.dim() == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 3:
+        raise ValueError(f"tensor must be (D, H, W) or (1, D, H, W), got shape {tuple(tensor.shape)}")
+    affine = meta.affine if isinstance(meta, VolumeMeta) else np.asarray(meta, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"meta must be a VolumeMeta or a 4x4 affine, got shape {affine.shape}")
+    if t.dtype == torch.bool:
+        arr = t.numpy().astype(np.uint8)
+    elif not t.is_floating_point():
+        arr = t.numpy().astype(np.int16)
+    else:
+        arr = t.float().numpy()
+    nib.save(nib.Nifti1Image(arr, affine), path)

@@ -1,0 +1,166 @@
+"""Med3DVLM's vision path: DCFormer -> dual-stream MLP-Mixer projector -> LLM ``inputs_embeds``.
+
+``MixerLowHighHybridMLP`` has the official module's keys (mirthAI/Med3DVLM
+``src/model/projector/mlp.py``): ``low_mixer.{i}`` / ``high_mixer.{i}`` MixerLayers, each with
+``ln1``, ``ln2`` (LayerNorm over the channel width) and ``mlp1``/``mlp2``
+(``mm_projector.0`` Linear, then ``mm_projector.{j}.1`` Linear after a GELU). The low stream takes
+stage-3 tokens (256 x 384 at input 128x256x256), the high stream stage-4 tokens (32 x 768); layer
+i maps tokens -> ``*_output_size[i]`` and width -> ``output_dim / 2**(depth-1-i)``; the two streams'
+tokens are concatenated: (B, 128 + 128, 3584) by default (Qwen2.5-7B's width).
+
+Ours runs the token-mixing MLP as ``W @ x`` on the (B, N, D) tensor (no transposed copies).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dcformer import dcformer
+
+
+class MultiModalProjector(nn.Module):
+    """``mm_projector``: Linear(n_in, n_out), then (GELU, Linear(n_out, n_out)) x (depth - 1)."""
+
+    def __init__(self, input_size: int, output_size: int, mlp_depth: int = 2) -> None:
+        super().__init__()
+        self.mm_projector = nn.Sequential(nn.Linear(input_size, output_size),
+                                          *[nn.Sequential(nn.GELU(), nn.Linear(output_size, output_size))
+                                            for _ in range(mlp_depth - 1)])
+
+    def linears(self):
+        return [self.mm_projector[0]] + [m[1] for m in list(self.mm_projector)[1:]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mm_projector(x)
+
+    def mix_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP over the token axis of x (B, N, D): (B, N_out, D), as W @ x + b."""
+        for i, lin in enumerate(self.linears()):
+            if i:
+                x = F.gelu(x)
+            x = torch.matmul(lin.weight, x) + lin.bias[:, None]
+        return x
+
+
+class MixerLayer(nn.Module):
+    """LayerNorm -> token-mixing MLP -> LayerNorm -> channel-mixing MLP (no residuals)."""
+
+    def __init__(self, input_size, output_size, mlp_depth: int = 2) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(input_size[1])
+        self.ln2 = nn.LayerNorm(input_size[1])
+        self.mlp1 = MultiModalProjector(input_size[0], output_size[0], mlp_depth)
+        self.mlp2 = MultiModalProjector(input_size[1], output_size[1], mlp_depth)
+        self.input_size = tuple(input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or tuple(x.shape[1:]) != self.input_size:
+            raise ValueError(f"MixerLayer expects (B, {self.input_size[0]}, {self.input_size[1]}), "
+                             f"got shape {tuple(x.shape)}")
+        x = self.mlp1.mix_tokens(self.ln1(x))
+        return self.mlp2(self.ln2(x))
+
+
+class MixerLowHighHybridMLP(nn.Module):
+    """Med3DVLM's dual-stream projector. forward((low (B, N_l, C_l), high (B, N_h, C_h))) ->
+    (B, low_output_size[-1] + high_output_size[-1], output_dim)."""
+
+    def __init__(self, low_input_size=(256, 384), low_output_size=(192, 128), high_input_size=(32, 768),
+                 high_output_size=(64, 128), output_dim: int = 3584, depth: int = 2, mlp_depth: int = 2,
+                 proj_out_num: int = 256) -> None:
+        super().__init__()
+        if not len(low_output_size) == len(high_output_size) == depth:
+            raise ValueError(f"low_output_size and high_output_size need depth={depth} entries, got "
+                             f"{tuple(low_output_size)} and {tuple(high_output_size)}")
+        if output_dim % 2**depth:
+            raise ValueError(f"output_dim must be divisible by 2**depth={2**depth}, got {output_dim}")
+        self.proj_out_num = proj_out_num
+        self.output_dim = output_dim
+
+        def stack(inp, outs):
+            return nn.ModuleList([
+                MixerLayer(inp if i == 0 else (outs[i - 1], output_dim // 2 ** (depth - i)),
+                           (outs[i], output_dim // 2 ** (depth - i - 1)), mlp_depth) for i in range(depth)])
+
+        self.low_mixer = stack(tuple(low_input_size), tuple(low_output_size))
+        self.high_mixer = stack(tuple(high_input_size), tuple(high_output_size))
+
+    def forward(self, x: Sequence[torch.Tensor]) -> torch.Tensor:
+        low, high = x
+        for lo, hi in zip(self.low_mixer, self.high_mixer):
+            low, high = lo(low), hi(high)
+        return torch.cat([low, high], dim=1)
+
+
+class Med3DVLM(nn.Module):
+    """DCFormer vision tower + projector producing visual tokens for a causal LM.
+
+    Args:
+        vision: DCFormer variant (Med3DVLM: "small").
+        input_size: (D, H, W) the projector's token counts are built for (128, 256, 256).
+        llm_dim: the LLM's hidden width (3584, Qwen2.5-7B).
+        language_model: optional Hugging Face-like causal LM (``get_input_embeddings()``,
+            ``forward(inputs_embeds=, attention_mask=, labels=)``); not a dependency.
+        image_token_id: token id whose ``proj_out_num`` positions in ``input_ids`` receive the
+            visual tokens; None prepends them.
+    """
+
+    def __init__(self, vision: str = "small", input_size=(128, 256, 256), llm_dim: int = 3584,
+                 language_model: Optional[nn.Module] = None, image_token_id: Optional[int] = None,
+                 backend: str = "auto", **projector_kwargs) -> None:
+        super().__init__()
+        self.vision_tower = dcformer(vision, backend=backend)
+        ch = self.vision_tower.channels
+        d, h, w = input_size
+        if d % 64 or h % 64 or w % 64:
+            raise ValueError(f"input_size must be multiples of 64, got {tuple(input_size)}")
+        n3, n4 = (d // 32) * (h // 32) * (w // 32), (d // 64) * (h // 64) * (w // 64)
+        kw = dict(low_input_size=(n3, ch[3]), high_input_size=(n4, ch[4]), output_dim=llm_dim)
+        kw.update(projector_kwargs)
+        self.mm_projector = MixerLowHighHybridMLP(**kw)
+        self.language_model = language_model
+        self.image_token_id = image_token_id
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) -> (B, N_visual, llm_dim) visual tokens."""
+        hidden = self.vision_tower(images)
+        return self.mm_projector((hidden[3], hidden[4]))
+
+    def prepare_inputs_embeds(self, input_ids: torch.Tensor, images: torch.Tensor,
+                              attention_mask: Optional[torch.Tensor] = None, embed_tokens: Optional[nn.Module] = None):
+        """(inputs_embeds, attention_mask) with the visual tokens placed at ``image_token_id``
+        positions (exactly N_visual per sample) or prepended."""
+        if embed_tokens is None:
+            if self.language_model is None:
+                raise ValueError("pass embed_tokens= (the LLM's input embedding) or build with language_model=")
+            embed_tokens = self.language_model.get_input_embeddings()
+        vis = self.encode_images(images)
+        if self.image_token_id is None:
+            text = embed_tokens(input_ids)
+            embeds = torch.cat([vis.to(text.dtype), text], dim=1)
+            if attention_mask is not None:
+                ones = attention_mask.new_ones(attention_mask.shape[0], vis.shape[1])
+                attention_mask = torch.cat([ones, attention_mask], dim=1)
+            return embeds, attention_mask
+        is_img = input_ids == self.image_token_id
+        counts = is_img.sum(dim=1)
+        if not bool((counts == vis.shape[1]).all()):
+            raise ValueError(f"each sample needs exactly {vis.shape[1]} image tokens (id {self.image_token_id}), "
+                             f"got {counts.tolist()}")
+        text = embed_tokens(input_ids.masked_fill(is_img, 0))
+        embeds = text.masked_scatter(is_img[..., None], vis.to(text.dtype))
+        return embeds, attention_mask
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, **kwargs):
+        if self.language_model is None:
+            raise ValueError("Med3DVLM.forward needs a language_model; use encode_images() for the visual tokens")
+        embeds, mask = self.prepare_inputs_embeds(input_ids, images, attention_mask)
+        if labels is not None and self.image_token_id is None:
+            labels = torch.cat([labels.new_full((labels.shape[0], embeds.shape[1] - labels.shape[1]), -100), labels],
+                               dim=1)
+        return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
