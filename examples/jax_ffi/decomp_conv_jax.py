@@ -22,12 +22,14 @@ _lib = None
 
 
 def register(library_path: str) -> None:
-    """Load the handler library and register its handler for the CPU platform (once per process)."""
+    """Load the handler library and register its handlers (CPU; CUDA too when built so), once per process."""
     global _lib
     if _lib is not None:
         return
     _lib = ctypes.cdll.LoadLibrary(library_path)
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(_lib.MedkernelsDecompConv3d), platform="cpu")
+    if hasattr(_lib, "MedkernelsDecompConv3dCuda"):  # built against a CUDA medkernels::core
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(_lib.MedkernelsDecompConv3dCuda), platform="CUDA")
 
 
 def decomp_conv3d(x, w_d, w_h, w_w, bias=None, stride: int = 1, groups=None, activation=None):
