@@ -147,11 +147,14 @@ def test_cmake_consumer_project(install_prefix, tmp_path, stride, groups, activa
     with open(inp, "wb") as f:
         for a in (header, x, w_d, w_h, w_w, b):
             f.write(np.ascontiguousarray(a).tobytes())
-    run = subprocess.run([str(build / "app"), str(inp), str(out)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
     want = numpy_decomp_conv3d(x, w_d, w_h, w_w, b, stride, groups, activation)
-    got = np.fromfile(out, dtype=np.float32).reshape(want.shape)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    results = []
+    for app in ("app", "app_c"):  # the C++ API (medkernels::core) and the C ABI from C (medkernels::capi)
+        run = subprocess.run([str(build / app), str(inp), str(out)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        results.append(np.fromfile(out, dtype=np.float32).reshape(want.shape))
+        np.testing.assert_allclose(results[-1], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 @pytest.mark.skipif(not EXTENDED, reason="a fresh build of the library (minutes): MEDKERNELS_EXTENDED_TESTS=1")
