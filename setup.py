@@ -54,7 +54,7 @@ class CMakeBuild(build_ext):
         # goes into the package folder next to _C: medkernels/{include,lib}, shipped in the wheel.
         # (build_ext --inplace / editable builds into build_lib, then copies only _C: install there too.)
         prefixes = {out_dir}
-        if self._mk_inplace:
+        if getattr(self, "_mk_inplace", False):
             prefixes.add(ROOT / "medkernels")
         for prefix in sorted(prefixes):
             subprocess.run(
