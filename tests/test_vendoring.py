@@ -655,3 +655,29 @@ def test_capi_sigmoid_loss_matches_the_reference(install_prefix, positives):
                                      None, ctypes.c_double(10.0), ctypes.c_double(bias), ctypes.c_int(0),
                                      ctypes.c_int(1), ctypes.c_int64(0), None, None, None, None, _ptr(loss))
     assert st == 1 and b"labels" in lib.mk_last_error()
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_capi_decomp_conv_16bit_and_channels_last_output(install_prefix, dtype):
+    """16-bit storage through the C ABI (uint16 bits), y written channels-last through y_strides."""
+    import ctypes
+
+    lib = _ctypes_lib(install_prefix)
+    x, w_d, w_h, w_w, b = _case(41, c_in=4, c_out=4, groups=4, size=(3, 5, 6), k=3)
+    if dtype == "f16":
+        to_bits = lambda a: a.astype(np.float16).view(np.uint16)
+        from_bits = lambda u: u.view(np.float16).astype(np.float64)
+    else:  # bfloat16: the high half of float32 (inputs rounded by truncation; the kernel rounds to nearest)
+        to_bits = lambda a: (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        from_bits = lambda u: (u.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    xs, wds, whs, wws, bs = (np.ascontiguousarray(to_bits(a)) for a in (x, w_d, w_h, w_w, b))
+    want = numpy_decomp_conv3d(*(from_bits(a) for a in (xs, wds, whs, wws)), from_bits(bs), 1, 4, 0)
+    y_cl = np.empty((x.shape[0], *x.shape[2:], 4), np.uint16)  # N D H W C storage
+    y_strides = [y_cl.strides[0] // 2, 1, y_cl.strides[1] // 2, y_cl.strides[2] // 2, y_cl.strides[3] // 2]
+    fn = getattr(lib, f"mk_decomp_conv3d_fwd_{dtype}")
+    st = fn(_ptr(xs), _i64s(x.shape), None, _ptr(wds), _ptr(whs), _ptr(wws), _ptr(bs), ctypes.c_int64(4),
+            ctypes.c_int64(3), ctypes.c_int64(1), ctypes.c_int64(4), ctypes.c_int(0), _ptr(y_cl), _i64s(y_strides))
+    assert st == 0, lib.mk_last_error()
+    got = from_bits(y_cl).transpose(0, 4, 1, 2, 3)
+    tol = 1e-2 if dtype == "f16" else 2e-2
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
