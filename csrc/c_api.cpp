@@ -211,6 +211,44 @@ medkernels::DiffusionParams diffusion_params(medkernels::DType dt, medkernels::D
   return p;
 }
 
+int diffusion_loss(const char* fn, medkernels::DType dt, const void* eps_pred, const void* noise, int64_t batch,
+                   int64_t numel, uint64_t seed, uint64_t offset, double grad_scale, void* grad, double* sum_sq) {
+  return guarded(fn, [&]() -> int {
+    const std::string f(fn);
+    if (!sum_sq) return fail(MK_INVALID_ARGUMENT, f + ": sum_sq must not be NULL");
+    if (batch < 1 || numel < 1)
+      return fail(MK_INVALID_ARGUMENT, f + ": batch and numel must be >= 1, got batch=" + std::to_string(batch) +
+                                           " numel=" + std::to_string(numel));
+    medkernels::DiffusionParams p;
+    p.dtype = dt;
+    p.op = medkernels::DiffusionOp::kLoss;
+    p.x = eps_pred;
+    p.noise = noise;
+    p.batch = batch;
+    p.numel = numel;
+    p.seed = seed;
+    p.offset = offset;
+    p.scale = grad_scale;
+    const size_t elem = dt == medkernels::DType::kFloat64 ? 8 : (dt == medkernels::DType::kFloat32 ? 4 : 2);
+    std::vector<unsigned char> scratch;
+    if (grad) {
+      p.out = grad;
+    } else {
+      scratch.resize(static_cast<size_t>(batch * numel) * elem);
+      p.out = scratch.data();
+    }
+    const int64_t nblk = (numel + p.block - 1) / p.block;
+    std::vector<double> partial(static_cast<size_t>(batch * nblk));
+    p.partial = partial.data();
+    const int st = from_status(medkernels::cpu::diffusion_fwd(p));
+    if (st != MK_SUCCESS) return st;
+    double s = 0.0;
+    for (double v : partial) s += v;  // fixed order: the same bits on every run
+    *sum_sq = s;
+    return MK_SUCCESS;
+  });
+}
+
 // --- window attention ------------------------------------------------------------------------------
 void strides6(const int64_t* sizes, const int64_t* given, int64_t* st) {
   if (given) {
@@ -438,6 +476,17 @@ MK_DEFINE_DECOMP_CONV_BWD(f64, double, medkernels::DType::kFloat64)
     return ddpm_##SUFFIX("mk_diffusion_ddpm_step_" #SUFFIX "_cuda", true, x_t, eps, noise, t, t_next, table,       \
                          num_train_timesteps, batch, numel, seed, offset, clip, has_clip, out, x0_out, stream);  \
   }
+
+#define MK_DEFINE_DIFFUSION_LOSS(SUFFIX, T, DT)                                                          \
+  int mk_diffusion_loss_##SUFFIX(MK_DIFFUSION_LOSS_ARGS(T)) {                                            \
+    return diffusion_loss("mk_diffusion_loss_" #SUFFIX, DT, eps_pred, noise, batch, numel, seed, offset, \
+                          grad_scale, grad, sum_sq);                                                     \
+  }
+
+MK_DEFINE_DIFFUSION_LOSS(f32, float, medkernels::DType::kFloat32)
+MK_DEFINE_DIFFUSION_LOSS(f64, double, medkernels::DType::kFloat64)
+MK_DEFINE_DIFFUSION_LOSS(f16, uint16_t, medkernels::DType::kFloat16)
+MK_DEFINE_DIFFUSION_LOSS(bf16, uint16_t, medkernels::DType::kBFloat16)
 
 MK_DEFINE_DIFFUSION(f32, float, medkernels::DType::kFloat32)
 MK_DEFINE_DIFFUSION(f64, double, medkernels::DType::kFloat64)

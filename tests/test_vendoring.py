@@ -681,3 +681,30 @@ def test_capi_decomp_conv_16bit_and_channels_last_output(install_prefix, dtype):
     got = from_bits(y_cl).transpose(0, 4, 1, 2, 3)
     tol = 1e-2 if dtype == "f16" else 2e-2
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_capi_diffusion_loss_matches_the_cpu_op(install_prefix):
+    import ctypes
+
+    import torch
+
+    from medkernels import ops
+    from medkernels.diffusion import FastDDPMSchedule
+
+    lib = _ctypes_lib(install_prefix)
+    if not hasattr(lib, "mk_diffusion_loss_f32"):
+        pytest.skip("this libmedkernels_capi predates mk_diffusion_loss")
+    rng = np.random.default_rng(43)
+    e = rng.standard_normal((2, 1, 9, 10, 13)).astype(np.float32)  # 1170 elements: two loss blocks per sample
+    grad = np.empty_like(e)
+    sum_sq = np.zeros(1)
+    st = lib.mk_diffusion_loss_f32(_ptr(e), None, ctypes.c_int64(2), ctypes.c_int64(e[0].size), ctypes.c_uint64(9),
+                                   ctypes.c_uint64(4), ctypes.c_double(1.0), _ptr(grad), _ptr(sum_sq))
+    assert st == 0, lib.mk_last_error()
+    et = torch.from_numpy(e)
+    want = ops.diffusion_loss(et, et, torch.tensor([1, 2]), 9, offset=4, schedule=FastDDPMSchedule(), backend="cpu")
+    np.testing.assert_allclose(sum_sq[0] / 2, float(want), rtol=1e-6)
+    from medkernels.ops.diffusion import randn
+
+    z = randn(et, 9, offset=4, backend="cpu").numpy()
+    np.testing.assert_allclose(grad, e - z, rtol=1e-6, atol=1e-6)

@@ -123,6 +123,18 @@ MK_CAPI int mk_decomp_conv3d_bwd_f64_cuda(MK_DECOMP_CONV3D_BWD_ARGS(double, doub
   const T *x_t, const T *eps, const T *noise, const int64_t *t, const int64_t *t_next, MK_DIFFUSION_COMMON_ARGS, \
       double clip, int has_clip, T *out, T *x0_out
 
+/* The eps-prediction training loss: d = eps_pred - z (z: noise, or drawn from (seed, offset));
+ * *sum_sq = sum of d^2 over all batch * numel elements (summed in a fixed order), and grad (may be
+ * NULL) = grad_scale * d, e.g. 2 / batch for the official noise_estimation_loss (sum over C and
+ * space, mean over the batch: loss = *sum_sq / batch). CPU only. */
+#define MK_DIFFUSION_LOSS_ARGS(T)                                                                        \
+  const T *eps_pred, const T *noise, int64_t batch, int64_t numel, uint64_t seed, uint64_t offset, \
+      double grad_scale, T *grad, double *sum_sq
+MK_CAPI int mk_diffusion_loss_f32(MK_DIFFUSION_LOSS_ARGS(float));
+MK_CAPI int mk_diffusion_loss_f64(MK_DIFFUSION_LOSS_ARGS(double));
+MK_CAPI int mk_diffusion_loss_f16(MK_DIFFUSION_LOSS_ARGS(uint16_t));
+MK_CAPI int mk_diffusion_loss_bf16(MK_DIFFUSION_LOSS_ARGS(uint16_t));
+
 #define MK_DECLARE_DIFFUSION(SUFFIX, T)                                                                     \
   MK_CAPI int mk_diffusion_q_sample_##SUFFIX(MK_DIFFUSION_Q_SAMPLE_ARGS(T));                                \
   MK_CAPI int mk_diffusion_q_sample_##SUFFIX##_cuda(MK_DIFFUSION_Q_SAMPLE_ARGS(T), void* stream);           \
