@@ -31,7 +31,7 @@ from medkernels.testing import RTOL, assert_close, rel_err
 VARIANTS = list(DCFORMER_CONFIGS)
 _CPU_MISSING = extension.missing_reason("decomp_conv_fwd_cpu", "the C++ CPU kernels")
 BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(_CPU_MISSING is not None, reason=str(_CPU_MISSING))),
-            "reference"]
+            "reference", "auto"]
 # the model tests below run the C++ kernels when built, else the reference backend
 FAST = "cpu" if _CPU_MISSING is None else "reference"
 

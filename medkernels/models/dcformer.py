@@ -78,7 +78,7 @@ class ConvBlock(nn.Module):
         if self.downsample:
             x = _linear_cl(F.max_pool3d(x, 3, 2, 1), self.proj.weight)
         shortcut = x.permute(0, 2, 3, 4, 1)
-        h = self.dwconv(x).permute(0, 2, 3, 4, 1)
+        h = run_decomp(self.dwconv, x).permute(0, 2, 3, 4, 1)
         fc1, fc2 = self.mlp.mlp[0], self.mlp.mlp[3]
         h = F.gelu(F.linear(h, fc1.weight, fc1.bias))
         if self.training or torch.is_grad_enabled():
@@ -119,11 +119,24 @@ def dense_decomp_conv_cl(x: torch.Tensor, conv: DecompConv3d) -> torch.Tensor:
     return y.permute(0, 4, 1, 2, 3)
 
 
-def _use_dense_gemm(conv: DecompConv3d, x: torch.Tensor) -> bool:
+def _batch_stats(conv: DecompConv3d) -> bool:
     bn = conv.norm[0]
-    batch_stats = isinstance(bn, nn.BatchNorm3d) and (conv.training or not bn.track_running_stats)
-    return (not batch_stats and conv.groups == 1 and conv.stride == 1 and conv.in_dim >= 8
+    return isinstance(bn, nn.BatchNorm3d) and (conv.training or not bn.track_running_stats)
+
+
+def _use_dense_gemm(conv: DecompConv3d, x: torch.Tensor) -> bool:
+    return (not _batch_stats(conv) and conv.groups == 1 and conv.stride == 1 and conv.in_dim >= 8
             and conv.backend == "auto" and x.device.type == "cpu")
+
+
+def run_decomp(conv: DecompConv3d, x: torch.Tensor) -> torch.Tensor:
+    """One DecompConv3d of the model. Eval (folded BN): our fused kernel. Training (batch
+    statistics per branch, so three separate branch outputs are needed anyway) with
+    ``backend="auto"``: the three branch convs + BNs as stock layers (oneDNN/cuDNN conv with its
+    fast weight gradient); any explicit backend is honoured."""
+    if _batch_stats(conv) and conv.backend == "auto":
+        return conv.c1(x) + conv.c2(x) + conv.c3(x)
+    return conv(x)
 
 
 class DecomposedStem(nn.Sequential):
@@ -136,7 +149,7 @@ class DecomposedStem(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self:
-            x = dense_decomp_conv_cl(x, conv) if _use_dense_gemm(conv, x) else conv(x)
+            x = dense_decomp_conv_cl(x, conv) if _use_dense_gemm(conv, x) else run_decomp(conv, x)
             x = x.contiguous(memory_format=torch.channels_last_3d)  # no-op after the first layer
         return x
 
