@@ -184,6 +184,45 @@ def test_deterministic_cpu():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpu", "triton")])
+def test_poisoned_outputs(backend):
+    """The kernels write every element of dx and dy (strided outputs too): NaN-filled buffers
+    come back finite and equal to the oracle."""
+    from medkernels.ops.sigmoid_loss import _cpu_params
+    from medkernels.testing import poison
+
+    x, y, t, b, _ = _make((70, 70, 19, "diag", "siglip", False))
+    x, y = x.float(), y.float()
+    _, gref = _loss_and_grads(lambda *a, **k: sigmoid_loss_ref(*a, **k, upcast=True), x, y, t, b, {})
+    dx = poison(torch.empty(19, 70)).t()  # a transposed (strided) output
+    dy = poison(torch.empty(70, 19))
+    c = torch.tensor(1.0 / 70)
+    if backend == "triton":
+        from medkernels.triton.sigmoid_loss import sigmoid_loss_bwd
+
+        sigmoid_loss_bwd(c.reshape(1), x, y, t.float().reshape(1), b.float().reshape(1), None, None, None, 0, False,
+                         dx=dx, dy=dy)
+    else:
+        from medkernels._extension import extension
+
+        C = extension.module
+        bp = C.SigmoidLossBwdParams()
+        bp.fwd = _cpu_params(x, y, t, b, None, None, None, 0, False)
+        bp.grad_scale = float(c)
+        sums = torch.zeros(2, dtype=torch.float64)
+        bp.grad_x, bp.grad_x_strides = dx.data_ptr(), list(dx.stride())
+        bp.grad_y, bp.grad_y_strides = dy.data_ptr(), list(dy.stride())
+        bp.grad_t_prime, bp.grad_bias = sums.data_ptr(), sums.data_ptr() + 8
+        nbytes = C.sigmoid_loss_bwd_workspace_bytes_cpu(bp)
+        ws = poison(torch.empty(nbytes // 4 + 1))
+        fwd = bp.fwd
+        fwd.workspace, fwd.workspace_bytes = ws.data_ptr(), nbytes
+        bp.fwd = fwd
+        C.sigmoid_loss_bwd_cpu(bp)
+    assert_close("dx", dx, gref[0], dtype=torch.float32)
+    assert_close("dy", dy, gref[1], dtype=torch.float32)
+
+
 def test_bad_inputs():
     x, y = torch.randn(4, 8), torch.randn(4, 8)
     with pytest.raises(ValueError, match="same embedding size"):

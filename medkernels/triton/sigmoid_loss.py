@@ -189,7 +189,9 @@ def _prec(dtype: torch.dtype) -> str:
 def _blocks(x: torch.Tensor, d: int) -> Tuple[int, int, int, int]:
     if x.is_cuda:
         bk = 64 if x.dtype != torch.float64 else 32
-        return 64, 64, bk, max(16, min(triton.next_power_of_2(d), 128))
+        # each d block of the backward recomputes the logits tiles: wide d blocks (d = 768: three
+        # of 256) keep that recompute down, at 64 x 256 fp32 accumulators over 8 warps
+        return 64, 64, bk, max(16, min(triton.next_power_of_2(d), 256 if x.dtype != torch.float64 else 64))
     # the interpreter: a few big tiles are far cheaper than many small ones
     big = max(16, min(triton.next_power_of_2(d), 128))
     return 32, 32, big, big
@@ -254,15 +256,18 @@ def sigmoid_loss_bwd(
     mask: Optional[torch.Tensor],
     diag_offset: int,
     symmetric: bool,
+    dx: Optional[torch.Tensor] = None,
+    dy: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dy, dt', db) of ``c * sum pair losses``; c a 1-element tensor (grad * scale).
-    dx, dy in the inputs' dtype; dt', db 0-d in the accumulation dtype."""
+    dx, dy in the inputs' dtype (written into ``dx``/``dy`` when given, any strides); dt', db 0-d
+    in the accumulation dtype."""
     n, d = x.shape
     m = y.shape[0]
     bm, bn, bk, bd = _blocks(x, d)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dy = torch.empty_like(y, memory_format=torch.contiguous_format)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if dx is None else dx
+    dy = torch.empty_like(y, memory_format=torch.contiguous_format) if dy is None else dy
     c = c.to(acc_dtype).reshape(1)
     grid_n = triton.cdiv(n, bm)
     part = torch.zeros(grid_n, 2, dtype=acc_dtype, device=x.device)
@@ -270,12 +275,13 @@ def sigmoid_loss_bwd(
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd)
     pos, la, lb, mk, (smr, smc), off = _pos_args(n, m, labels_x, labels_y, mask, diag_offset, False)
     la, lb, mk = (_dev(t, x.device) for t in (la, lb, mk))
+    warps = 8 if x.is_cuda and bd >= 256 else 4
     _sigmoid_loss_bwd_kernel[(grid_n, triton.cdiv(d, bd))](
         x, y, t_prime, bias, c, la, lb, mk, dx, dy, part,
         n, m, d, off,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), smr, smc,
         dx.stride(0), dx.stride(1), dy.stride(0), dy.stride(1),
-        POS=pos, SYMMETRIC=symmetric, PARTIALS=True, **common,
+        POS=pos, SYMMETRIC=symmetric, PARTIALS=True, **common, num_warps=warps,
     )
     if not symmetric:
         pos, la, lb, mk, (smr, smc), off = _pos_args(n, m, labels_x, labels_y, mask, diag_offset, True)
@@ -285,7 +291,7 @@ def sigmoid_loss_bwd(
             m, n, d, off,
             y.stride(0), y.stride(1), x.stride(0), x.stride(1), smr, smc,
             dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-            POS=pos, SYMMETRIC=False, PARTIALS=False, **common,
+            POS=pos, SYMMETRIC=False, PARTIALS=False, **common, num_warps=warps,
         )
     sums = part.sum(0)
     return dx, dy, sums[1], sums[0]
@@ -318,7 +324,7 @@ def lowering_specs():
         sig = {k: v.replace("bf16", dt) for k, v in fwd_sig.items()}
         sig.update({k: "constexpr" for k in cx})
         specs.append((_sigmoid_loss_fwd_kernel, sig, cx))
-        cx = dict(cx, PARTIALS=not sym, BLOCK_D=128)
+        cx = dict(cx, PARTIALS=not sym, BLOCK_D=256 if dt == "bf16" else 128)
         sig = {k: v.replace("bf16", dt) for k, v in bwd_sig.items()}
         sig.update({k: "constexpr" for k in cx})
         specs.append((_sigmoid_loss_bwd_kernel, sig, cx))
