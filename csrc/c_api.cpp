@@ -2,19 +2,18 @@
 // params structs, every C++ exception caught here, every failure a status plus a message.
 #include "medkernels/c_api.h"
 
+#include <cmath>
+#include <cstdlib>
 #include <exception>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "medkernels/common.h"
 #include "medkernels/decomp_conv.h"
 #include "medkernels/diffusion.h"
 #include "medkernels/sigmoid_loss.h"
 #include "medkernels/window_attention.h"
-
-#include <cmath>
-#include <cstdlib>
-#include <memory>
-#include <vector>
 
 namespace {
 
@@ -260,7 +259,7 @@ void strides6(const int64_t* sizes, const int64_t* given, int64_t* st) {
 }
 
 template <typename A>
-int window_attention_fwd(const char* fn, medkernels::DType dt, const void* q, const void* k, const void* v,
+int window_attention_fwd(const char* fn, medkernels::DType dt, bool on_cuda, void* stream, const void* q, const void* k, const void* v,
                          const int64_t* sizes, const int64_t* q_strides, const int64_t* k_strides,
                          const int64_t* v_strides, const int64_t* window, const int64_t* shift, const void* table,
                          const void* pad_kv, double scale, double mask_value, int mask_padded, void* out,
@@ -302,6 +301,16 @@ int window_attention_fwd(const char* fn, medkernels::DType dt, const void* q, co
     strides6(sizes, k_strides, p.k_strides);
     strides6(sizes, v_strides, p.v_strides);
     strides6(sizes, out_strides, p.o_strides);
+    if (on_cuda) {
+#ifdef MEDKERNELS_WITH_CUDA
+      if (!lse) return fail(MK_INVALID_ARGUMENT, f + ": lse (B, D, H, W, heads) of device memory must not be NULL");
+      p.lse = lse;
+      return from_status(medkernels::cuda::window_attention_fwd(p, stream));
+#else
+      (void)stream;
+      return no_cuda(fn);
+#endif
+    }
     std::vector<A> own_lse;
     if (lse) {
       p.lse = lse;
@@ -493,11 +502,18 @@ MK_DEFINE_DIFFUSION(f64, double, medkernels::DType::kFloat64)
 MK_DEFINE_DIFFUSION(f16, uint16_t, medkernels::DType::kFloat16)
 MK_DEFINE_DIFFUSION(bf16, uint16_t, medkernels::DType::kBFloat16)
 
-#define MK_DEFINE_WINDOW_ATTENTION(SUFFIX, T, A, DT)                                                        \
-  int mk_window_attention3d_fwd_##SUFFIX(MK_WINDOW_ATTENTION3D_FWD_ARGS(T, A)) {                            \
-    return window_attention_fwd<A>("mk_window_attention3d_fwd_" #SUFFIX, DT, q, k, v, sizes, q_strides,      \
-                                   k_strides, v_strides, window, shift, rel_bias_table, pad_kv, scale,      \
-                                   mask_value, mask_padded, out, out_strides, lse);                         \
+#define MK_WINDOW_ATTENTION_ARGS_FWD                                                                   \
+  q, k, v, sizes, q_strides, k_strides, v_strides, window, shift, rel_bias_table, pad_kv, scale, mask_value, \
+      mask_padded, out, out_strides, lse
+
+#define MK_DEFINE_WINDOW_ATTENTION(SUFFIX, T, A, DT)                                                          \
+  int mk_window_attention3d_fwd_##SUFFIX(MK_WINDOW_ATTENTION3D_FWD_ARGS(T, A)) {                              \
+    return window_attention_fwd<A>("mk_window_attention3d_fwd_" #SUFFIX, DT, false, nullptr,                   \
+                                   MK_WINDOW_ATTENTION_ARGS_FWD);                                              \
+  }                                                                                                           \
+  int mk_window_attention3d_fwd_##SUFFIX##_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(T, A), void* stream) {         \
+    return window_attention_fwd<A>("mk_window_attention3d_fwd_" #SUFFIX "_cuda", DT, true, stream,             \
+                                   MK_WINDOW_ATTENTION_ARGS_FWD);                                              \
   }
 
 MK_DEFINE_WINDOW_ATTENTION(f32, float, float, medkernels::DType::kFloat32)

@@ -618,6 +618,11 @@ def test_capi_window_attention_matches_the_reference(install_prefix, dtype):
     st = fn(_ptr(q), _ptr(k), _ptr(v), _i64s(sizes), None, None, None, _i64s([2, 2, 2]), _i64s([2, 1, 1]), None,
             None, ctypes.c_double(0.0), ctypes.c_double(-100.0), ctypes.c_int(0), _ptr(out), None, None)
     assert st == 1 and b"shift < window" in lib.mk_last_error()
+    if not lib.mk_cuda_available():
+        fn = getattr(lib, f"mk_window_attention3d_fwd_{'f32' if dtype == np.float32 else 'f64'}_cuda")
+        st = fn(_ptr(q), _ptr(k), _ptr(v), _i64s(sizes), None, None, None, _i64s([2, 2, 2]), _i64s([1, 1, 1]), None,
+                None, ctypes.c_double(0.0), ctypes.c_double(-100.0), ctypes.c_int(0), _ptr(out), None, None, None)
+        assert st == 2 and b"without CUDA" in lib.mk_last_error()
 
 
 @pytest.mark.parametrize("positives", ["diagonal", "labels", "mask"])

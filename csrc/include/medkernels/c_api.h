@@ -154,7 +154,7 @@ MK_DECLARE_DIFFUSION(bf16, uint16_t)
  * ((2wd-1)(2wh-1)(2ww-1), heads) or NULL; pad_kv (2, heads, head_dim) or NULL (zeros); scale <= 0
  * means head_dim^-0.5; mask_value is added across shift regions (-100 in Swin/MONAI). lse
  * (B, D, H, W, heads) in the accumulation type (double for _f64, else float) receives the
- * log-sum-exp for a backward, or NULL. CPU only in this version. */
+ * log-sum-exp for a backward, or NULL (CPU calls only). */
 #define MK_WINDOW_ATTENTION3D_FWD_ARGS(T, A)                                                                 \
   const T *q, const T *k, const T *v, const int64_t *sizes, const int64_t *q_strides, const int64_t *k_strides, \
       const int64_t *v_strides, const int64_t *window, const int64_t *shift, const T *rel_bias_table,          \
@@ -163,6 +163,11 @@ MK_CAPI int mk_window_attention3d_fwd_f32(MK_WINDOW_ATTENTION3D_FWD_ARGS(float, 
 MK_CAPI int mk_window_attention3d_fwd_f64(MK_WINDOW_ATTENTION3D_FWD_ARGS(double, double));
 MK_CAPI int mk_window_attention3d_fwd_f16(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float));
 MK_CAPI int mk_window_attention3d_fwd_bf16(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float));
+/* On the GPU (head_dim <= 128): device pointers, lse required (device memory). */
+MK_CAPI int mk_window_attention3d_fwd_f32_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(float, float), void* stream);
+MK_CAPI int mk_window_attention3d_fwd_f64_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(double, double), void* stream);
+MK_CAPI int mk_window_attention3d_fwd_f16_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float), void* stream);
+MK_CAPI int mk_window_attention3d_fwd_bf16_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float), void* stream);
 
 /* ---- pairwise sigmoid (SigLIP) loss, see medkernels/sigmoid_loss.h ------------------------------
  * x (n, d) and y (m, d) through element strides (NULL: contiguous). *loss receives the unscaled
