@@ -11,6 +11,7 @@
 // the same bits on every run. The chunk count depends on the sizes only, never on threads.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -36,6 +37,35 @@ namespace medkernels {
 namespace cpu {
 namespace wa_detail {
 
+// y[i] = exp(y[i] - m) in float, vectorisable: 2^k * p(r) with k = round((y - m) / ln 2), r the
+// Cody-Waite reduced argument and p Cephes' expf polynomial (about 1 ulp); below -87.3 (masked
+// logits, -inf included) the result is 0. Inlined into each ISA version of exp_shift.
+__attribute__((always_inline)) inline void exp_shift_f32(float* __restrict y, float m, int64_t n) {
+  int64_t i = 0;
+  for (; i < n; i += 16) {
+    const int lanes = n - i < 16 ? int(n - i) : 16;
+    float t[16], kf[16], p[16];
+    int32_t kb[16];
+    for (int l = 0; l < 16; ++l) t[l] = l < lanes ? y[i + l] - m : -100.0f;
+    for (int l = 0; l < 16; ++l) {
+      const float tc = t[l] < -87.3f ? -87.3f : t[l];
+      kf[l] = (tc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+      const float r = (tc - kf[l] * 0.693359375f) - kf[l] * -2.12194440e-4f;
+      float q = 1.9875691500e-4f;
+      q = q * r + 1.3981999507e-3f;
+      q = q * r + 8.3334519073e-3f;
+      q = q * r + 4.1665795894e-2f;
+      q = q * r + 1.6666665459e-1f;
+      q = q * r + 5.0000001201e-1f;
+      p[l] = q * r * r + r + 1.0f;
+      kb[l] = (int32_t(kf[l]) + 127) << 23;
+    }
+    float scale[16];
+    std::memcpy(scale, kb, sizeof(scale));
+    for (int l = 0; l < 16; ++l) p[l] = t[l] < -87.3f ? 0.0f : p[l] * scale[l];
+    for (int l = 0; l < lanes; ++l) y[i + l] = p[l];
+  }
+}
 #define MK_WA_DEFINE(ATTR)                                                                    \
   ATTR void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {        \
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];                                         \
@@ -62,7 +92,12 @@ namespace wa_detail {
     double s = 0;                                                                             \
     for (int l = 0; l < 8; ++l) s += acc[l];                                                  \
     return s;                                                                                 \
+  }                                                                                           \
+  ATTR void exp_shift(float* __restrict y, float m, int64_t n) { exp_shift_f32(y, m, n); }    \
+  ATTR void exp_shift(double* __restrict y, double m, int64_t n) {                            \
+    for (int64_t i = 0; i < n; ++i) y[i] = std::exp(y[i] - m);                                \
   }
+
 MK_WA_VERSIONS(MK_WA_DEFINE)
 #undef MK_WA_DEFINE
 
@@ -133,18 +168,22 @@ Geometry make_geometry(const WindowAttentionParams& p) {
       g.region[i] = uint8_t(region_of(0, xd) * 9 + region_of(1, xh) * 3 + region_of(2, xw));
     }
   }
-  // Swin's index of the configured window on flat token indices (index[:n, :n])
-  const int64_t CWD = p.window[0], CWH = p.window[1], CWW = p.window[2];
-  (void)CWD;
+  // Swin's index of the configured window on flat token indices (index[:n, :n]); the
+  // per-token coordinates first, so the N x N loop has no divisions
+  const int64_t CWH = p.window[1], CWW = p.window[2];
+  std::vector<int64_t> cd(g.N), ch(g.N), cw(g.N);
+  for (int64_t t = 0; t < g.N; ++t) {
+    cd[t] = t / (CWH * CWW);
+    ch[t] = (t / CWW) % CWH;
+    cw[t] = t % CWW;
+  }
+  const int64_t sd = (2 * CWH - 1) * (2 * CWW - 1), sh = 2 * CWW - 1;
+  const int64_t base = (p.window[0] - 1) * sd + (CWH - 1) * sh + (CWW - 1);
   g.bias_index.resize(g.N * g.N);
   for (int64_t i = 0; i < g.N; ++i) {
-    const int64_t id = i / (CWH * CWW), ih = (i / CWW) % CWH, iw = i % CWW;
-    for (int64_t j = 0; j < g.N; ++j) {
-      const int64_t jd = j / (CWH * CWW), jh = (j / CWW) % CWH, jw = j % CWW;
-      g.bias_index[i * g.N + j] =
-          int32_t((id - jd + p.window[0] - 1) * (2 * CWH - 1) * (2 * CWW - 1) + (ih - jh + CWH - 1) * (2 * CWW - 1) +
-                  (iw - jw + CWW - 1));
-    }
+    const int64_t bi = base + cd[i] * sd + ch[i] * sh + cw[i];
+    int32_t* row = g.bias_index.data() + i * g.N;
+    for (int64_t j = 0; j < g.N; ++j) row[j] = int32_t(bi - (cd[j] * sd + ch[j] * sh + cw[j]));
   }
   return g;
 }
@@ -160,9 +199,12 @@ std::vector<A> bias_values(const WindowAttentionParams& p, const Geometry& g) {
   std::vector<A> out;
   if (!p.table) return out;
   const T* table = static_cast<const T*>(p.table);
-  out.resize(p.heads * g.N * g.N);
-  for (int64_t h = 0; h < p.heads; ++h)
-    for (int64_t ij = 0; ij < g.N * g.N; ++ij) out[h * g.N * g.N + ij] = Io<T>::load(table + g.bias_index[ij] * p.heads + h);
+  const int64_t NN = g.N * g.N;
+  out.resize(p.heads * NN);
+  for (int64_t ij = 0; ij < NN; ++ij) {
+    const T* row = table + int64_t(g.bias_index[ij]) * p.heads;
+    for (int64_t h = 0; h < p.heads; ++h) out[h * NN + ij] = Io<T>::load(row + h);
+  }
   return out;
 }
 
@@ -256,11 +298,9 @@ Status fwd_impl(const WindowAttentionParams& p) {
         logits_row<A>(p, g, bias, w, h, win, i, s.data());
         A m = -std::numeric_limits<A>::infinity();
         for (int64_t j = 0; j < N; ++j) m = std::max(m, s[j]);
+        cpu::wa_detail::exp_shift(s.data(), m, N);
         A l = A(0);
-        for (int64_t j = 0; j < N; ++j) {
-          s[j] = std::exp(s[j] - m);
-          l += s[j];
-        }
+        for (int64_t j = 0; j < N; ++j) l += s[j];
         for (int64_t e = 0; e < E; ++e) acc[e] = cpu::wa_detail::dot(s.data(), win.VT.data() + e * N, N);
         const A inv = A(1) / l;
         T* op = o + offset(p.o_strides, b, g, w * N + i, h);
@@ -350,7 +390,7 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
           if (!win.valid[i]) continue;
           logits_row<A>(p, g, bias, w, h, win, i, s.data());
           const A li = lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h];
-          for (int64_t j = 0; j < N; ++j) s[j] = std::exp(s[j] - li);  // P row
+          cpu::wa_detail::exp_shift(s.data(), li, N);  // P row
           const A* doi = dO.data() + i * E;
           const A* qi = win.Q.data() + i * E;
           std::fill(ds.begin(), ds.end(), A(0));
