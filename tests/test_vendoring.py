@@ -443,7 +443,7 @@ def test_cupy_module_does_not_import_cupy():
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (NVRTC itself is not needed for this check)")
 @pytest.mark.parametrize("prelude", ["nvrtc-prelude", "std-headers"] if EXTENDED else ["nvrtc-prelude"])
 @pytest.mark.parametrize("arch", ["sm_90", "sm_80"] if EXTENDED else ["sm_90"])
-@pytest.mark.parametrize("family", ["decomp_conv", "diffusion"])
+@pytest.mark.parametrize("family", ["decomp_conv", "diffusion", "window_attention"])
 def test_cupy_source_compiles_with_nvcc(tmp_path, family, arch, prelude):
     """The exact string medkernels.cupy hands NVRTC, compiled by nvcc; 'nvrtc-prelude' takes the branch
     NVRTC sees (our stand-ins for the C++ standard headers)."""
@@ -517,6 +517,30 @@ def test_cupy_diffusion_on_gpu(op):
                              backend="cpu")
     for g, w in zip(got, want):
         # the same Philox bits; the normals differ from the CPU's only by a few ulps of logf/sinf/cosf
+        np.testing.assert_allclose(cupy.asnumpy(g), w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_cupy_window_attention_on_gpu(cross):
+    cupy = _cupy_on_gpu()
+    import torch
+
+    from medkernels import cupy as mkc
+    from medkernels import ops
+
+    rng = np.random.default_rng(47)
+    shape = (1, 3, 5, 4, 2, 8)
+    arrs = [rng.standard_normal(shape).astype(np.float32) for _ in range(6 if cross else 3)]
+    table = rng.standard_normal((27, 2)).astype(np.float32)
+    tt = lambda a: torch.from_numpy(a).double()
+    kw = dict(shift=1, rel_bias_table=table)
+    if cross:
+        got = mkc.cross_window_attention3d(*(cupy.asarray(a) for a in arrs), 2, **kw)
+        want = ops.cross_window_attention3d(*map(tt, arrs), 2, shift=1, rel_bias_table=tt(table), backend="reference")
+    else:
+        got = [mkc.window_attention3d(*(cupy.asarray(a) for a in arrs), 2, **kw)]
+        want = [ops.window_attention3d(*map(tt, arrs), 2, shift=1, rel_bias_table=tt(table), backend="reference")]
+    for g, w in zip(got, want):
         np.testing.assert_allclose(cupy.asnumpy(g), w.numpy(), rtol=1e-5, atol=1e-5)
 
 
