@@ -339,7 +339,8 @@ def test_peak_memory_cpu():
 
 # --- distributed: W gloo processes against one process on the concatenated batch ---------------
 DIST_CASES = {
-    2: [dict(n_local=[5, 5], d=7, labels=False, reduction="mean")],
+    2: [dict(n_local=[5, 5], d=7, labels=False, reduction="mean"),
+        dict(n_local=[5, 5], d=7, labels=False, reduction="mean", module=True)],
     3: [dict(n_local=[4, 4, 4], d=6, labels=False, reduction="sum"),
         dict(n_local=[4, 6, 3], d=5, labels=True, reduction="mean_pairs")],
 }
@@ -367,7 +368,7 @@ def test_distributed_matches_single_process(world):
         kw = dict(labels=lab) if cfg["labels"] else {}
         loss = sigmoid_loss_ref(x, y, t, b, reduction=cfg["reduction"], normalize=True, **kw)
         loss.backward()
-        what = f"{cfg['exchange']} {cfg['n_local']}"
+        what = f"{cfg['exchange']} {cfg['n_local']}" + (" SigLIPLoss" if cfg.get("module") else "")
         # the rank-mean (DDP's gradient averaging) is the single-process loss and gradients
         assert_close(f"{what} loss", torch.tensor(np.mean([r["loss"] for r in res])), loss.detach())
         assert_close(f"{what} dx", torch.from_numpy(np.concatenate([r["dx"] for r in res]) / world), x.grad)

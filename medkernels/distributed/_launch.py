@@ -123,9 +123,21 @@ def check_worker(rank: int, world: int, configs: Sequence[dict]):
         t = torch.tensor(1.1, dtype=torch.float64, requires_grad=True)
         b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
         kw = dict(labels=lab[sl], labels_y=lab[sl]) if cfg["labels"] else {}
-        loss = sigmoid_loss(xs, ys, t, b, reduction=cfg["reduction"], exchange=cfg["exchange"],
-                            backend=cfg["backend"], normalize=True, **kw)
-        loss.backward()
+        if cfg.get("module"):
+            from ..nn import SigLIPLoss
+
+            mod = SigLIPLoss(init_t_prime=1.1, init_bias=-2.0, distributed=True, reduction=cfg["reduction"],
+                             normalize=True, backend=cfg["backend"], exchange=cfg["exchange"]).double()
+            with torch.no_grad():  # the exact float64 values of the functional runs
+                mod.t_prime.fill_(1.1)
+                mod.bias.fill_(-2.0)
+            loss = mod(xs, ys, **kw)
+            loss.backward()
+            t, b = mod.t_prime, mod.bias
+        else:
+            loss = sigmoid_loss(xs, ys, t, b, reduction=cfg["reduction"], exchange=cfg["exchange"],
+                                backend=cfg["backend"], normalize=True, **kw)
+            loss.backward()
         out.append({"loss": loss.item(), "dx": xs.grad.numpy(), "dy": ys.grad.numpy(), "dt": t.grad.item(),
                     "db": b.grad.item()})
     return out

@@ -119,11 +119,12 @@ class _RingSigmoidLoss(torch.autograd.Function):
         db = torch.zeros((), dtype=acc, device=x.device)
         cur_y, cur_l = y.contiguous(), labels_y
         cur_dy = torch.zeros(y.shape, dtype=acc, device=y.device)
+        dy_works, dy_next, sent = [], None, None
         for k in range(w):
             c = (r - k) % w
-            src = (r - k - 1) % w
             works, nxt_y, nxt_l = [], None, None
             if k < w - 1:
+                src = (r - k - 1) % w
                 nxt_y = y.new_empty((m_sizes[src], y.shape[1]))
                 send, recv = [cur_y], [nxt_y]
                 if labels_x is not None:
@@ -137,13 +138,27 @@ class _RingSigmoidLoss(torch.autograd.Function):
             dx += gx
             dt += gt
             db += gb
+            # this block's accumulator, sent by the previous rank during the compute above
+            for wk in dy_works:
+                wk.wait()
+            if dy_next is not None:
+                cur_dy = dy_next
             cur_dy += gy
-            # the accumulator follows its block to the next rank; after W hops it is home
-            nxt_dy = torch.empty((m_sizes[src], y.shape[1]), dtype=acc, device=y.device)
-            works += ring.exchange([cur_dy], [nxt_dy])
+            # it follows its block to the next rank (after W hops it is home); the transfer
+            # overlaps the next block's compute
+            sent = cur_dy
+            if w > 1:
+                dy_next = torch.empty((m_sizes[(r - k - 1) % w], y.shape[1]), dtype=acc, device=y.device)
+                dy_works = ring.exchange([sent], [dy_next])
+            else:
+                dy_next = cur_dy
             for wk in works:
                 wk.wait()
-            cur_y, cur_l, cur_dy = nxt_y, nxt_l, nxt_dy
+            cur_y, cur_l = nxt_y, nxt_l
+        for wk in dy_works:
+            wk.wait()
+        del sent
+        cur_dy = dy_next
         dy = cur_dy
         return (dx.to(x.dtype), dy.to(y.dtype), dt.to(t_prime.dtype).reshape(t_prime.shape),
                 db.to(bias.dtype).reshape(bias.shape), None, None, None, None, None)

@@ -78,7 +78,8 @@ def sigmoid_loss_ref(
     """The loss, step by step as SigLIP computes it. ``upcast`` runs it in float64.
 
     x (N, d), y (M, d); t_prime, bias: scalars (0-d tensors or numbers). Differentiable by
-    autograd in every input. Returns a 0-d tensor in x's dtype (float64 with ``upcast``).
+    autograd in every input. Returns a 0-d tensor in x's dtype (float64 with ``upcast``; float32
+    for float16/bfloat16 inputs, whose sum is accumulated in float32).
     """
     t_prime = torch.as_tensor(t_prime, device=x.device)
     bias = torch.as_tensor(bias, device=x.device)
@@ -99,7 +100,9 @@ def sigmoid_loss_ref(
         n, m, labels=labels, labels_y=labels_y, positive_mask=positive_mask, diag_offset=diag_offset, device=x.device
     )
     z = pos.to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(z * logits).sum() * sigmoid_loss_scale(reduction, n, m)
+    # 16-bit inputs: the sum of N M pair losses overflows float16, so it accumulates in fp32
+    acc = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    return -F.logsigmoid(z * logits).sum(dtype=acc) * sigmoid_loss_scale(reduction, n, m)
 
 
 def sigmoid_loss_bwd_ref(
@@ -132,6 +135,7 @@ def sigmoid_loss_bwd_ref(
         g = (g + g.T) / 2
     dx = s * (g @ y)
     dy = s * (g.T @ x)
-    dt = (g * dots).sum() * s
-    db = g.sum()
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    dt = (g * dots).sum(dtype=acc) * s
+    db = g.sum(dtype=acc)
     return dx, dy, dt.to(t_prime.dtype), db.to(bias.dtype)
