@@ -105,10 +105,13 @@ def cases(device: torch.device, full: bool):
             for backward in (False, True):
                 yield _case(n, 768, torch.bfloat16, device, backward, compile_ref=full and n <= 16384)
         return
-    sizes = [1024, 4096] + ([8192] if full else [])
-    for n in sizes:
-        for backward in (False, True):
-            yield _case(n, 512, torch.float32, device, backward, compile_ref=full)
+    # default: the CPU target (N=4096 d=512 fwd+bwd) and N=1024 both ways; full adds
+    # N=4096 forward only, N=8192 and torch.compile of the reference
+    sizes = [(1024, False), (1024, True), (4096, True)]
+    if full:
+        sizes += [(4096, False), (8192, False), (8192, True)]
+    for n, backward in sizes:
+        yield _case(n, 512, torch.float32, device, backward, compile_ref=full)
 
 
 def distributed_peak_memory(worlds=(2, 4, 8), n_local: int = 512, d: int = 512, backend: str = "auto"):

@@ -281,7 +281,7 @@ def test_compile_fullgraph():
         return loss_mod(x * 2, y)
 
     x, y = torch.randn(9, 16, requires_grad=True), torch.randn(9, 16)
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(f, fullgraph=True)
     out = compiled(x, y)
     out.backward()
     ref = sigmoid_loss_ref(x.detach().double() * 2, y.double(), math.log(10), -10.0, normalize=True)
