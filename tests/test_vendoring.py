@@ -178,6 +178,24 @@ def test_fresh_build_install_and_consume(tmp_path, cuda):
         assert run.returncode == 0, " ".join(cmd) + "\n" + run.stdout[-3000:] + run.stderr[-3000:]
     config = (prefix / "lib" / "cmake" / "medkernels" / "medkernelsConfig.cmake").read_text()
     assert f"set(medkernels_WITH_CUDA {cuda})" in config
+    # the C ABI of this build: CPU calls work; a _cuda call either runs or returns a status (on a machine
+    # without a GPU: MK_CUDA_ERROR from a CUDA build, MK_UNSUPPORTED from a CPU build), never aborts
+    import ctypes
+
+    lib = ctypes.CDLL(str(prefix / "lib" / "libmedkernels_capi.so"))
+    lib.mk_last_error.restype = ctypes.c_char_p
+    assert lib.mk_cuda_available() == (cuda == "ON")
+    x = np.ones((1, 2, 3, 3, 3), np.float32)
+    w = np.ones((2, 1, 3), np.float32)
+    y = np.empty_like(x)
+    args = (_ptr(x), _i64s(x.shape), None, _ptr(w), _ptr(w), _ptr(w), None, ctypes.c_int64(2), ctypes.c_int64(3),
+            ctypes.c_int64(1), ctypes.c_int64(2), ctypes.c_int(0), _ptr(y), None)
+    assert lib.mk_decomp_conv3d_fwd_f32(*args) == 0 and float(y.sum()) == 378.0
+    import torch
+
+    if not torch.cuda.is_available():  # host pointers: only where no kernel can run
+        st = lib.mk_decomp_conv3d_fwd_f32_cuda(*args, None)
+        assert st == (3 if cuda == "ON" else 2), lib.mk_last_error()
 
 
 # --- the C ABI through ctypes, torch never imported ----------------------------------------------
