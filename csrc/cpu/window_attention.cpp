@@ -66,6 +66,71 @@ __attribute__((always_inline)) inline void exp_shift_f32(float* __restrict y, fl
     for (int l = 0; l < lanes; ++l) y[i + l] = p[l];
   }
 }
+// Four query rows at a time: the accumulators of a 4 x LANES tile stay in registers while the
+// head dimension is summed (4 FMAs per load), instead of one row's axpy per element.
+template <typename A, int L>
+__attribute__((always_inline)) inline void gemv4_impl(A* __restrict s, int64_t ld, const A* __restrict x, int64_t E,
+                                                      const A* __restrict M, int64_t np) {
+  // s[r][j] = sum_e x[r][e] * M[e][j], r < 4, j < np (np a multiple of L; rows of s and M: ld)
+  for (int64_t j0 = 0; j0 < np; j0 += L) {
+    A a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
+    for (int64_t e = 0; e < E; ++e) {
+      const A* m = M + e * ld + j0;
+      const A x0 = x[e], x1 = x[E + e], x2 = x[2 * E + e], x3 = x[3 * E + e];
+      for (int l = 0; l < L; ++l) {
+        a0[l] += x0 * m[l];
+        a1[l] += x1 * m[l];
+        a2[l] += x2 * m[l];
+        a3[l] += x3 * m[l];
+      }
+    }
+    for (int l = 0; l < L; ++l) {
+      s[j0 + l] = a0[l];
+      s[ld + j0 + l] = a1[l];
+      s[2 * ld + j0 + l] = a2[l];
+      s[3 * ld + j0 + l] = a3[l];
+    }
+  }
+}
+
+template <typename A, int L>
+__attribute__((always_inline)) inline void dot4_impl(A* __restrict out, const A* __restrict P, int64_t ld,
+                                                     const A* __restrict x, int64_t n) {
+  // out[r] = sum_j P[r][j] x[j], fixed lanes: the same order on every run
+  A a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
+  int64_t j = 0;
+  for (; j + L <= n; j += L)
+    for (int l = 0; l < L; ++l) {
+      const A xv = x[j + l];
+      a0[l] += P[j + l] * xv;
+      a1[l] += P[ld + j + l] * xv;
+      a2[l] += P[2 * ld + j + l] * xv;
+      a3[l] += P[3 * ld + j + l] * xv;
+    }
+  for (int l = 0; j + l < n; ++l) {
+    const A xv = x[j + l];
+    a0[l] += P[j + l] * xv;
+    a1[l] += P[ld + j + l] * xv;
+    a2[l] += P[2 * ld + j + l] * xv;
+    a3[l] += P[3 * ld + j + l] * xv;
+  }
+  A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int l = 0; l < L; ++l) {
+    s0 += a0[l];
+    s1 += a1[l];
+    s2 += a2[l];
+    s3 += a3[l];
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+template <typename A>
+__attribute__((always_inline)) inline void axpy4_impl(A* __restrict y, const A* a, const A* __restrict X, int64_t ld,
+                                                      int64_t n) {
+  const A a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+  for (int64_t j = 0; j < n; ++j) y[j] += a0 * X[j] + a1 * X[ld + j] + a2 * X[2 * ld + j] + a3 * X[3 * ld + j];
+}
+
 #define MK_WA_DEFINE(ATTR)                                                                    \
   ATTR void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {        \
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];                                         \
@@ -96,6 +161,24 @@ __attribute__((always_inline)) inline void exp_shift_f32(float* __restrict y, fl
   ATTR void exp_shift(float* __restrict y, float m, int64_t n) { exp_shift_f32(y, m, n); }    \
   ATTR void exp_shift(double* __restrict y, double m, int64_t n) {                            \
     for (int64_t i = 0; i < n; ++i) y[i] = std::exp(y[i] - m);                                \
+  }                                                                                           \
+  ATTR void gemv4(float* s, int64_t ld, const float* x, int64_t E, const float* M, int64_t np) { \
+    gemv4_impl<float, 16>(s, ld, x, E, M, np);                                                \
+  }                                                                                           \
+  ATTR void gemv4(double* s, int64_t ld, const double* x, int64_t E, const double* M, int64_t np) { \
+    gemv4_impl<double, 8>(s, ld, x, E, M, np);                                                \
+  }                                                                                           \
+  ATTR void dot4(float* out, const float* P, int64_t ld, const float* x, int64_t n) {         \
+    dot4_impl<float, 16>(out, P, ld, x, n);                                                   \
+  }                                                                                           \
+  ATTR void dot4(double* out, const double* P, int64_t ld, const double* x, int64_t n) {      \
+    dot4_impl<double, 8>(out, P, ld, x, n);                                                   \
+  }                                                                                           \
+  ATTR void axpy4(float* y, const float* a, const float* X, int64_t ld, int64_t n) {          \
+    axpy4_impl<float>(y, a, X, ld, n);                                                        \
+  }                                                                                           \
+  ATTR void axpy4(double* y, const double* a, const double* X, int64_t ld, int64_t n) {       \
+    axpy4_impl<double>(y, a, X, ld, n);                                                       \
   }
 
 MK_WA_VERSIONS(MK_WA_DEFINE)
@@ -210,16 +293,20 @@ std::vector<A> bias_values(const WindowAttentionParams& p, const Geometry& g) {
 
 template <typename A>
 struct Window {
-  // token buffers of one (window, head): Q (N, E), K^T (E, N), V^T (E, N)
+  // token buffers of one (window, head): Q (N4, E) with N4 = N rounded up to 4 (zero rows), and
+  // K^T, V^T (E, ld) with ld = N rounded up to 16 (zero columns)
+  int64_t N, N4, ld;
   std::vector<A> Q, KT, VT;
   std::vector<uint8_t> valid;
-  Window(int64_t N, int64_t E) : Q(N * E), KT(E * N), VT(E * N), valid(N) {}
+  Window(int64_t n, int64_t E)
+      : N(n), N4((n + 3) / 4 * 4), ld((n + 15) / 16 * 16), Q(N4 * E, A(0)), KT(E * ld, A(0)), VT(E * ld, A(0)),
+        valid(N4, 0) {}
 };
 
 template <typename T, typename A>
 void gather(const WindowAttentionParams& p, const Geometry& g, int64_t b, int64_t w, int64_t h, const T* q,
             const T* k, const T* v, Window<A>& win) {
-  const int64_t N = g.N, E = p.head_dim;
+  const int64_t N = g.N, E = p.head_dim, ld = win.ld;
   const T* pad = static_cast<const T*>(p.pad_kv);
   for (int64_t t = 0; t < N; ++t) {
     const int64_t i = w * N + t;
@@ -231,28 +318,25 @@ void gather(const WindowAttentionParams& p, const Geometry& g, int64_t b, int64_
       const T* vp = v + offset(p.v_strides, b, g, i, h);
       for (int64_t e = 0; e < E; ++e) {
         win.Q[t * E + e] = Io<T>::load(qp + e * p.q_strides[5]);
-        win.KT[e * N + t] = Io<T>::load(kp + e * p.k_strides[5]);
-        win.VT[e * N + t] = Io<T>::load(vp + e * p.v_strides[5]);
+        win.KT[e * ld + t] = Io<T>::load(kp + e * p.k_strides[5]);
+        win.VT[e * ld + t] = Io<T>::load(vp + e * p.v_strides[5]);
       }
     } else {
       for (int64_t e = 0; e < E; ++e) {
         win.Q[t * E + e] = A(0);
-        win.KT[e * N + t] = pad ? Io<T>::load(pad + h * E + e) : A(0);
-        win.VT[e * N + t] = pad ? Io<T>::load(pad + (p.heads + h) * E + e) : A(0);
+        win.KT[e * ld + t] = pad ? Io<T>::load(pad + h * E + e) : A(0);
+        win.VT[e * ld + t] = pad ? Io<T>::load(pad + (p.heads + h) * E + e) : A(0);
       }
     }
   }
 }
 
-// Logits row of query i (window-local) into s[0..N).
+// Turns s[0..N) = q_i . k_j into the logits row of query i: scale, bias, shift mask, padding mask.
 template <typename A>
-void logits_row(const WindowAttentionParams& p, const Geometry& g, const std::vector<A>& bias, int64_t w, int64_t h,
+void finish_row(const WindowAttentionParams& p, const Geometry& g, const std::vector<A>& bias, int64_t w, int64_t h,
                 const Window<A>& win, int64_t i, A* s) {
-  const int64_t N = g.N, E = p.head_dim;
+  const int64_t N = g.N;
   const A scale = A(p.scale);
-  for (int64_t j = 0; j < N; ++j) s[j] = A(0);
-  const A* qi = win.Q.data() + i * E;
-  for (int64_t e = 0; e < E; ++e) cpu::wa_detail::axpy(s, qi[e], win.KT.data() + e * N, N);
   for (int64_t j = 0; j < N; ++j) s[j] *= scale;
   if (!bias.empty()) {
     const A* br = bias.data() + (h * N + i) * N;
@@ -283,7 +367,8 @@ Status fwd_impl(const WindowAttentionParams& p) {
 #pragma omp parallel
   {
     Window<A> win(N, E);
-    std::vector<A> s(N), acc(E);
+    const int64_t ld = win.ld;
+    std::vector<A> S(4 * ld), acc(4 * E);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t h = task % HEADS, w = (task / HEADS) % g.nW, b = (task / (HEADS * g.nW)) % B;
@@ -293,19 +378,38 @@ Status fwd_impl(const WindowAttentionParams& p) {
       const T* v = static_cast<const T*>(dir ? p.v1 : p.v0);
       T* o = static_cast<T*>(dir ? p.o1 : p.o0);
       gather<T, A>(p, g, b, w, h, q, k, v, win);
-      for (int64_t i = 0; i < N; ++i) {
-        if (!win.valid[i]) continue;  // padding queries are dropped
-        logits_row<A>(p, g, bias, w, h, win, i, s.data());
-        A m = -std::numeric_limits<A>::infinity();
-        for (int64_t j = 0; j < N; ++j) m = std::max(m, s[j]);
-        cpu::wa_detail::exp_shift(s.data(), m, N);
-        A l = A(0);
-        for (int64_t j = 0; j < N; ++j) l += s[j];
-        for (int64_t e = 0; e < E; ++e) acc[e] = cpu::wa_detail::dot(s.data(), win.VT.data() + e * N, N);
-        const A inv = A(1) / l;
-        T* op = o + offset(p.o_strides, b, g, w * N + i, h);
-        for (int64_t e = 0; e < E; ++e) Io<T>::store(op + e * p.o_strides[5], acc[e] * inv);
-        lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h] = m + std::log(l);
+      for (int64_t i0 = 0; i0 < N; i0 += 4) {
+        if (!(win.valid[i0] | win.valid[i0 + 1] | win.valid[i0 + 2] | win.valid[i0 + 3])) continue;
+        cpu::wa_detail::gemv4(S.data(), ld, win.Q.data() + i0 * E, E, win.KT.data(), ld);
+        A m[4], l[4];
+        for (int r = 0; r < 4; ++r) {
+          A* sr = S.data() + r * ld;
+          m[r] = A(0), l[r] = A(1);
+          if (!win.valid[i0 + r]) {  // padding query (or past N): dropped
+            std::fill(sr, sr + N, A(0));
+            continue;
+          }
+          finish_row<A>(p, g, bias, w, h, win, i0 + r, sr);
+          A mr = -std::numeric_limits<A>::infinity();
+          for (int64_t j = 0; j < N; ++j) mr = std::max(mr, sr[j]);
+          cpu::wa_detail::exp_shift(sr, mr, N);
+          A lr = A(0);
+          for (int64_t j = 0; j < N; ++j) lr += sr[j];
+          m[r] = mr, l[r] = lr;
+        }
+        for (int64_t e = 0; e < E; ++e) {
+          A o4[4];
+          cpu::wa_detail::dot4(o4, S.data(), ld, win.VT.data() + e * ld, N);
+          for (int r = 0; r < 4; ++r) acc[r * E + e] = o4[r];
+        }
+        for (int r = 0; r < 4; ++r) {
+          const int64_t i = i0 + r;
+          if (!win.valid[i]) continue;
+          const A inv = A(1) / l[r];
+          T* op = o + offset(p.o_strides, b, g, w * N + i, h);
+          for (int64_t e = 0; e < E; ++e) Io<T>::store(op + e * p.o_strides[5], acc[r * E + e] * inv);
+          lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h] = m[r] + std::log(l[r]);
+        }
       }
     }
   }
@@ -346,7 +450,8 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
 #pragma omp parallel
   {
     Window<A> win(N, E);
-    std::vector<A> dO(N * E), dKT(E * N), dVT(E * N), s(N), ds(N), delta(N);
+    const int64_t ld = win.ld, N4 = win.N4;
+    std::vector<A> dO(N4 * E, A(0)), dKT(E * ld), dVT(E * ld), S(4 * ld), DS(4 * ld), delta(N4, A(0));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units; ++unit) {
       const int64_t h = unit % HEADS, c = (unit / HEADS) % chunks;
@@ -386,25 +491,40 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
         }
         std::fill(dKT.begin(), dKT.end(), A(0));
         std::fill(dVT.begin(), dVT.end(), A(0));
-        for (int64_t i = 0; i < N; ++i) {
-          if (!win.valid[i]) continue;
-          logits_row<A>(p, g, bias, w, h, win, i, s.data());
-          const A li = lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h];
-          cpu::wa_detail::exp_shift(s.data(), li, N);  // P row
-          const A* doi = dO.data() + i * E;
-          const A* qi = win.Q.data() + i * E;
-          std::fill(ds.begin(), ds.end(), A(0));
-          for (int64_t e = 0; e < E; ++e) cpu::wa_detail::axpy(ds.data(), doi[e], win.VT.data() + e * N, N);  // dP
-          const A di = delta[i];
-          for (int64_t j = 0; j < N; ++j) ds[j] = s[j] * (ds[j] - di);
-          T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
-          for (int64_t e = 0; e < E; ++e) {
-            const A dqe = cpu::wa_detail::dot(ds.data(), win.KT.data() + e * N, N);
-            Io<T>::store(dqo + e * bp.dq_strides[5], dqe * scale);
-            cpu::wa_detail::axpy(dKT.data() + e * N, qi[e], ds.data(), N);
-            cpu::wa_detail::axpy(dVT.data() + e * N, doi[e], s.data(), N);
+        for (int64_t i0 = 0; i0 < N; i0 += 4) {
+          if (!(win.valid[i0] | win.valid[i0 + 1] | win.valid[i0 + 2] | win.valid[i0 + 3])) continue;
+          cpu::wa_detail::gemv4(S.data(), ld, win.Q.data() + i0 * E, E, win.KT.data(), ld);  // q.k
+          cpu::wa_detail::gemv4(DS.data(), ld, dO.data() + i0 * E, E, win.VT.data(), ld);   // dP
+          for (int r = 0; r < 4; ++r) {
+            const int64_t i = i0 + r;
+            A* sr = S.data() + r * ld;
+            A* dr = DS.data() + r * ld;
+            if (!win.valid[i]) {  // padding query (or past N): no gradient flows through it
+              std::fill(sr, sr + N, A(0));
+              std::fill(dr, dr + N, A(0));
+              continue;
+            }
+            finish_row<A>(p, g, bias, w, h, win, i, sr);
+            cpu::wa_detail::exp_shift(sr, lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h], N);
+            const A di = delta[i];
+            for (int64_t j = 0; j < N; ++j) dr[j] = sr[j] * (dr[j] - di);  // dS
+            if (pair) cpu::wa_detail::axpy(pair + i * N, A(1), dr, N);
           }
-          if (pair) cpu::wa_detail::axpy(pair + i * N, A(1), ds.data(), N);
+          for (int64_t e = 0; e < E; ++e) {
+            A dq4[4];
+            cpu::wa_detail::dot4(dq4, DS.data(), ld, win.KT.data() + e * ld, N);
+            for (int r = 0; r < 4; ++r) {
+              const int64_t i = i0 + r;
+              if (!win.valid[i]) continue;
+              T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
+              Io<T>::store(dqo + e * bp.dq_strides[5], dq4[r] * scale);
+            }
+            const A qa[4] = {win.Q[i0 * E + e], win.Q[(i0 + 1) * E + e], win.Q[(i0 + 2) * E + e],
+                             win.Q[(i0 + 3) * E + e]};
+            const A ga[4] = {dO[i0 * E + e], dO[(i0 + 1) * E + e], dO[(i0 + 2) * E + e], dO[(i0 + 3) * E + e]};
+            cpu::wa_detail::axpy4(dKT.data() + e * ld, qa, DS.data(), ld, N);
+            cpu::wa_detail::axpy4(dVT.data() + e * ld, ga, S.data(), ld, N);
+          }
         }
         for (int64_t j = 0; j < N; ++j) {
           if (win.valid[j]) {
@@ -412,13 +532,13 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
             T* dko = dkp + offset(bp.dk_strides, b, g, i, h);
             T* dvo = dvp + offset(bp.dv_strides, b, g, i, h);
             for (int64_t e = 0; e < E; ++e) {
-              Io<T>::store(dko + e * bp.dk_strides[5], dKT[e * N + j] * scale);
-              Io<T>::store(dvo + e * bp.dv_strides[5], dVT[e * N + j]);
+              Io<T>::store(dko + e * bp.dk_strides[5], dKT[e * ld + j] * scale);
+              Io<T>::store(dvo + e * bp.dv_strides[5], dVT[e * ld + j]);
             }
           } else if (padg) {
             for (int64_t e = 0; e < E; ++e) {
-              padg[e] += dKT[e * N + j] * scale;
-              padg[E + e] += dVT[e * N + j];
+              padg[e] += dKT[e * ld + j] * scale;
+              padg[E + e] += dVT[e * ld + j];
             }
           }
         }
