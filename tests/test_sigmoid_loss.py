@@ -223,6 +223,35 @@ def test_poisoned_outputs(backend):
     assert_close("dy", dy, gref[1], dtype=torch.float32)
 
 
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[4], CASES[5]], ids=_case_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).replace("torch.", ""))
+def test_triton_striped_backward(case, dtype):
+    """The striped Triton backward (the GPU default): G a stripe of rows at a time, then GEMMs."""
+    if "triton" not in CPU_BACKENDS and not GPU:
+        pytest.skip("triton is not runnable here")
+    from medkernels.reference.sigmoid_loss import sigmoid_loss_bwd_ref, sigmoid_loss_positives_ref
+    from medkernels.triton.sigmoid_loss import sigmoid_loss_bwd, stripe_rows
+
+    dev = "cuda" if GPU else "cpu"
+    x, y, t, b, kw = _make(case)
+    x, y = x.to(dtype).double(), y.to(dtype).double()
+    n, m = x.shape[0], y.shape[0]
+    assert stripe_rows(n, m, x.shape[1], 16) < n or n < 40  # the odd shapes take several stripes
+    pos = sigmoid_loss_positives_ref(n, m, labels=kw.get("labels"), labels_y=kw.get("labels_y", kw.get("labels")),
+                                     positive_mask=kw.get("positive_mask"))
+    sym = kw["variant"] == "med3dvlm"
+    ref = sigmoid_loss_bwd_ref(torch.tensor(0.5, dtype=torch.float64), x, y, t, b, pos, 1.0, sym)
+    lx = kw.get("labels")
+    ly = kw.get("labels_y") if kw.get("labels_y") is not None else lx
+    mask = kw.get("positive_mask")
+    out = sigmoid_loss_bwd(torch.tensor([0.5], device=dev), x.to(dev, dtype), y.to(dev, dtype),
+                           t.float().reshape(1).to(dev), b.float().reshape(1).to(dev),
+                           None if lx is None else lx.to(dev), None if ly is None else ly.to(dev),
+                           None if mask is None else mask.to(dev).view(torch.uint8), 0, sym, stripes=True)
+    for name, got, want in zip(("dx", "dy", "dt'", "db"), out, ref):
+        assert_close(name, got.cpu(), want, dtype=dtype if name in ("dx", "dy") else torch.float32)
+
+
 def test_bad_inputs():
     x, y = torch.randn(4, 8), torch.randn(4, 8)
     with pytest.raises(ValueError, match="same embedding size"):

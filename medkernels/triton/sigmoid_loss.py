@@ -176,6 +176,47 @@ def _sigmoid_loss_bwd_kernel(
         tl.store(part_ptr + pid * 2 + 1 + zero, zero.to(ACC) + s * tl.sum(gd_sum, axis=0), mask=first & slot)
 
 
+@triton.jit
+def _sigmoid_loss_bwd_stripe_kernel(
+    x_ptr, y_ptr, tp_ptr, b_ptr, c_ptr, lx_ptr, ly_ptr, mask_ptr, g_ptr, part_ptr,
+    row0, R, M, D, diag_offset,
+    sxn, sxd, syn, syd, smr, smc, sgr, sgc,
+    POS: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # One tile of e^t' G for the stripe of rows row0 .. row0 + R of x (G_s for med3dvlm), stored
+    # in the stripe buffer; sum G and e^t' sum G dots as this tile's partials.
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = row0 + local
+    row_m = local < R
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    col_m = cols < M
+    tile_m = row_m[:, None] & col_m[None, :]
+    s = tl.exp(tl.load(tp_ptr).to(ACC))
+    bias = tl.load(b_ptr).to(ACC)
+    c = tl.load(c_ptr).to(ACC)
+    dots = _dots(x_ptr, y_ptr, rows, cols, row_m, col_m, D, sxn, sxd, syn, syd,
+                 ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    if SYMMETRIC:
+        dots = 0.5 * (dots + _dots(y_ptr, x_ptr, rows, cols, row_m, col_m, D, syn, syd, sxn, sxd,
+                                   ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K))
+    logits = s * dots + bias
+    pos = _positives(rows, cols, row_m, col_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, diag_offset, POS)
+    z = tl.where(pos, 1.0, -1.0)
+    g = -c * z / (1.0 + tl.exp(z * logits))
+    if SYMMETRIC:
+        pos_t = tl.trans(_positives(cols, rows, col_m, row_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, diag_offset, POS))
+        z_t = tl.where(pos_t, 1.0, -1.0)
+        g = 0.5 * (g - c * z_t / (1.0 + tl.exp(z_t * logits)))
+    g = tl.where(tile_m, g, 0.0)
+    tl.store(g_ptr + local[:, None] * sgr + cols[None, :] * sgc, (s * g).to(g_ptr.dtype.element_ty), mask=tile_m)
+    slot = (pid_m * tl.num_programs(1) + pid_n) * 2
+    tl.store(part_ptr + slot, tl.sum(tl.sum(g, axis=1), axis=0))
+    tl.store(part_ptr + slot + 1, s * tl.sum(tl.sum(g * dots, axis=1), axis=0))
+
+
 # --- launchers -------------------------------------------------------------------------------
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
@@ -258,12 +299,22 @@ def sigmoid_loss_bwd(
     symmetric: bool,
     dx: Optional[torch.Tensor] = None,
     dy: Optional[torch.Tensor] = None,
+    stripes: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dy, dt', db) of ``c * sum pair losses``; c a 1-element tensor (grad * scale).
     dx, dy in the inputs' dtype (written into ``dx``/``dy`` when given, any strides); dt', db 0-d
-    in the accumulation dtype."""
+    in the accumulation dtype.
+
+    ``stripes`` (default: on GPU tensors) picks the striped backward: G for a stripe of R rows
+    of x at a time (R M <= (N + M) d elements, so memory stays O((N + M) d)), then dx and dy
+    from two GEMMs per stripe (``torch.mm``, tensor cores): three GEMM-sized passes in all,
+    where the flash-style kernels recompute the logits once per d block and pass."""
     n, d = x.shape
     m = y.shape[0]
+    if stripes is None:
+        stripes = x.is_cuda
+    if stripes:
+        return _bwd_stripes(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric, dx, dy)
     bm, bn, bk, bd = _blocks(x, d)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     dx = torch.empty_like(x, memory_format=torch.contiguous_format) if dx is None else dx
@@ -297,6 +348,49 @@ def sigmoid_loss_bwd(
     return dx, dy, sums[1], sums[0]
 
 
+def stripe_rows(n: int, m: int, d: int, block: int = 64) -> int:
+    """Rows of x per backward stripe: R M <= (N + M) d elements, at least one block."""
+    r = (n + m) * d // m // block * block
+    return int(max(block, min(r, triton.cdiv(n, block) * block)))
+
+
+def _bwd_stripes(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric, dx, dy):
+    n, d = x.shape
+    m = y.shape[0]
+    bm, bn, bk, _ = _blocks(x, d)
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    c = c.to(acc_dtype).reshape(1)
+    rows = stripe_rows(n, m, d, bm)
+    # G in the inputs' dtype feeds the GEMMs (fp32 accumulation), as flash-attention's P
+    g = torch.empty(rows, m, dtype=x.dtype, device=x.device)
+    grid_m, grid_n = triton.cdiv(rows, bm), triton.cdiv(m, bn)
+    part = torch.zeros(triton.cdiv(n, rows), grid_m * grid_n, 2, dtype=acc_dtype, device=x.device)
+    pos, la, lb, mk, (smr, smc), off = _pos_args(n, m, labels_x, labels_y, mask, diag_offset, False)
+    la, lb, mk = (_dev(t, x.device) for t in (la, lb, mk))
+    dx_out = torch.empty_like(x, memory_format=torch.contiguous_format) if dx is None else dx
+    dy_out = torch.empty_like(y, memory_format=torch.contiguous_format) if dy is None else dy
+    dy_acc = None if symmetric else torch.zeros(m, d, dtype=acc_dtype, device=x.device)
+    for k, r0 in enumerate(range(0, n, rows)):
+        rr = min(rows, n - r0)
+        _sigmoid_loss_bwd_stripe_kernel[(triton.cdiv(rr, bm), grid_n)](
+            x, y, t_prime, bias, c, la, lb, mk, g, part[k],
+            r0, rr, m, d, off,
+            x.stride(0), x.stride(1), y.stride(0), y.stride(1), smr, smc, g.stride(0), g.stride(1),
+            POS=pos, SYMMETRIC=symmetric, ACC=_acc(x.dtype), PREC=_prec(x.dtype), UPCAST=not x.is_cuda,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        )
+        gs = g[:rr]
+        dx_out[r0:r0 + rr] = torch.mm(gs, y)
+        if symmetric:
+            dy_out[r0:r0 + rr] = torch.mm(gs, x)  # G_s is symmetric: dy_I = e^t' G_s,I x
+        else:
+            dy_acc += torch.mm(gs.t(), x[r0:r0 + rr]).to(acc_dtype)
+    if not symmetric:
+        dy_out.copy_(dy_acc)
+    sums = part.sum((0, 1))
+    return dx_out, dy_out, sums[1], sums[0]
+
+
 def lowering_specs():
     """(kernel, signature, constexprs) for compiling every kernel here for sm_90 (no GPU needed)."""
     specs = []
@@ -314,6 +408,12 @@ def lowering_specs():
         "sa0": "i64", "sa1": "i64", "sb0": "i64", "sb1": "i64", "smr": "i64", "smc": "i64",
         "sda0": "i64", "sda1": "i64", "sdb0": "i64", "sdb1": "i64",
     }
+    stripe_sig = {
+        "x_ptr": "*bf16", "y_ptr": "*bf16", "tp_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32",
+        "lx_ptr": "*i64", "ly_ptr": "*i64", "mask_ptr": "*u8", "g_ptr": "*bf16", "part_ptr": "*fp32",
+        "row0": "i64", "R": "i32", "M": "i32", "D": "i32", "diag_offset": "i64",
+        "sxn": "i64", "sxd": "i64", "syn": "i64", "syd": "i64", "smr": "i64", "smc": "i64", "sgr": "i64", "sgc": "i64",
+    }
     # every kernel and every code path (positive modes, symmetric, IEEE fp32) once, kept short:
     # each fp32 IEEE variant takes seconds to compile
     for dt, prec, pos, sym in (
@@ -328,4 +428,8 @@ def lowering_specs():
         sig = {k: v.replace("bf16", dt) for k, v in bwd_sig.items()}
         sig.update({k: "constexpr" for k in cx})
         specs.append((_sigmoid_loss_bwd_kernel, sig, cx))
+        sig = {k: v.replace("bf16", dt) for k, v in stripe_sig.items()}
+        scx = {k: v for k, v in cx.items() if k not in ("PARTIALS", "BLOCK_D")}
+        sig.update({k: "constexpr" for k in scx})
+        specs.append((_sigmoid_loss_bwd_stripe_kernel, sig, scx))
     return specs
