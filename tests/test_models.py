@@ -17,7 +17,7 @@ from torch import nn
 from medkernels._extension import extension
 from medkernels.models import DCFORMER_CONFIGS, ByteTokenizer, DCFormerCLIP, Med3DVLM, TextTransformer, dcformer
 from medkernels.models.clip import CT_RATE_PATHOLOGIES, clip_softmax_loss, siglip_loss, zero_shot_probabilities
-from medkernels.models.dcformer import dense_decomp_conv_cl
+from medkernels.models.dcformer import dense_decomp_conv_cl, im2col_decomp_conv_cl
 from medkernels.models.med3dvlm import MixerLowHighHybridMLP
 from medkernels.nn import DecompConv3d
 from medkernels.reference.models import (
@@ -163,6 +163,22 @@ def test_dense_gemm_stem_path(k, size):
     conv.float()
     got = dense_decomp_conv_cl(x, conv)
     assert_close(f"dense-gemm-k{k}", got, want)
+
+
+@pytest.mark.parametrize("c_in,size", [(1, (13, 9, 22)), (2, (5, 6, 7))])
+def test_im2col_stem_path(c_in, size):
+    conv = _randomise(DecompConv3d(c_in, 16, 7, stride=4, groups=1)).eval()
+    x = torch.randn(2, c_in, *size)
+    want = conv.double()(x.double())
+    conv.float()
+    with torch.no_grad():
+        got = im2col_decomp_conv_cl(x, conv)
+        again = im2col_decomp_conv_cl(x, conv)  # the cached weights
+    assert_close(f"im2col-cin{c_in}", got, want)
+    assert torch.equal(got, again)
+    with torch.no_grad():
+        conv.c2[1].running_mean.add_(1.0)  # changed statistics invalidate the cache
+        assert not torch.equal(im2col_decomp_conv_cl(x, conv), got)
 
 
 # --- the two checkpoint layouts ----------------------------------------------------------------
