@@ -285,6 +285,25 @@ def test_cuda_header_compiles_standalone(header, tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
 
 
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+def test_cuda_headers_link_without_the_library(tmp_path):
+    """A program that instantiates the header-only launchers links with nvcc alone (no libmedkernels)."""
+    src = tmp_path / "use.cu"
+    src.write_text(
+        '#include "medkernels/cuda/decomp_conv.cuh"\n'
+        '#include "medkernels/cuda/diffusion.cuh"\n'
+        "int main() {\n"
+        "  medkernels::DecompConvParams p; medkernels::DecompConvBwdParams b; medkernels::DiffusionParams d;\n"
+        "  int e = int(medkernels::cuda::launch_decomp_conv_fwd<float>(p, nullptr));\n"
+        "  e += int(medkernels::cuda::launch_decomp_conv_bwd<medkernels::bfloat16_t>(b, nullptr));\n"
+        "  e += int(medkernels::cuda::launch_diffusion_fwd<medkernels::half_t>(d, nullptr));\n"
+        "  return e > 1000;\n"
+        "}\n")
+    run = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o",
+                          str(tmp_path / "use")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
 @pytest.mark.skipif(CXX is None, reason="no C/C++ compiler")
 def test_c_api_header_is_plain_c(tmp_path):
     src = tmp_path / "use.c"
