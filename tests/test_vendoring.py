@@ -774,3 +774,43 @@ def test_capi_diffusion_loss_matches_the_cpu_op(install_prefix):
 
     z = randn(et, 9, offset=4, backend="cpu").numpy()
     np.testing.assert_allclose(grad, e - z, rtol=1e-6, atol=1e-6)
+
+
+def test_capi_window_attention_backward_matches_autograd(install_prefix):
+    import ctypes
+
+    import torch
+
+    from medkernels import ops
+    from medkernels.reference.window_attention import bias_table_grad
+
+    lib = _ctypes_lib(install_prefix)
+    if not hasattr(lib, "mk_window_attention3d_bwd_f64"):
+        pytest.skip("this libmedkernels_capi predates the window attention backward")
+    rng = np.random.default_rng(53)
+    sizes = (1, 3, 5, 4, 2, 4)
+    q, k, v, g = (rng.standard_normal(sizes) for _ in range(4))
+    table = rng.standard_normal((27, 2))
+    pad_kv = rng.standard_normal((2, 2, 4))
+    out, lse = np.empty(sizes), np.empty(sizes[:5])
+    common = (_i64s(sizes), None, None, None, _i64s([2, 2, 2]), _i64s([1, 1, 1]), _ptr(table), _ptr(pad_kv),
+              ctypes.c_double(0.0), ctypes.c_double(-100.0), ctypes.c_int(0))
+    st = lib.mk_window_attention3d_fwd_f64(_ptr(q), _ptr(k), _ptr(v), *common, _ptr(out), None, _ptr(lse))
+    assert st == 0, lib.mk_last_error()
+    dq, dk, dv = (np.empty(sizes) for _ in range(3))
+    n = 2 * 2 * 2
+    pair, dpad = np.empty((2, n, n)), np.empty((2, 2, 4))
+    st = lib.mk_window_attention3d_bwd_f64(_ptr(q), _ptr(k), _ptr(v), *common, _ptr(out), None, _ptr(lse), _ptr(g),
+                                           None, _ptr(dq), _ptr(dk), _ptr(dv), None, _ptr(pair), _ptr(dpad))
+    assert st == 0, lib.mk_last_error()
+    tq, tk, tv, tt, tp = (torch.from_numpy(a).requires_grad_() for a in (q, k, v, table, pad_kv))
+    y = ops.window_attention3d(tq, tk, tv, 2, shift=1, rel_bias_table=tt, pad_kv=tp, backend="reference")
+    np.testing.assert_allclose(out, y.detach().numpy(), rtol=1e-12, atol=1e-12)
+    y.backward(torch.from_numpy(g))
+    for got, want in ((dq, tq), (dk, tk), (dv, tv), (dpad, tp)):
+        np.testing.assert_allclose(got, want.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(bias_table_grad(torch.from_numpy(pair), 2, n).numpy(), tt.grad.numpy(), rtol=1e-10,
+                               atol=1e-10)
+    st = lib.mk_window_attention3d_bwd_f64(_ptr(q), _ptr(k), _ptr(v), *common, _ptr(out), None, None, _ptr(g),
+                                           None, _ptr(dq), _ptr(dk), _ptr(dv), None, None, None)
+    assert st == 1 and b"lse" in lib.mk_last_error()

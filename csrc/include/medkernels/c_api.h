@@ -169,6 +169,23 @@ MK_CAPI int mk_window_attention3d_fwd_f64_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(do
 MK_CAPI int mk_window_attention3d_fwd_f16_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float), void* stream);
 MK_CAPI int mk_window_attention3d_fwd_bf16_cuda(MK_WINDOW_ATTENTION3D_FWD_ARGS(uint16_t, float), void* stream);
 
+/* Backward of the CPU forward above, given its out and lse and grad_out (through grad_out_strides):
+ * dq, dk, dv (q's shape and dtype, all through dqkv_strides; NULL strides: contiguous). pair_grad
+ * (heads, N, N), N = the product of the (clamped) window, receives dS summed over windows and
+ * batch in the accumulation type: the relative-position bias table's gradient is its scatter-add
+ * through Swin's relative position index; grad_pad_kv (2, heads, head_dim) the padding key/value
+ * gradient. Both may be NULL. Every sum runs in a fixed order. CPU only. */
+#define MK_WINDOW_ATTENTION3D_BWD_ARGS(T, A)                                                                   \
+  const T *q, const T *k, const T *v, const int64_t *sizes, const int64_t *q_strides, const int64_t *k_strides,   \
+      const int64_t *v_strides, const int64_t *window, const int64_t *shift, const T *rel_bias_table,            \
+      const T *pad_kv, double scale, double mask_value, int mask_padded, const T *out, const int64_t *out_strides, \
+      const A *lse, const T *grad_out, const int64_t *grad_out_strides, T *dq, T *dk, T *dv,                      \
+      const int64_t *dqkv_strides, A *pair_grad, A *grad_pad_kv
+MK_CAPI int mk_window_attention3d_bwd_f32(MK_WINDOW_ATTENTION3D_BWD_ARGS(float, float));
+MK_CAPI int mk_window_attention3d_bwd_f64(MK_WINDOW_ATTENTION3D_BWD_ARGS(double, double));
+MK_CAPI int mk_window_attention3d_bwd_f16(MK_WINDOW_ATTENTION3D_BWD_ARGS(uint16_t, float));
+MK_CAPI int mk_window_attention3d_bwd_bf16(MK_WINDOW_ATTENTION3D_BWD_ARGS(uint16_t, float));
+
 /* ---- pairwise sigmoid (SigLIP) loss, see medkernels/sigmoid_loss.h ------------------------------
  * x (n, d) and y (m, d) through element strides (NULL: contiguous). *loss receives the unscaled
  * sum over all pairs of softplus(-z_ij L_ij), L_ij = logit_scale * x_i.y_j + bias (symmetric:
