@@ -334,20 +334,6 @@ def test_module_matches_functional():
     assert fwd_params <= fn_params
 
 
-def _peak_bytes(fn) -> int:
-    """Peak of the bytes torch's CPU allocator holds while ``fn`` runs (profiler memory events)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    cur = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        cur += e.nbytes()
-        peak = max(peak, cur)
-    return peak
-
-
 def test_peak_memory_cpu():
     if "cpu" not in CPU_BACKENDS:
         pytest.skip("the C++ extension is not built")
@@ -356,7 +342,9 @@ def test_peak_memory_cpu():
     y = torch.randn(n, d).div_(math.sqrt(d)).requires_grad_()
     t = torch.tensor(math.log(10.0), requires_grad=True)
     b = torch.tensor(-10.0, requires_grad=True)
-    peak = _peak_bytes(lambda: sigmoid_loss(x, y, t, b, backend="cpu").backward())
+    from medkernels.distributed._launch import cpu_peak_bytes
+
+    peak = cpu_peak_bytes(lambda: sigmoid_loss(x, y, t, b, backend="cpu").backward())
     matrix = n * n * 4
     # everything the op allocates (packed inputs in its workspace, dx and dy, and with one or
     # two threads a dY copy per thread) stays O((N + M) d): at most 6 N d floats = 96 MiB,

@@ -97,6 +97,21 @@ def run_gloo(world: int, fn: Callable, *args: Any, timeout: float = 300.0) -> Li
     return results
 
 
+def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+    """High-water mark of the bytes torch's CPU allocator holds while ``fn`` runs, replayed from
+    the profiler's raw allocation records (each allocation and free counted once)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    cur = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
+
+
 # --- workers -----------------------------------------------------------------------------------
 def global_batch(n_local: Sequence[int], d: int, seed: int, dtype=torch.float64, labels: bool = False):
     """The concatenated batch every rank slices its block from (the same on every rank)."""
@@ -145,8 +160,6 @@ def check_worker(rank: int, world: int, configs: Sequence[dict]):
 
 def peak_memory_worker(rank: int, world: int, n_local: int, d: int, exchange: str, backend: str) -> int:
     """Peak bytes torch's CPU allocator holds on this rank during one forward + backward."""
-    from torch.profiler import ProfilerActivity, profile
-
     from .sigmoid_loss import sigmoid_loss
 
     g = torch.Generator().manual_seed(rank)
@@ -154,11 +167,4 @@ def peak_memory_worker(rank: int, world: int, n_local: int, d: int, exchange: st
     y = torch.randn(n_local, d, generator=g).div_(math.sqrt(d)).requires_grad_()
     t = torch.tensor(math.log(10.0), requires_grad=True)
     b = torch.tensor(-10.0, requires_grad=True)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        sigmoid_loss(x, y, t, b, exchange=exchange, backend=backend).backward()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    cur = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        cur += e.nbytes()
-        peak = max(peak, cur)
-    return peak
+    return cpu_peak_bytes(lambda: sigmoid_loss(x, y, t, b, exchange=exchange, backend=backend).backward())
