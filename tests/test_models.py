@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from medkernels import _environment
 from medkernels._extension import extension
 from medkernels.models import DCFORMER_CONFIGS, ByteTokenizer, DCFormerCLIP, Med3DVLM, TextTransformer, dcformer
 from medkernels.models.clip import CT_RATE_PATHOLOGIES, clip_softmax_loss, siglip_loss, zero_shot_probabilities
@@ -433,3 +434,14 @@ def test_embed_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "UNTRAINED" in out and "embedding: (1, 512)" in out
     assert main(["embed", str(tmp_path / "nope.nii.gz"), "--model", "dcformer-nano"]) == 2
+
+
+@pytest.mark.skipif(not _environment.EXTENDED_TESTS, reason="compiling the whole encoder takes ~80 s on 2 cores; "
+                    "set MEDKERNELS_EXTENDED_TESTS=1")
+def test_compile_fullgraph_encoder():
+    m = dcformer("nano").eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        want = m(x)[-1]  # eager first: loads the extension outside the traced region
+        got = torch.compile(lambda v: m(v)[-1], fullgraph=True)(x)
+    assert torch.equal(got, want)
