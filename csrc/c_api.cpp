@@ -369,46 +369,89 @@ int window_attention_bwd(const char* fn, medkernels::DType dt, const void* q, co
 }
 
 // --- sigmoid loss ------------------------------------------------------------------------------------
+int sigmoid_params(const std::string& f, medkernels::DType dt, const void* x, const void* y, int64_t n, int64_t m,
+                   int64_t d, const int64_t* x_strides, const int64_t* y_strides, double logit_scale, double bias,
+                   int symmetric, int positives, int64_t diag_offset, const int64_t* labels_x,
+                   const int64_t* labels_y, const uint8_t* mask, const int64_t* mask_strides,
+                   medkernels::SigmoidLossParams& p) {
+  if (positives < 0 || positives > 2)
+    return fail(MK_INVALID_ARGUMENT, f + ": positives must be 0 (diagonal), 1 (labels) or 2 (mask), got " +
+                                         std::to_string(positives));
+  p.dtype = dt;
+  p.x = x;
+  p.y = y;
+  p.n = n;
+  p.m = m;
+  p.d = d;
+  p.x_strides[0] = x_strides ? x_strides[0] : d;
+  p.x_strides[1] = x_strides ? x_strides[1] : 1;
+  p.y_strides[0] = y_strides ? y_strides[0] : d;
+  p.y_strides[1] = y_strides ? y_strides[1] : 1;
+  p.logit_scale = logit_scale;
+  p.bias = bias;
+  p.symmetric = symmetric != 0;
+  p.positives = static_cast<medkernels::SigmoidLossPositives>(positives);
+  p.diag_offset = diag_offset;
+  p.labels_x = labels_x;
+  p.labels_y = labels_y;
+  p.mask = mask;
+  p.mask_strides[0] = mask_strides ? mask_strides[0] : m;
+  p.mask_strides[1] = mask_strides ? mask_strides[1] : 1;
+  return from_status(medkernels::sigmoid_loss_check(p));
+}
+
+using Scratch = std::unique_ptr<void, void (*)(void*)>;
+
+Scratch scratch64(size_t bytes) { return Scratch(std::aligned_alloc(64, (bytes + 64) / 64 * 64), std::free); }
+
 int sigmoid_loss_fwd(const char* fn, medkernels::DType dt, const void* x, const void* y, int64_t n, int64_t m,
                      int64_t d, const int64_t* x_strides, const int64_t* y_strides, double logit_scale, double bias,
                      int symmetric, int positives, int64_t diag_offset, const int64_t* labels_x,
                      const int64_t* labels_y, const uint8_t* mask, const int64_t* mask_strides, double* loss) {
   return guarded(fn, [&]() -> int {
     const std::string f(fn);
-    if (positives < 0 || positives > 2)
-      return fail(MK_INVALID_ARGUMENT, f + ": positives must be 0 (diagonal), 1 (labels) or 2 (mask), got " +
-                                           std::to_string(positives));
     if (!loss) return fail(MK_INVALID_ARGUMENT, f + ": loss must not be NULL");
     medkernels::SigmoidLossParams p;
-    p.dtype = dt;
-    p.x = x;
-    p.y = y;
-    p.n = n;
-    p.m = m;
-    p.d = d;
-    p.x_strides[0] = x_strides ? x_strides[0] : d;
-    p.x_strides[1] = x_strides ? x_strides[1] : 1;
-    p.y_strides[0] = y_strides ? y_strides[0] : d;
-    p.y_strides[1] = y_strides ? y_strides[1] : 1;
-    p.logit_scale = logit_scale;
-    p.bias = bias;
-    p.symmetric = symmetric != 0;
-    p.positives = static_cast<medkernels::SigmoidLossPositives>(positives);
-    p.diag_offset = diag_offset;
-    p.labels_x = labels_x;
-    p.labels_y = labels_y;
-    p.mask = mask;
-    p.mask_strides[0] = mask_strides ? mask_strides[0] : m;
-    p.mask_strides[1] = mask_strides ? mask_strides[1] : 1;
+    const int st = sigmoid_params(f, dt, x, y, n, m, d, x_strides, y_strides, logit_scale, bias, symmetric,
+                                  positives, diag_offset, labels_x, labels_y, mask, mask_strides, p);
+    if (st != MK_SUCCESS) return st;
     p.loss = loss;
-    const medkernels::Status st = medkernels::sigmoid_loss_check(p);
-    if (st != medkernels::Status::kSuccess) return from_status(st);
     const size_t bytes = medkernels::cpu::sigmoid_loss_fwd_workspace_bytes(p);
-    std::unique_ptr<void, void (*)(void*)> ws(std::aligned_alloc(64, (bytes + 64) / 64 * 64), std::free);
+    Scratch ws = scratch64(bytes);
     if (!ws) return fail(MK_INTERNAL_ERROR, f + ": out of host memory for " + std::to_string(bytes) + " bytes");
     p.workspace = ws.get();
     p.workspace_bytes = bytes;
     return from_status(medkernels::cpu::sigmoid_loss_fwd(p));
+  });
+}
+
+int sigmoid_loss_bwd(const char* fn, medkernels::DType dt, const void* x, const void* y, int64_t n, int64_t m,
+                     int64_t d, const int64_t* x_strides, const int64_t* y_strides, double logit_scale, double bias,
+                     int symmetric, int positives, int64_t diag_offset, const int64_t* labels_x,
+                     const int64_t* labels_y, const uint8_t* mask, const int64_t* mask_strides, double grad_scale,
+                     void* grad_x, const int64_t* grad_x_strides, void* grad_y, const int64_t* grad_y_strides,
+                     double* grad_t_prime, double* grad_bias) {
+  return guarded(fn, [&]() -> int {
+    const std::string f(fn);
+    medkernels::SigmoidLossBwdParams b;
+    const int st = sigmoid_params(f, dt, x, y, n, m, d, x_strides, y_strides, logit_scale, bias, symmetric,
+                                  positives, diag_offset, labels_x, labels_y, mask, mask_strides, b.fwd);
+    if (st != MK_SUCCESS) return st;
+    b.grad_scale = grad_scale;
+    b.grad_x = grad_x;
+    b.grad_x_strides[0] = grad_x_strides ? grad_x_strides[0] : d;
+    b.grad_x_strides[1] = grad_x_strides ? grad_x_strides[1] : 1;
+    b.grad_y = grad_y;
+    b.grad_y_strides[0] = grad_y_strides ? grad_y_strides[0] : d;
+    b.grad_y_strides[1] = grad_y_strides ? grad_y_strides[1] : 1;
+    b.grad_t_prime = grad_t_prime;
+    b.grad_bias = grad_bias;
+    const size_t bytes = medkernels::cpu::sigmoid_loss_bwd_workspace_bytes(b);
+    Scratch ws = scratch64(bytes);
+    if (!ws) return fail(MK_INTERNAL_ERROR, f + ": out of host memory for " + std::to_string(bytes) + " bytes");
+    b.fwd.workspace = ws.get();
+    b.fwd.workspace_bytes = bytes;
+    return from_status(medkernels::cpu::sigmoid_loss_bwd(b));
   });
 }
 
@@ -586,6 +629,19 @@ MK_DEFINE_WINDOW_ATTENTION(bf16, uint16_t, float, medkernels::DType::kBFloat16)
                             logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask, \
                             mask_strides, loss);                                                          \
   }
+
+#define MK_DEFINE_SIGMOID_LOSS_BWD(SUFFIX, T, DT)                                                           \
+  int mk_sigmoid_loss_bwd_##SUFFIX(MK_SIGMOID_LOSS_BWD_ARGS(T)) {                                            \
+    return sigmoid_loss_bwd("mk_sigmoid_loss_bwd_" #SUFFIX, DT, x, y, n, m, d, x_strides, y_strides,          \
+                            logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask,    \
+                            mask_strides, grad_scale, grad_x, grad_x_strides, grad_y, grad_y_strides,          \
+                            grad_t_prime, grad_bias);                                                          \
+  }
+
+MK_DEFINE_SIGMOID_LOSS_BWD(f32, float, medkernels::DType::kFloat32)
+MK_DEFINE_SIGMOID_LOSS_BWD(f64, double, medkernels::DType::kFloat64)
+MK_DEFINE_SIGMOID_LOSS_BWD(f16, uint16_t, medkernels::DType::kFloat16)
+MK_DEFINE_SIGMOID_LOSS_BWD(bf16, uint16_t, medkernels::DType::kBFloat16)
 
 MK_DEFINE_SIGMOID_LOSS(f32, float, medkernels::DType::kFloat32)
 MK_DEFINE_SIGMOID_LOSS(f64, double, medkernels::DType::kFloat64)

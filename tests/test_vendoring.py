@@ -814,3 +814,34 @@ def test_capi_window_attention_backward_matches_autograd(install_prefix):
     st = lib.mk_window_attention3d_bwd_f64(_ptr(q), _ptr(k), _ptr(v), *common, _ptr(out), None, None, _ptr(g),
                                            None, _ptr(dq), _ptr(dk), _ptr(dv), None, None, None)
     assert st == 1 and b"lse" in lib.mk_last_error()
+
+
+def test_capi_sigmoid_loss_backward_matches_autograd(install_prefix):
+    import ctypes
+    import math
+
+    import torch
+
+    from medkernels import ops
+
+    lib = _ctypes_lib(install_prefix)
+    if not hasattr(lib, "mk_sigmoid_loss_bwd_f64"):
+        pytest.skip("this libmedkernels_capi predates the sigmoid loss backward")
+    rng = np.random.default_rng(59)
+    n, m, d = 5, 7, 8
+    x, y = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+    lx, ly = rng.integers(0, 3, n), rng.integers(0, 3, m)
+    gx, gy, gt, gb = np.empty_like(x), np.empty_like(y), np.zeros(1), np.zeros(1)
+    st = lib.mk_sigmoid_loss_bwd_f64(_ptr(x), _ptr(y), ctypes.c_int64(n), ctypes.c_int64(m), ctypes.c_int64(d), None,
+                                     None, ctypes.c_double(math.exp(1.5)), ctypes.c_double(-2.0), ctypes.c_int(0),
+                                     ctypes.c_int(1), ctypes.c_int64(0), _ptr(lx), _ptr(ly), None, None,
+                                     ctypes.c_double(0.5), _ptr(gx), None, _ptr(gy), None, _ptr(gt), _ptr(gb))
+    assert st == 0, lib.mk_last_error()
+    tx, ty = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y).requires_grad_()
+    tt, tb = torch.tensor(1.5, dtype=torch.float64, requires_grad=True), torch.tensor(-2.0, dtype=torch.float64,
+                                                                                   requires_grad=True)
+    loss = ops.sigmoid_loss(tx, ty, tt, tb, labels=torch.from_numpy(lx), labels_y=torch.from_numpy(ly),
+                            reduction="sum", backend="reference")
+    (0.5 * loss).backward()
+    for got, want in ((gx, tx), (gy, ty), (gt[0], tt), (gb[0], tb)):
+        np.testing.assert_allclose(got, want.grad.numpy(), rtol=1e-10, atol=1e-12)

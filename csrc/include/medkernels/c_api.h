@@ -203,6 +203,20 @@ MK_CAPI int mk_sigmoid_loss_fwd_f64(MK_SIGMOID_LOSS_FWD_ARGS(double));
 MK_CAPI int mk_sigmoid_loss_fwd_f16(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t));
 MK_CAPI int mk_sigmoid_loss_fwd_bf16(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t));
 
+/* Backward of grad_scale * loss (the same arguments as the forward, loss excepted): grad_x (n, d) and
+ * grad_y (m, d) in the inputs' dtype through their strides (NULL: contiguous), *grad_t_prime =
+ * d/d t' with logit_scale = exp(t') and *grad_bias as doubles (these two may be NULL). CPU only. */
+#define MK_SIGMOID_LOSS_BWD_ARGS(T)                                                                        \
+  const T *x, const T *y, int64_t n, int64_t m, int64_t d, const int64_t *x_strides, const int64_t *y_strides, \
+      double logit_scale, double bias, int symmetric, int positives, int64_t diag_offset,                     \
+      const int64_t *labels_x, const int64_t *labels_y, const uint8_t *mask, const int64_t *mask_strides,     \
+      double grad_scale, T *grad_x, const int64_t *grad_x_strides, T *grad_y, const int64_t *grad_y_strides,  \
+      double *grad_t_prime, double *grad_bias
+MK_CAPI int mk_sigmoid_loss_bwd_f32(MK_SIGMOID_LOSS_BWD_ARGS(float));
+MK_CAPI int mk_sigmoid_loss_bwd_f64(MK_SIGMOID_LOSS_BWD_ARGS(double));
+MK_CAPI int mk_sigmoid_loss_bwd_f16(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t));
+MK_CAPI int mk_sigmoid_loss_bwd_bf16(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t));
+
 #ifdef __cplusplus
 }  /* extern "C" */
 #endif
