@@ -434,6 +434,11 @@ def test_embed_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "UNTRAINED" in out and "embedding: (1, 512)" in out
     assert main(["embed", str(tmp_path / "nope.nii.gz"), "--model", "dcformer-nano"]) == 2
+    torch.save(DCFormerCLIP("nano").state_dict(), tmp_path / "clip.pt")
+    assert main(["embed", str(src), "--model", "dcformer-nano", "--input-size", "64", "64", "64",
+                 "--weights", str(tmp_path / "clip.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "UNTRAINED" not in out and "Interlobular septal thickening" in out
 
 
 @pytest.mark.skipif(not _environment.EXTENDED_TESTS, reason="compiling the whole encoder takes ~80 s on 2 cores; "
