@@ -60,3 +60,16 @@ def empty_like_layout(t: torch.Tensor, shape, dtype=None) -> torch.Tensor:
 
 def cuda_stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def dtype_code(dtype: torch.dtype):
+    """The ``medkernels._C.DType`` of a torch dtype (the compiled backends' parameter blocks)."""
+    from .._extension import extension
+
+    C = extension.module
+    return {
+        torch.float32: C.DType.float32,
+        torch.float16: C.DType.float16,
+        torch.bfloat16: C.DType.bfloat16,
+        torch.float64: C.DType.float64,
+    }[dtype]

@@ -14,7 +14,7 @@ from .. import _dispatch
 from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference.decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_ref
-from ._common import check_int, check_same, check_tensor, cuda_stream, describe, empty_like_layout
+from ._common import check_int, check_same, check_tensor, cuda_stream, describe, dtype_code, empty_like_layout
 
 ACTIVATIONS = (None, "gelu", "relu", "silu")
 MAX_KERNEL = 15
@@ -50,20 +50,10 @@ _DISPATCH = _dispatch.Dispatcher(
 
 
 # --- the compiled backends share one parameter block -----------------------------------
-def _dtype_code(dtype: torch.dtype):
-    C = extension.module
-    return {
-        torch.float32: C.DType.float32,
-        torch.float16: C.DType.float16,
-        torch.bfloat16: C.DType.bfloat16,
-        torch.float64: C.DType.float64,
-    }[dtype]
-
-
 def _params(x, w_d, w_h, w_w, bias, stride, groups, activation, y_shape):
     C = extension.module
     p = C.DecompConvParams()
-    p.dtype = _dtype_code(x.dtype)
+    p.dtype = dtype_code(x.dtype)
     p.x, p.w_d, p.w_h, p.w_w = x.data_ptr(), w_d.data_ptr(), w_h.data_ptr(), w_w.data_ptr()
     p.bias = bias.data_ptr() if bias is not None else 0
     p.batch, p.in_channels, p.out_channels = x.shape[0], x.shape[1], w_d.shape[0]

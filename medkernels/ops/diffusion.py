@@ -19,7 +19,7 @@ from .. import _dispatch
 from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference import diffusion as ref
-from ._common import check_same, check_tensor, cuda_stream, describe
+from ._common import check_same, check_tensor, cuda_stream, describe, dtype_code
 
 OP_Q_SAMPLE, OP_DDIM, OP_DDPM, OP_LOSS, OP_NORMAL = 0, 1, 2, 3, 4
 REDUCTIONS = ("sum_mean", "mean")
@@ -56,12 +56,6 @@ def _run_triton(op, x, out, **kw):
     return diffusion_fwd(op, x, out, **kw)
 
 
-def _dtype_code(dtype: torch.dtype):
-    C = extension.module
-    return {torch.float32: C.DType.float32, torch.float16: C.DType.float16, torch.bfloat16: C.DType.bfloat16,
-            torch.float64: C.DType.float64}[dtype]
-
-
 def _run_compiled(device_kind: str):
     def run(op, x, out, **kw):
         return _launch_compiled(device_kind, op, x, out, **kw)
@@ -73,7 +67,7 @@ def _launch_compiled(device_kind, op, x, out, *, eps=None, noise=None, x0_out=No
                      t=None, t_next=None, seed=0, offset=0, eta=0.0, clip=None, scale=0.0):
     C = extension.module
     p = C.DiffusionParams()
-    p.dtype = _dtype_code(x.dtype)
+    p.dtype = dtype_code(x.dtype)
     p.op = op
     p.x, p.out = x.data_ptr(), out.data_ptr()
     p.eps = eps.data_ptr() if eps is not None else 0

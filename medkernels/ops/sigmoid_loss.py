@@ -25,7 +25,7 @@ from ..reference.sigmoid_loss import (
     sigmoid_loss_ref,
     sigmoid_loss_scale,
 )
-from ._common import check_same, check_tensor, describe
+from ._common import check_same, check_tensor, describe, dtype_code
 
 _DISPATCH = _dispatch.Dispatcher(
     "sigmoid_loss",
@@ -79,20 +79,10 @@ def _triton_bwd(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, s
                             diag_offset, symmetric)
 
 
-def _dtype_code(dtype: torch.dtype):
-    C = extension.module
-    return {
-        torch.float32: C.DType.float32,
-        torch.float16: C.DType.float16,
-        torch.bfloat16: C.DType.bfloat16,
-        torch.float64: C.DType.float64,
-    }[dtype]
-
-
 def _cpu_params(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
     C = extension.module
     p = C.SigmoidLossParams()
-    p.dtype = _dtype_code(x.dtype)
+    p.dtype = dtype_code(x.dtype)
     p.x, p.y = x.data_ptr(), y.data_ptr()
     p.n, p.m, p.d = x.shape[0], y.shape[0], x.shape[1]
     p.x_strides, p.y_strides = list(x.stride()), list(y.stride())

@@ -33,6 +33,15 @@ def _as_5d(w: torch.Tensor, axis: int) -> torch.Tensor:
     return w.reshape(shape)
 
 
+def _branches(w_d: torch.Tensor, w_h: torch.Tensor, w_w: torch.Tensor):
+    """(5-D weight, padding) of the D, H and W branches: kernel k and padding k//2 on its own axis."""
+    for axis, w in enumerate((w_d, w_h, w_w)):
+        w5 = _as_5d(w, axis)
+        pad = [0, 0, 0]
+        pad[axis] = w5.shape[2 + axis] // 2
+        yield w5, tuple(pad)
+
+
 def decomp_conv3d_ref(
     x: torch.Tensor,
     w_d: torch.Tensor,
@@ -51,12 +60,8 @@ def decomp_conv3d_ref(
         bias = bias.double() if bias is not None else None
     groups = x.shape[1] if groups is None else groups
     y = None
-    for axis, w in enumerate((w_d, w_h, w_w)):
-        w5 = _as_5d(w, axis)
-        k = w5.shape[2 + axis]
-        pad = [0, 0, 0]
-        pad[axis] = k // 2
-        out = F.conv3d(x, w5, None, stride, tuple(pad), 1, groups)
+    for w5, pad in _branches(w_d, w_h, w_w):
+        out = F.conv3d(x, w5, None, stride, pad, 1, groups)
         y = out if y is None else y + out
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1, 1)
@@ -95,12 +100,9 @@ def decomp_conv3d_bwd_ref(
         gz = grad_y * _act_grad(z, activation)
     dx = torch.zeros_like(x)
     dws = []
-    for axis, w in enumerate((w_d, w_h, w_w)):
-        w5 = _as_5d(w, axis)
-        pad = [0, 0, 0]
-        pad[axis] = w5.shape[2 + axis] // 2
-        dx = dx + torch.nn.grad.conv3d_input(x.shape, w5, gz, stride, tuple(pad), 1, groups)
-        dws.append(torch.nn.grad.conv3d_weight(x, w5.shape, gz, stride, tuple(pad), 1, groups).reshape(w.shape))
+    for w, (w5, pad) in zip((w_d, w_h, w_w), _branches(w_d, w_h, w_w)):
+        dx = dx + torch.nn.grad.conv3d_input(x.shape, w5, gz, stride, pad, 1, groups)
+        dws.append(torch.nn.grad.conv3d_weight(x, w5.shape, gz, stride, pad, 1, groups).reshape(w.shape))
     return (dx, *dws, gz.sum(dim=(0, 2, 3, 4)))
 
 
