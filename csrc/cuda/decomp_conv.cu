@@ -9,32 +9,25 @@
 #include "medkernels/decomp_conv.h"
 #include "medkernels/detail/decomp_conv_index.h"
 #include "medkernels/detail/dtype_switch.h"
+#include "medkernels/detail/cuda_status.h"
 #include "medkernels/detail/error.h"
 
 namespace medkernels {
 namespace cuda {
-namespace {
-
-Status to_status(const char* what, cudaError_t err) {
-  if (err == cudaSuccess) return Status::kSuccess;
-  return detail::fail(Status::kCudaError,
-                      std::string(what) + ": CUDA error " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
-}
-
-}  // namespace
+using detail::cuda_status;
 
 Status decomp_conv_fwd(const DecompConvParams& p, void* stream) {
   const Status st = decomp_conv_check(p);
   if (st != Status::kSuccess) return st;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  MK_DTYPE_SWITCH(p.dtype, T, return to_status("decomp_conv_fwd", launch_decomp_conv_fwd<T>(p, s));)
+  MK_DTYPE_SWITCH(p.dtype, T, return cuda_status("decomp_conv_fwd", launch_decomp_conv_fwd<T>(p, s));)
 }
 
 Status decomp_conv_bwd(const DecompConvBwdParams& b, void* stream) {
   const Status st = detail::decomp_conv_bwd_check(b);
   if (st != Status::kSuccess) return st;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  MK_DTYPE_SWITCH(b.fwd.dtype, T, return to_status("decomp_conv_bwd", launch_decomp_conv_bwd<T>(b, s));)
+  MK_DTYPE_SWITCH(b.fwd.dtype, T, return cuda_status("decomp_conv_bwd", launch_decomp_conv_bwd<T>(b, s));)
 }
 
 }  // namespace cuda

@@ -8,20 +8,13 @@
 
 #include "medkernels/cuda/diffusion.cuh"
 #include "medkernels/detail/dtype_switch.h"
+#include "medkernels/detail/cuda_status.h"
 #include "medkernels/detail/error.h"
 #include "medkernels/diffusion.h"
 
 namespace medkernels {
 namespace cuda {
-namespace {
-
-Status to_status(const char* what, cudaError_t err) {
-  if (err == cudaSuccess) return Status::kSuccess;
-  return detail::fail(Status::kCudaError,
-                      std::string(what) + ": CUDA error " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
-}
-
-}  // namespace
+using detail::cuda_status;
 
 Status diffusion_fwd(const DiffusionParams& p, void* stream) {
   const Status st = diffusion_check(p, false);
@@ -30,7 +23,7 @@ Status diffusion_fwd(const DiffusionParams& p, void* stream) {
   MK_CHECK_ARG(p.batch <= 65535, "diffusion_fwd (cuda): at most 65535 samples per call");
   MK_CHECK_ARG((p.numel + p.block - 1) / p.block < (int64_t(1) << 31), "diffusion_fwd (cuda): volume too large");
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  MK_DTYPE_SWITCH(p.dtype, T, return to_status("diffusion_fwd", launch_diffusion_fwd<T>(p, s));)
+  MK_DTYPE_SWITCH(p.dtype, T, return cuda_status("diffusion_fwd", launch_diffusion_fwd<T>(p, s));)
 }
 
 }  // namespace cuda

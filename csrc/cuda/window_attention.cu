@@ -8,6 +8,7 @@
 #include <string>
 
 #include "medkernels/detail/dtype_switch.h"
+#include "medkernels/detail/cuda_status.h"
 #include "medkernels/detail/error.h"
 #include "medkernels/detail/window_attention_kernels.h"
 #include "medkernels/window_attention.h"
@@ -18,11 +19,7 @@ namespace {
 
 constexpr int kThreads = 128;
 
-Status to_status(const char* what, cudaError_t err) {
-  if (err == cudaSuccess) return Status::kSuccess;
-  return detail::fail(Status::kCudaError,
-                      std::string(what) + ": CUDA error " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
-}
+using detail::cuda_status;
 
 unsigned blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -131,7 +128,7 @@ Status window_attention_fwd(const WindowAttentionParams& p, void* stream) {
   if (st != Status::kSuccess) return st;
   MK_CHECK_ARG(p.head_dim <= 128, "window_attention (cuda): head_dim must be <= 128, got " + std::to_string(p.head_dim));
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  MK_DTYPE_SWITCH(p.dtype, T, return to_status("window_attention_fwd", fwd_t<T>(p, s));)
+  MK_DTYPE_SWITCH(p.dtype, T, return cuda_status("window_attention_fwd", fwd_t<T>(p, s));)
 }
 
 Status window_attention_bwd(const WindowAttentionBwdParams& bp, void* stream) {
@@ -142,7 +139,7 @@ Status window_attention_bwd(const WindowAttentionBwdParams& bp, void* stream) {
   MK_CHECK_ARG(bp.workspace_bytes >= window_attention_cuda_bwd_workspace_bytes(bp),
                "window_attention (cuda): workspace smaller than window_attention_cuda_bwd_workspace_bytes()");
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  MK_DTYPE_SWITCH(bp.fwd.dtype, T, return to_status("window_attention_bwd", bwd_t<T>(bp, s));)
+  MK_DTYPE_SWITCH(bp.fwd.dtype, T, return cuda_status("window_attention_bwd", bwd_t<T>(bp, s));)
 }
 
 }  // namespace cuda
