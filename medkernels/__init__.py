@@ -6,6 +6,10 @@ from ._extension import extension as _extension
 
 __version__ = "0.1.0"
 
+# Load the compiled module now, not on first dispatch: a first import inside torch.compile's
+# trace would break the graph.
+_ = _extension.unavailable_reason
+
 
 def build_info() -> dict:
     """What ``medkernels._C`` was built with (CUDA version, archs, OpenMP), or why it is missing."""

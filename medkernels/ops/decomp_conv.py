@@ -124,14 +124,16 @@ def _ref_dtype(x: torch.Tensor):
 
 def _reference_fwd(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
     dt = _ref_dtype(x)
-    cast = lambda t: t.to(dt) if t is not None else None
+    # contiguous: torch 2.13's CPU conv3d corrupts the heap on a 1-channel tensor with
+    # channels-last strides and a (1,1,7) kernel at stride 4
+    cast = lambda t: t.to(dt).contiguous() if t is not None else None
     out.copy_(decomp_conv3d_ref(cast(x), cast(w_d), cast(w_h), cast(w_w), cast(bias), stride, groups, activation))
     return out
 
 
 def _reference_bwd(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, grad_x):
     dt = _ref_dtype(x)
-    cast = lambda t: t.to(dt) if t is not None else None
+    cast = lambda t: t.to(dt).contiguous() if t is not None else None
     gx, *rest = decomp_conv3d_bwd_ref(*(cast(t) for t in (grad_y, x, w_d, w_h, w_w, bias)), stride, groups, activation)
     grad_x.copy_(gx)
     return (grad_x, *rest)
