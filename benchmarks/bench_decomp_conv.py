@@ -83,11 +83,11 @@ def _case(n, c_in, c_out, size, k, stride, groups, act, dtype, device, channels_
     backends = ["cpu"] if device.type == "cpu" else ["triton", "cuda"]
     for b in backends:
         try:
-            decomp_conv3d_backend(x, k, groups, stride, backend=b)
+            decomp_conv3d_backend(x, k, groups, stride, backend=b, c_out=c_out)
             providers[b] = ours(b)
         except RuntimeError:
             pass
-    auto = decomp_conv3d_backend(x, k, groups, stride)
+    auto = decomp_conv3d_backend(x, k, groups, stride, c_out=c_out)
     providers[f"auto({auto})"] = ours("auto")
     if device.type == "cuda" and not backward:
         compiled = torch.compile(decomp_conv3d_module_ref)
@@ -112,7 +112,8 @@ def _case(n, c_in, c_out, size, k, stride, groups, act, dtype, device, channels_
             return errs
 
     layout = "NDHWC" if channels_last else "NCDHW"
-    shape = f"{n}x{c_in}x{'x'.join(map(str, size))} k{k} s{stride} g{'dw' if groups == c_in else groups} {layout}"
+    kind = "dw" if groups == c_in == c_out else groups
+    shape = f"{n}x{c_in}x{'x'.join(map(str, size))}->{c_out} k{k} s{stride} g{kind} {layout}"
     return Case(op="decomp_conv3d" + (" fwd+bwd" if backward else " fwd"), shape=shape, dtype=dtype,
                 providers=providers, bytes=nbytes, flops=flops, check=check, note=note)
 

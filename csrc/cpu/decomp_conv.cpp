@@ -70,6 +70,29 @@ std::vector<A> load_weights(const DecompConvParams& p) {
   return w;
 }
 
+// Rows of storage type T to and from the accumulation type; contiguous bfloat16 rows take the
+// vectorised conversions, everything else the per-element Io path.
+template <typename T, typename A>
+inline void load_row(A* dst, const T* src, int64_t stride, int64_t n) {
+  if constexpr (std::is_same<T, bfloat16_t>::value && std::is_same<A, float>::value) {
+    if (stride == 1) return vec::bf16_to_float(dst, reinterpret_cast<const uint16_t*>(src), n);
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<A>(Io<T>::load(src + i * stride));
+}
+
+template <typename T, typename A>
+inline void store_row(T* dst, int64_t stride, A* row, int64_t n, Activation act) {
+  if constexpr (std::is_same<A, float>::value) {
+    if (act != Activation::kNone) vec::act_row(row, n, static_cast<int>(act));
+  } else if (act != Activation::kNone) {
+    for (int64_t i = 0; i < n; ++i) row[i] = act_fwd<A>(act, row[i]);
+  }
+  if constexpr (std::is_same<T, bfloat16_t>::value && std::is_same<A, float>::value) {
+    if (stride == 1) return vec::float_to_bf16(reinterpret_cast<uint16_t*>(dst), row, n);
+  }
+  for (int64_t i = 0; i < n; ++i) Io<T>::store(dst + i * stride, row[i]);
+}
+
 // Depthwise, stride 1: one thread owns a channel volume (n, c). It copies the volume into a
 // float buffer with a zero halo of k/2 on every side (this also converts 16-bit inputs and
 // gathers strided ones), after which every one of the 3k taps of every output row is a plain
@@ -101,7 +124,7 @@ void fwd_depthwise_planes(const DecompConvParams& p, const std::vector<A>& w, co
         for (int64_t h = 0; h < H; ++h) {
           const TI* s = xc + d * xs[2] + h * xs[3];
           A* dst = vol.data() + (d + pad) * plane + (h + pad) * Wp + pad;
-          for (int64_t ww = 0; ww < W; ++ww) dst[ww] = static_cast<A>(Io<TI>::load(s + ww * xs[4]));
+          load_row(dst, s, xs[4], W);
         }
       for (int br = 0; br < 3; ++br)
         for (int j = 0; j < K; ++j) wt[br * K + j] = w[br * wper + c * K + j];
@@ -117,7 +140,7 @@ void fwd_depthwise_planes(const DecompConvParams& p, const std::vector<A>& w, co
           }
           vec::taps_row(row.data(), src.data(), wt.data(), T, W, b);
           TO* yr = y + n * ys[0] + c * ys[1] + od * ys[2] + oh * ys[3];
-          for (int64_t ow = 0; ow < W; ++ow) Io<TO>::store(yr + ow * ys[4], act_fwd<A>(p.activation, row[ow]));
+          store_row(yr, ys[4], row.data(), W, p.activation);
         }
     }
   }

@@ -28,6 +28,7 @@
 
 #include "medkernels/detail/dtype_switch.h"
 #include "medkernels/detail/error.h"
+#include "medkernels/detail/fast_math.h"
 #include "medkernels/sigmoid_loss.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -85,22 +86,7 @@ MK_SL_INLINE void vstore(A* p, const V& v) {
 }
 
 // --- math: branch-free so the tile loops vectorise (cephes expf / logf polynomials) -------
-MK_SL_INLINE float fexp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  const float y = q * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float two_k;
-  std::memcpy(&two_k, &bits, sizeof(two_k));
-  return y * two_k;
-}
+MK_SL_INLINE float fexp(float x) { return detail::fast_expf(x); }
 
 // log(u) for u in [1, 2]
 MK_SL_INLINE float flog_1_2(float u) {

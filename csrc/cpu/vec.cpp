@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include "medkernels/detail/fast_math.h"
+
 // GCC function multiversioning by feature (not by "arch=", whose resolver checks the CPU
 // model and so never picks the AVX-512 copy on an AMD EPYC that has AVX-512).
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
@@ -117,7 +119,47 @@ namespace mv {
   }
 MK_VERSIONS(MK_DEFINE_TAPS)
 #undef MK_DEFINE_TAPS
+
+// Branch-free loops over 32-bit lanes, so every version vectorises them.
+#define MK_DEFINE_BF16(ATTR)                                                        \
+  ATTR void bf16_to_f(float* dst, const uint16_t* src, int64_t n) {                 \
+    for (int64_t i = 0; i < n; ++i) {                                               \
+      const uint32_t u = static_cast<uint32_t>(src[i]) << 16;                       \
+      std::memcpy(dst + i, &u, 4);                                                  \
+    }                                                                               \
+  }                                                                                 \
+  ATTR void f_to_bf16(uint16_t* dst, const float* src, int64_t n) {                 \
+    for (int64_t i = 0; i < n; ++i) {                                               \
+      uint32_t u;                                                                   \
+      std::memcpy(&u, src + i, 4);                                                  \
+      const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;              \
+      const uint32_t nan = (u >> 16) | 0x40u;                                       \
+      dst[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded); \
+    }                                                                               \
+  }
+MK_VERSIONS(MK_DEFINE_BF16)
+#undef MK_DEFINE_BF16
+
+// act codes as medkernels::Activation: 1 gelu, 2 relu, 3 silu
+#define MK_DEFINE_ACT(ATTR)                                                                  \
+  ATTR void act_f(float* row, int64_t n, int act) {                                          \
+    if (act == 1) {                                                                          \
+      for (int64_t i = 0; i < n; ++i)                                                        \
+        row[i] = 0.5f * row[i] * (1.0f + detail::fast_erff(row[i] * 0.70710678118654752f)); \
+    } else if (act == 2) {                                                                   \
+      for (int64_t i = 0; i < n; ++i) row[i] = row[i] > 0.0f ? row[i] : 0.0f;                \
+    } else if (act == 3) {                                                                   \
+      for (int64_t i = 0; i < n; ++i) row[i] = row[i] / (1.0f + detail::fast_expf(-row[i])); \
+    }                                                                                        \
+  }
+MK_VERSIONS(MK_DEFINE_ACT)
+#undef MK_DEFINE_ACT
 }  // namespace mv
+
+void act_row(float* row, int64_t n, int act) { mv::act_f(row, n, act); }
+
+void bf16_to_float(float* dst, const uint16_t* src, int64_t n) { mv::bf16_to_f(dst, src, n); }
+void float_to_bf16(uint16_t* dst, const float* src, int64_t n) { mv::f_to_bf16(dst, src, n); }
 
 void taps_row(float* out, const float* const* src, const float* w, int ntaps, int64_t n, float init) {
   mv::row_f(out, src, w, ntaps, n, init);

@@ -18,6 +18,14 @@ void taps_vec(float* out, const float* const* src, const float* const* w, int nt
 void taps_vec(double* out, const double* const* src, const double* const* w, int ntaps, int64_t n,
               const double* init);
 
+// row[i] = act(row[i]) for GELU (erf form), ReLU or SiLU, vectorised (detail/fast_math.h).
+void act_row(float* row, int64_t n, int act);
+
+// bfloat16 rows <-> float rows (round to nearest even, NaN kept quiet): vectorised conversions
+// for the 16-bit storage paths.
+void bf16_to_float(float* dst, const uint16_t* src, int64_t n);
+void float_to_bf16(uint16_t* dst, const float* src, int64_t n);
+
 }  // namespace vec
 }  // namespace cpu
 }  // namespace medkernels

@@ -6,11 +6,14 @@ the same run, so each ratio compares numbers measured side by side.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +81,20 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
     return times
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ start/stop lines (written straight to file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
     """Peak bytes allocated while ``fn`` runs (GPU: torch's allocator; CPU: resident-set growth is
     too coarse, so CPU peaks come from torch's profiler memory records)."""
@@ -91,7 +108,7 @@ def _peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # replay the allocation events in order to find the high-water mark
     events = sorted(

@@ -26,14 +26,11 @@ def _cuda_auto(**inputs) -> bool:
     return False
 
 
-# Dense channel mixing (C_in/groups >= 8, e.g. DCFormer's 64->64 k=3 stem layers) is a GEMM
-# that PyTorch's oneDNN convolution does faster than our direct loops; depthwise and the
-# 1-channel stem input are ours (benchmarks/bench_decomp_conv.py shows both).
-CPU_MAX_AUTO_CIN_PER_GROUP = 8
-
-
-def _cpu_auto(x, groups, **_) -> bool:
-    return x.shape[1] // groups < CPU_MAX_AUTO_CIN_PER_GROUP
+def _cpu_auto(x, groups, c_out, **_) -> bool:
+    # Our CPU kernels are tuned for depthwise (groups = C). Channel mixing is a GEMM that
+    # PyTorch's oneDNN convolution does faster: the DCFormer stem's 64->64 k=3 layers (0.13x
+    # with ours) and its 1->64 k=7 stride-4 layer (0.6x) in benchmarks/bench_decomp_conv.py.
+    return groups == x.shape[1] == c_out
 
 
 _DISPATCH = _dispatch.Dispatcher(
@@ -291,10 +288,13 @@ def decomp_conv3d(
             raise ValueError(f"bias must be ({c_out},), got {describe(bias)}")
         bias = bias.contiguous()
     check_same("x", x, w_d=w_d, w_h=w_h, w_w=w_w, bias=bias)
-    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride)
+    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out)
     return _decomp_conv3d_op(x, w_d, w_h, w_w, bias, stride, groups, activation or "", name)
 
 
-def decomp_conv3d_backend(x: torch.Tensor, k: int, groups: int, stride: int = 1, backend: str = "auto") -> str:
-    """The backend ``decomp_conv3d`` would run for these inputs (for benchmarks and reports)."""
-    return _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride)
+def decomp_conv3d_backend(x: torch.Tensor, k: int, groups: int, stride: int = 1, backend: str = "auto",
+                          c_out: Optional[int] = None) -> str:
+    """The backend ``decomp_conv3d`` would run for these inputs (for benchmarks and reports);
+    ``c_out`` defaults to C_in."""
+    c_out = x.shape[1] if c_out is None else c_out
+    return _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out)
