@@ -119,18 +119,25 @@ def _ref_dtype(x: torch.Tensor):
     return torch.float32 if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _reference_fwd(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
+def _ref_cast(x: torch.Tensor):
+    """The reference backend's input cast. 1-channel inputs are made contiguous: torch 2.13's
+    CPU conv3d corrupts the heap on a 1-channel tensor with channels-last strides and a
+    (1,1,7) kernel at stride 4."""
     dt = _ref_dtype(x)
-    # contiguous: torch 2.13's CPU conv3d corrupts the heap on a 1-channel tensor with
-    # channels-last strides and a (1,1,7) kernel at stride 4
-    cast = lambda t: t.to(dt).contiguous() if t is not None else None
-    out.copy_(decomp_conv3d_ref(cast(x), cast(w_d), cast(w_h), cast(w_w), cast(bias), stride, groups, activation))
-    return out
+    one_channel = x.shape[1] == 1
+    return lambda t: None if t is None else (t.to(dt).contiguous() if one_channel else t.to(dt))
+
+
+def _reference_fwd(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
+    cast = _ref_cast(x)
+    y = decomp_conv3d_ref(cast(x), cast(w_d), cast(w_h), cast(w_w), cast(bias), stride, groups, activation)
+    if y.dtype == out.dtype and y.stride() == out.stride():
+        return y  # a fresh tensor already in the output's layout: no copy
+    return out.copy_(y)
 
 
 def _reference_bwd(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, grad_x):
-    dt = _ref_dtype(x)
-    cast = lambda t: t.to(dt).contiguous() if t is not None else None
+    cast = _ref_cast(x)
     gx, *rest = decomp_conv3d_bwd_ref(*(cast(t) for t in (grad_y, x, w_d, w_h, w_w, bias)), stride, groups, activation)
     grad_x.copy_(gx)
     return (grad_x, *rest)
