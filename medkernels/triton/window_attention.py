@@ -101,6 +101,21 @@ def _scores(
 
 
 @triton.jit
+def _window_origin(bw, NW, NWH, NWW, WD, WH, WW):
+    """(batch, first d, h, w of the window) of flat window index bw = b * NW + win."""
+    b = bw // NW
+    win = bw % NW
+    return b, (win // (NWH * NWW)) * WD, ((win // NWW) % NWH) * WH, (win % NWW) * WW
+
+
+@triton.jit
+def _split_program(pid, N_BLK, HEADS):
+    """(token block, head, flat window) of a program id laid out as (window, head, block)."""
+    rest = pid // N_BLK
+    return pid % N_BLK, rest % HEADS, rest // HEADS
+
+
+@triton.jit
 def _window_attention_fwd_kernel(
     q0, k0, v0, o0, q1, k1, v1, o1, table_ptr, pad_ptr, lse_ptr,
     B, HEADS, HEAD_DIM, N, NW, NWH, NWW, N_MB,
@@ -120,15 +135,8 @@ def _window_attention_fwd_kernel(
         q_base, k_base, v_base, o_base = q0, k0, v0, o0
     else:
         q_base, k_base, v_base, o_base = q1, k1, v1, o1
-    mb = pid % N_MB
-    rest = pid // N_MB
-    head = rest % HEADS
-    bw = rest // HEADS
-    b = bw // NW
-    win = bw % NW
-    wd0 = (win // (NWH * NWW)) * WD
-    wh0 = ((win // NWW) % NWH) * WH
-    ww0 = (win % NWW) * WW
+    mb, head, bw = _split_program(pid, N_MB, HEADS)
+    b, wd0, wh0, ww0 = _window_origin(bw, NW, NWH, NWW, WD, WH, WW)
     offs_e = tl.arange(0, BLOCK_E)
     e_in = offs_e < HEAD_DIM
 
@@ -225,15 +233,8 @@ def _window_attention_bwd_dkdv_kernel(
         q_base, k_base, v_base, do_base, dk_base, dv_base = q0, k0, v0, do0, dk0, dv0
     else:
         q_base, k_base, v_base, do_base, dk_base, dv_base = q1, k1, v1, do1, dk1, dv1
-    nb = pid % N_NB
-    rest = pid // N_NB
-    head = rest % HEADS
-    bw = rest // HEADS
-    b = bw // NW
-    win = bw % NW
-    wd0 = (win // (NWH * NWW)) * WD
-    wh0 = ((win // NWW) % NWH) * WH
-    ww0 = (win % NWW) * WW
+    nb, head, bw = _split_program(pid, N_NB, HEADS)
+    b, wd0, wh0, ww0 = _window_origin(bw, NW, NWH, NWW, WD, WH, WW)
     offs_e = tl.arange(0, BLOCK_E)
     e_in = offs_e < HEAD_DIM
 
@@ -315,15 +316,8 @@ def _window_attention_bwd_dq_kernel(
         q_base, k_base, v_base, do_base, dq_base = q0, k0, v0, do0, dq0
     else:
         q_base, k_base, v_base, do_base, dq_base = q1, k1, v1, do1, dq1
-    mb = pid % N_MB
-    rest = pid // N_MB
-    head = rest % HEADS
-    bw = rest // HEADS
-    b = bw // NW
-    win = bw % NW
-    wd0 = (win // (NWH * NWW)) * WD
-    wh0 = ((win // NWW) % NWH) * WH
-    ww0 = (win % NWW) * WW
+    mb, head, bw = _split_program(pid, N_MB, HEADS)
+    b, wd0, wh0, ww0 = _window_origin(bw, NW, NWH, NWW, WD, WH, WW)
     offs_e = tl.arange(0, BLOCK_E)
     e_in = offs_e < HEAD_DIM
 
@@ -408,11 +402,7 @@ def _window_attention_bwd_pair_kernel(
     bw1 = tl.minimum(bw0 + WINDOWS_PER_CHUNK, B * NW)
     row0 = direction * (B * D * H * W * HEADS)
     for bw in range(bw0, bw1):
-        b = bw // NW
-        win = bw % NW
-        wd0 = (win // (NWH * NWW)) * WD
-        wh0 = ((win // NWW) % NWH) * WH
-        ww0 = (win % NWW) * WW
+        b, wd0, wh0, ww0 = _window_origin(bw, NW, NWH, NWW, WD, WH, WW)
         od, oh, ow, valid_q, reg_q = _token(
             offs_m, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
         )
