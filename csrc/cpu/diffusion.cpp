@@ -11,6 +11,7 @@
 #include "medkernels/detail/diffusion.h"
 #include "medkernels/detail/dtype_switch.h"
 #include "medkernels/detail/error.h"
+#include "medkernels/detail/fast_math.h"
 #include "medkernels/detail/philox.h"
 #include "medkernels/diffusion.h"
 
@@ -68,35 +69,11 @@ using detail::kPhiloxW0;
 using detail::kPhiloxW1;
 using detail::philox_uniform;
 
-static inline float bits_f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline uint32_t f_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 // mask ? a : b with an all-ones / all-zeros mask, as bit operations (vectorises, exact)
-static inline float sel(uint32_t mask, float a, float b) { return bits_f((f_bits(a) & mask) | (f_bits(b) & ~mask)); }
+static inline float sel(uint32_t mask, float a, float b) { return bits_to_float((float_to_bits(a) & mask) | (float_to_bits(b) & ~mask)); }
 
-// natural log for normal positive finite floats (Cephes logf polynomial), branch-free
-static inline float log_poly(float x) {
-  uint32_t ux = f_bits(x);
-  int e = static_cast<int>((ux >> 23) & 0xff) - 126;      // x = m * 2^e, m in [0.5, 1)
-  float m = bits_f((ux & 0x007fffffu) | 0x3f000000u);
-  const uint32_t small = 0u - static_cast<uint32_t>(m < 0.707106781186547524f);  // all ones when m < sqrt(1/2)
-  e -= static_cast<int>(small & 1u);
-  const float f = sel(small, m + m - 1.0f, m - 1.0f);
-  const float z = f * f;
-  float y = 7.0376836292E-2f;
-  y = y * f - 1.1514610310E-1f;
-  y = y * f + 1.1676998740E-1f;
-  y = y * f - 1.2420140846E-1f;
-  y = y * f + 1.4249322787E-1f;
-  y = y * f - 1.6668057665E-1f;
-  y = y * f + 2.0000714765E-1f;
-  y = y * f - 2.4999993993E-1f;
-  y = y * f + 3.3333331174E-1f;
-  y = y * f * z;
-  const float fe = static_cast<float>(e);
-  y += -2.12194440E-4f * fe;
-  y += -0.5f * z;
-  return f + y + 0.693359375f * fe;
-}
+// natural log for normal positive finite floats, branch-free (detail/fast_math.h)
+static inline float log_poly(float x) { return detail::fast_logf(x); }
 
 // sin and cos of th in [0, 2pi] (Cephes sinf/cosf polynomials after a quadrant reduction)
 static inline void sincos_poly(float th, float* s, float* c) {
@@ -111,8 +88,8 @@ static inline void sincos_poly(float th, float* s, float* c) {
   const uint32_t odd = 0u - (uq & 1u);
   const float ss = sel(odd, cp, sp);
   const float cc = sel(odd, sp, cp);
-  *s = bits_f(f_bits(ss) ^ ((uq & 2u) << 30));        // negate in quadrants 2, 3
-  *c = bits_f(f_bits(cc) ^ (((uq + 1u) & 2u) << 30));  // negate in quadrants 1, 2
+  *s = bits_to_float(float_to_bits(ss) ^ ((uq & 2u) << 30));        // negate in quadrants 2, 3
+  *c = bits_to_float(float_to_bits(cc) ^ (((uq + 1u) & 2u) << 30));  // negate in quadrants 1, 2
 }
 
 // The noise contract's normals of groups g0 .. g0 + G - 1 of sample b into z[0 .. 4G), G <= 256:

@@ -89,31 +89,7 @@ MK_SL_INLINE void vstore(A* p, const V& v) {
 MK_SL_INLINE float fexp(float x) { return detail::fast_expf(x); }
 
 // log(u) for u in [1, 2]
-MK_SL_INLINE float flog_1_2(float u) {
-  int32_t bits;
-  std::memcpy(&bits, &u, sizeof(bits));
-  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
-  bits = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
-  float mnt;
-  std::memcpy(&mnt, &bits, sizeof(mnt));
-  const bool small = mnt < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  const float x = small ? mnt + mnt - 1.0f : mnt - 1.0f;
-  const float z = x * x;
-  float y = 7.0376836292e-2f;
-  y = y * x - 1.1514610310e-1f;
-  y = y * x + 1.1676998740e-1f;
-  y = y * x - 1.2420140846e-1f;
-  y = y * x + 1.4249322787e-1f;
-  y = y * x - 1.6668057665e-1f;
-  y = y * x + 2.0000714765e-1f;
-  y = y * x - 2.4999993993e-1f;
-  y = y * x + 3.3333331174e-1f;
-  y = y * x * z;
-  y += e * -2.12194440e-4f;
-  y += -0.5f * z;
-  return x + y + e * 0.693359375f;
-}
+MK_SL_INLINE float flog_1_2(float u) { return detail::fast_logf(u); }
 
 // log(1 + e) for e in [0, 1] (Goldberg: exact to a few ulp for tiny e)
 MK_SL_INLINE float flog1p01(float e) {
