@@ -478,7 +478,14 @@ int mk_cuda_available(void) {
 #define MK_FWD_ARGS_FWD \
   x, x_sizes, x_strides, w_d, w_h, w_w, bias, out_channels, kernel_size, stride, groups, activation, y, y_strides
 
-#define MK_DEFINE_DECOMP_CONV_FWD(SUFFIX, T, DT)                                                              \
+// Every ABI dtype as DEF(suffix, storage type, accumulation type, DType).
+#define MK_FOR_EACH_DTYPE(DEF)                           \
+  DEF(f32, float, float, medkernels::DType::kFloat32)    \
+  DEF(f64, double, double, medkernels::DType::kFloat64)  \
+  DEF(f16, uint16_t, float, medkernels::DType::kFloat16) \
+  DEF(bf16, uint16_t, float, medkernels::DType::kBFloat16)
+
+#define MK_DEFINE_DECOMP_CONV_FWD(SUFFIX, T, A, DT)                                                              \
   int mk_decomp_conv3d_fwd_##SUFFIX(MK_DECOMP_CONV3D_FWD_ARGS(T)) {                                          \
     return decomp_conv_fwd("mk_decomp_conv3d_fwd_" #SUFFIX, DT, false, MK_FWD_ARGS_FWD, nullptr);            \
   }                                                                                                           \
@@ -486,10 +493,7 @@ int mk_cuda_available(void) {
     return decomp_conv_fwd("mk_decomp_conv3d_fwd_" #SUFFIX "_cuda", DT, true, MK_FWD_ARGS_FWD, stream);      \
   }
 
-MK_DEFINE_DECOMP_CONV_FWD(f32, float, medkernels::DType::kFloat32)
-MK_DEFINE_DECOMP_CONV_FWD(f64, double, medkernels::DType::kFloat64)
-MK_DEFINE_DECOMP_CONV_FWD(f16, uint16_t, medkernels::DType::kFloat16)
-MK_DEFINE_DECOMP_CONV_FWD(bf16, uint16_t, medkernels::DType::kBFloat16)
+MK_FOR_EACH_DTYPE(MK_DEFINE_DECOMP_CONV_FWD)
 
 size_t mk_decomp_conv3d_bwd_workspace_bytes(int dtype, const int64_t* x_sizes, int64_t out_channels,
                                             int64_t kernel_size, int64_t stride, int64_t groups) {
@@ -525,7 +529,7 @@ size_t mk_decomp_conv3d_bwd_workspace_bytes(int dtype, const int64_t* x_sizes, i
 MK_DEFINE_DECOMP_CONV_BWD(f32, float, medkernels::DType::kFloat32)
 MK_DEFINE_DECOMP_CONV_BWD(f64, double, medkernels::DType::kFloat64)
 
-#define MK_DEFINE_DIFFUSION(SUFFIX, T, DT)                                                                        \
+#define MK_DEFINE_DIFFUSION(SUFFIX, T, A, DT)                                                                        \
   static int q_sample_##SUFFIX(const char* fn, bool cuda, MK_DIFFUSION_Q_SAMPLE_ARGS(T), void* stream) {         \
     auto p = diffusion_params(DT, medkernels::DiffusionOp::kQSample, x0, noise, t, table, num_train_timesteps,     \
                               batch, numel, seed, offset, out);                                                   \
@@ -575,21 +579,15 @@ MK_DEFINE_DECOMP_CONV_BWD(f64, double, medkernels::DType::kFloat64)
                          num_train_timesteps, batch, numel, seed, offset, clip, has_clip, out, x0_out, stream);  \
   }
 
-#define MK_DEFINE_DIFFUSION_LOSS(SUFFIX, T, DT)                                                          \
+#define MK_DEFINE_DIFFUSION_LOSS(SUFFIX, T, A, DT)                                                          \
   int mk_diffusion_loss_##SUFFIX(MK_DIFFUSION_LOSS_ARGS(T)) {                                            \
     return diffusion_loss("mk_diffusion_loss_" #SUFFIX, DT, eps_pred, noise, batch, numel, seed, offset, \
                           grad_scale, grad, sum_sq);                                                     \
   }
 
-MK_DEFINE_DIFFUSION_LOSS(f32, float, medkernels::DType::kFloat32)
-MK_DEFINE_DIFFUSION_LOSS(f64, double, medkernels::DType::kFloat64)
-MK_DEFINE_DIFFUSION_LOSS(f16, uint16_t, medkernels::DType::kFloat16)
-MK_DEFINE_DIFFUSION_LOSS(bf16, uint16_t, medkernels::DType::kBFloat16)
+MK_FOR_EACH_DTYPE(MK_DEFINE_DIFFUSION_LOSS)
 
-MK_DEFINE_DIFFUSION(f32, float, medkernels::DType::kFloat32)
-MK_DEFINE_DIFFUSION(f64, double, medkernels::DType::kFloat64)
-MK_DEFINE_DIFFUSION(f16, uint16_t, medkernels::DType::kFloat16)
-MK_DEFINE_DIFFUSION(bf16, uint16_t, medkernels::DType::kBFloat16)
+MK_FOR_EACH_DTYPE(MK_DEFINE_DIFFUSION)
 
 #define MK_WINDOW_ATTENTION_ARGS_FWD                                                                   \
   q, k, v, sizes, q_strides, k_strides, v_strides, window, shift, rel_bias_table, pad_kv, scale, mask_value, \
@@ -613,24 +611,18 @@ MK_DEFINE_DIFFUSION(bf16, uint16_t, medkernels::DType::kBFloat16)
                                    dq, dk, dv, dqkv_strides, pair_grad, grad_pad_kv);                          \
   }
 
-MK_DEFINE_WINDOW_ATTENTION_BWD(f32, float, float, medkernels::DType::kFloat32)
-MK_DEFINE_WINDOW_ATTENTION_BWD(f64, double, double, medkernels::DType::kFloat64)
-MK_DEFINE_WINDOW_ATTENTION_BWD(f16, uint16_t, float, medkernels::DType::kFloat16)
-MK_DEFINE_WINDOW_ATTENTION_BWD(bf16, uint16_t, float, medkernels::DType::kBFloat16)
+MK_FOR_EACH_DTYPE(MK_DEFINE_WINDOW_ATTENTION_BWD)
 
-MK_DEFINE_WINDOW_ATTENTION(f32, float, float, medkernels::DType::kFloat32)
-MK_DEFINE_WINDOW_ATTENTION(f64, double, double, medkernels::DType::kFloat64)
-MK_DEFINE_WINDOW_ATTENTION(f16, uint16_t, float, medkernels::DType::kFloat16)
-MK_DEFINE_WINDOW_ATTENTION(bf16, uint16_t, float, medkernels::DType::kBFloat16)
+MK_FOR_EACH_DTYPE(MK_DEFINE_WINDOW_ATTENTION)
 
-#define MK_DEFINE_SIGMOID_LOSS(SUFFIX, T, DT)                                                             \
+#define MK_DEFINE_SIGMOID_LOSS(SUFFIX, T, A, DT)                                                             \
   int mk_sigmoid_loss_fwd_##SUFFIX(MK_SIGMOID_LOSS_FWD_ARGS(T)) {                                         \
     return sigmoid_loss_fwd("mk_sigmoid_loss_fwd_" #SUFFIX, DT, x, y, n, m, d, x_strides, y_strides,       \
                             logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask, \
                             mask_strides, loss);                                                          \
   }
 
-#define MK_DEFINE_SIGMOID_LOSS_BWD(SUFFIX, T, DT)                                                           \
+#define MK_DEFINE_SIGMOID_LOSS_BWD(SUFFIX, T, A, DT)                                                           \
   int mk_sigmoid_loss_bwd_##SUFFIX(MK_SIGMOID_LOSS_BWD_ARGS(T)) {                                            \
     return sigmoid_loss_bwd("mk_sigmoid_loss_bwd_" #SUFFIX, DT, x, y, n, m, d, x_strides, y_strides,          \
                             logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask,    \
@@ -638,14 +630,8 @@ MK_DEFINE_WINDOW_ATTENTION(bf16, uint16_t, float, medkernels::DType::kBFloat16)
                             grad_t_prime, grad_bias);                                                          \
   }
 
-MK_DEFINE_SIGMOID_LOSS_BWD(f32, float, medkernels::DType::kFloat32)
-MK_DEFINE_SIGMOID_LOSS_BWD(f64, double, medkernels::DType::kFloat64)
-MK_DEFINE_SIGMOID_LOSS_BWD(f16, uint16_t, medkernels::DType::kFloat16)
-MK_DEFINE_SIGMOID_LOSS_BWD(bf16, uint16_t, medkernels::DType::kBFloat16)
+MK_FOR_EACH_DTYPE(MK_DEFINE_SIGMOID_LOSS_BWD)
 
-MK_DEFINE_SIGMOID_LOSS(f32, float, medkernels::DType::kFloat32)
-MK_DEFINE_SIGMOID_LOSS(f64, double, medkernels::DType::kFloat64)
-MK_DEFINE_SIGMOID_LOSS(f16, uint16_t, medkernels::DType::kFloat16)
-MK_DEFINE_SIGMOID_LOSS(bf16, uint16_t, medkernels::DType::kBFloat16)
+MK_FOR_EACH_DTYPE(MK_DEFINE_SIGMOID_LOSS)
 
 }  // extern "C"
