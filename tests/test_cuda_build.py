@@ -8,6 +8,7 @@ by block and thread by thread on the host, the tile kernel's shared memory poiso
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -299,3 +300,148 @@ def test_cuda_backward_is_deterministic():
         grads.append(torch.autograd.grad(y, (x, *ws, b), gy))
     for name, g0, g1 in zip(("grad_x", "grad_w_d", "grad_w_h", "grad_w_w", "grad_bias"), *grads):
         assert torch.equal(g0, g1), f"{name} differs between two identical backward runs"
+
+
+# === sigmoid (SigLIP) loss ==========================================================================
+# tests/sigmoid_loss_emulate.cpp runs the CUDA block programs (medkernels/detail/sigmoid_loss.h) on
+# the host, every thread slot of every block, the tensor-core step emulated from the PTX fragment
+# layout, shared memory poisoned with NaN: a wrong fragment index, tile mapping or reduction fails here.
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvcc_compiles_sigmoid_loss_cu(tmp_path, arch):
+    _nvcc(ROOT / "csrc" / "cuda" / "sigmoid_loss.cu", tmp_path / "sigmoid_loss.o", arch)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
+def test_nvcc_compiles_sigmoid_loss_cuh_standalone(tmp_path):
+    src = tmp_path / "standalone_sl.cu"
+    src.write_text(
+        '#include "medkernels/cuda/sigmoid_loss.cuh"\n'
+        "template cudaError_t medkernels::cuda::launch_sigmoid_loss_fwd<medkernels::bfloat16_t>("
+        "const medkernels::SigmoidLossParams&, cudaStream_t);\n"
+        "template cudaError_t medkernels::cuda::launch_sigmoid_loss_bwd<float>("
+        "const medkernels::SigmoidLossBwdParams&, cudaStream_t);\n"
+    )
+    _nvcc(src, tmp_path / "standalone_sl.o", "sm_80")
+
+
+@pytest.fixture(scope="module")
+def sl_emulator(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler: cannot build the host emulation of the CUDA kernels")
+    exe = tmp_path_factory.mktemp("sl_emulate") / "sigmoid_loss_emulate"
+    cmd = [CXX, "-std=c++17", "-O2", "-Wall", f"-I{INCLUDE}", str(ROOT / "tests" / "sigmoid_loss_emulate.cpp"), "-o",
+           str(exe)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "warning" not in res.stderr.lower(), res.stderr[-4000:]
+    return exe
+
+
+@dataclass(frozen=True)
+class SLCase:
+    dtype: torch.dtype
+    n: int
+    m: int
+    d: int
+    positives: str = "diag"  # diag | labels | mask
+    symmetric: bool = False
+    layout: str = "rows"  # rows | strided (x[:, ::2]) | transposed (y stored (d, m))
+    grad_layout: str = "rows"  # rows | transposed
+
+    @property
+    def id(self) -> str:
+        v = "med3dvlm" if self.symmetric else "siglip"
+        g = "" if self.grad_layout == "rows" else "-gradT"
+        return f"{_DT[self.dtype]}-{self.n}x{self.m}x{self.d}-{self.positives}-{v}-{self.layout}{g}"
+
+
+SL_CASES = [
+    SLCase(torch.bfloat16, 70, 70, 40),
+    SLCase(torch.float16, 1, 1, 1),
+    SLCase(torch.float16, 65, 130, 33, "labels"),
+    SLCase(torch.bfloat16, 67, 67, 150, "mask", symmetric=True, layout="strided"),
+    SLCase(torch.bfloat16, 64, 64, 16, "labels", symmetric=True, grad_layout="transposed"),
+    SLCase(torch.float32, 3, 3, 5, symmetric=True),
+    SLCase(torch.float32, 70, 45, 17, "mask", layout="transposed", grad_layout="transposed"),
+    SLCase(torch.float32, 129, 129, 70, "diag"),
+    SLCase(torch.float64, 37, 37, 127, "labels"),
+    SLCase(torch.float64, 40, 40, 9, "mask", symmetric=True),
+]
+if _environment.EXTENDED_TESTS:
+    SL_CASES += [SLCase(torch.bfloat16, 300, 260, 257, "labels"), SLCase(torch.float16, 200, 200, 300, "diag", True),
+                 SLCase(torch.float32, 260, 260, 200, "mask", True, "strided")]
+
+_POS_CODE = {"diag": 0, "labels": 1, "mask": 2}
+
+
+def _sl_inputs(case: SLCase):
+    g = torch.Generator().manual_seed(case.n * 1000 + case.d)
+    x = (torch.randn(case.n, case.d, generator=g, dtype=torch.float64) / math.sqrt(case.d)).to(case.dtype)
+    y = (torch.randn(case.m, case.d, generator=g, dtype=torch.float64) / math.sqrt(case.d)).to(case.dtype)
+    if case.layout == "strided":
+        x = torch.zeros(case.n, 2 * case.d, dtype=case.dtype)[:, ::2].copy_(x)
+    elif case.layout == "transposed":
+        y = y.t().contiguous().t()
+    kw = {}
+    if case.positives == "labels":
+        kw["labels"] = torch.randint(0, 5, (case.n,), generator=g)
+        kw["labels_y"] = torch.randint(0, 5, (case.m,), generator=g)
+    elif case.positives == "mask":
+        kw["positive_mask"] = torch.rand(case.n, case.m, generator=g) < 0.2
+    return x, y, kw
+
+
+def _sl_emulate(exe: Path, d: Path, case: SLCase, x, y, kw, t: float, b: float, c: float, mode: int):
+    gx = torch.empty(case.d, case.n).t() if case.grad_layout == "transposed" else torch.empty(case.n, case.d)
+    gy = torch.empty(case.d, case.m).t() if case.grad_layout == "transposed" else torch.empty(case.m, case.d)
+    mask = kw.get("positive_mask")
+    ms = mask.stride() if mask is not None else (0, 0)
+    vals = [_DTYPE_CODE[case.dtype], case.n, case.m, case.d, *x.stride(), *y.stride(), repr(math.exp(t)), repr(b),
+            int(case.symmetric), _POS_CODE[case.positives], 0, *ms, repr(c), *gx.stride(), *gy.stride(), mode]
+    (d / "params.txt").write_text(" ".join(map(str, vals)))
+    _write(d / "x.bin", x)
+    _write(d / "y.bin", y)
+    if case.positives == "labels":
+        _write(d / "labels_x.bin", kw["labels"])
+        _write(d / "labels_y.bin", kw["labels_y"])
+    elif mask is not None:
+        _write(d / "mask.bin", mask.view(torch.uint8))
+    res = subprocess.run([str(exe), str(d)], capture_output=True, text=True)
+    assert res.returncode == 0, f"emulator failed ({res.returncode}): {res.stderr}"
+    return res.stdout.splitlines(), gx.stride(), gy.stride()
+
+
+@pytest.mark.parametrize("case", SL_CASES, ids=lambda c: c.id)
+def test_emulated_cuda_sigmoid_loss_matches_reference(sl_emulator, tmp_path, case: SLCase):
+    from medkernels.reference.sigmoid_loss import sigmoid_loss_ref
+
+    x, y, kw = _sl_inputs(case)
+    t, b, c = 1.3, -2.5, 0.37
+    x64, y64 = x.double(), y.double()
+    variant = "med3dvlm" if case.symmetric else "siglip"
+    # the kernels compute in fp32 (fp64) from the rounded inputs: the oracle is the float64
+    # reference of those inputs, to fp32 accuracy for the loss and the scalar gradients
+    acc = torch.float64 if case.dtype == torch.float64 else torch.float32
+
+    lines, _, _ = _sl_emulate(sl_emulator, tmp_path, case, x, y, kw, t, b, c, mode=0)
+    mma = int(case.dtype in (torch.float16, torch.bfloat16))
+    assert lines[0].startswith("fwd grid=") and lines[0].endswith(f"sym={int(case.symmetric)} mma={mma}"), lines
+    assert lines[-1].startswith("finish"), lines
+    loss = torch.frombuffer(bytearray((tmp_path / "loss.bin").read_bytes()), dtype=torch.float64)[0]
+    t64, b64 = torch.tensor(t, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    ref = sigmoid_loss_ref(x64, y64, t64, b64, reduction="sum", variant=variant, **kw)
+    assert_close("loss", loss.reshape(()), ref, dtype=acc)
+
+    lines, gxs, gys = _sl_emulate(sl_emulator, tmp_path, case, x, y, kw, t, b, c, mode=1)
+    assert sum(ln.startswith("bwd grid=") for ln in lines) == (1 if case.symmetric else 2), lines
+    leaves = [v.clone().requires_grad_() for v in (x64, y64, t64, b64)]
+    out = sigmoid_loss_ref(*leaves, reduction="sum", variant=variant, **kw) * c
+    gref = torch.autograd.grad(out, leaves)
+    gx = _read(tmp_path / "gx.bin", case.dtype, (case.n, case.d), gxs)
+    gy = _read(tmp_path / "gy.bin", case.dtype, (case.m, case.d), gys)
+    sums = torch.frombuffer(bytearray((tmp_path / "sums.bin").read_bytes()), dtype=torch.float64)
+    assert_close("grad_x", gx, gref[0])
+    assert_close("grad_y", gy, gref[1])
+    assert_close("grad_t_prime", sums[0].reshape(()), gref[2], dtype=acc)
+    assert_close("grad_bias", sums[1].reshape(()), gref[3], dtype=acc)

@@ -38,7 +38,7 @@ struct SigmoidLossParams {
   const int64_t* labels_y = nullptr;  // (m,)
   const uint8_t* mask = nullptr;      // (n, m)
   int64_t mask_strides[2] = {0, 0};
-  double* loss = nullptr;  // forward output: the unscaled sum (host memory for the CPU entry point)
+  double* loss = nullptr;  // forward output: the unscaled sum (host memory for cpu::, device memory for cuda::)
   // Scratch of *_workspace_bytes() bytes from the caller (the packed inputs live here), so the
   // caller's allocator sees all of the memory the loss needs.
   void* workspace = nullptr;
@@ -73,5 +73,15 @@ namespace cpu {
 Status sigmoid_loss_fwd(const SigmoidLossParams& p);
 Status sigmoid_loss_bwd(const SigmoidLossBwdParams& p);
 }  // namespace cpu
+
+// CUDA (sm_80+; 16-bit inputs on tensor cores). Every pointer is device memory, including loss,
+// grad_t_prime and grad_bias; stream is a cudaStream_t (null: the legacy default stream). The
+// workspace (device memory) holds the per-block partial sums: O(n / 64 * splits) doubles.
+namespace cuda {
+size_t sigmoid_loss_fwd_workspace_bytes(const SigmoidLossParams& p);
+size_t sigmoid_loss_bwd_workspace_bytes(const SigmoidLossBwdParams& b);
+Status sigmoid_loss_fwd(const SigmoidLossParams& p, void* stream);
+Status sigmoid_loss_bwd(const SigmoidLossBwdParams& p, void* stream);
+}  // namespace cuda
 
 }  // namespace medkernels
