@@ -14,8 +14,12 @@
 //    Every sum is reduced in a fixed order: the same bits on every run.
 //  - symmetric (Med3DVLM): G_s = (G + G^T)/2 is one pass over the row blocks that writes
 //    both dX_I = s G_s Y and dY_I = s G_s X for the rows it owns.
-// exp and log1p are branch-free polynomials (cephes) so the tile loops vectorise; the inner
+// The per-pair math is detail/sigmoid_loss.h's (shared with the CUDA kernels); for float its exp
+// and log1p are branch-free polynomials (cephes) so the tile loops vectorise; the inner
 // kernels are built per x86 ISA level (AVX-512, AVX2, baseline) and picked at load time.
+// vector arguments of the always-inlined helpers: no ABI crosses these functions
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -28,10 +32,9 @@
 
 #include "medkernels/detail/dtype_switch.h"
 #include "medkernels/detail/error.h"
-#include "medkernels/detail/fast_math.h"
+#include "medkernels/detail/sigmoid_loss.h"
 #include "medkernels/sigmoid_loss.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define MK_SL_VERSIONS(DEFINE)                               \
@@ -85,24 +88,9 @@ MK_SL_INLINE void vstore(A* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// --- math: branch-free so the tile loops vectorise (cephes expf / logf polynomials) -------
-MK_SL_INLINE float fexp(float x) { return detail::fast_expf(x); }
-
-// log(u) for u in [1, 2]
-MK_SL_INLINE float flog_1_2(float u) { return detail::fast_logf(u); }
-
-// log(1 + e) for e in [0, 1] (Goldberg: exact to a few ulp for tiny e)
-MK_SL_INLINE float flog1p01(float e) {
-  const float u = 1.0f + e;
-  const float den = u - 1.0f;
-  return den == 0.0f ? e : flog_1_2(u) * (e / den);
-}
-
-MK_SL_INLINE float sl_exp(float x) { return fexp(x); }
-MK_SL_INLINE double sl_exp(double x) { return std::exp(x); }
-MK_SL_INLINE float sl_log1p01(float e) { return flog1p01(e); }
-MK_SL_INLINE double sl_log1p01(double e) { return std::log1p(e); }
-
+// The per-pair math (softplus, dloss/dlogit) is detail/sigmoid_loss.h's, shared with the CUDA
+// kernels: float64 runs it with libm (SlStdMath), float32 with the branch-free vector exp / log1p
+// below (VecMath) so the tile loops vectorise.
 // --- micro-kernels --------------------------------------------------------------------------
 // s[r][c] = a_r . b_c for a 64 x 64 tile. a: 64 rows of dp elements (row-major); bt: the 64
 // rows of b transposed, bt[k][c]. Outer products: each step broadcasts R elements of a and
@@ -179,8 +167,7 @@ MK_SL_INLINE double loss_tile_impl(const A* s, const uint8_t* pos, A scale, A bi
 #pragma omp simd reduction(+ : acc)
     for (int64_t c = 0; c < nc; ++c) {
       const A l = scale * sr[c] + bias;
-      const A u = pr[c] ? -l : l;
-      acc += std::max(u, A(0)) + sl_log1p01(sl_exp(-std::abs(u)));
+      acc += detail::sl_pair_loss<detail::SlStdMath<A>>(l, pr[c] != 0);
     }
     total += acc;
   }
@@ -207,7 +194,7 @@ MK_SL_INLINE void grad_tile_impl(const A* s, const uint8_t* pos, const uint8_t* 
       for (int64_t k = 0; k < kTile; ++k) {
         const A l = scale * sr[k] + bias;
         const A z = pr[k] ? A(1) : A(-1);
-        const A v = k < nc ? -c * z / (A(1) + sl_exp(z * l)) : A(0);
+        const A v = k < nc ? c * detail::sl_pair_dloss<detail::SlStdMath<A>>(z, l) : A(0);
         gr[k] = v;
         a1 += v;
         a2 += v * sr[k];
@@ -219,7 +206,7 @@ MK_SL_INLINE void grad_tile_impl(const A* s, const uint8_t* pos, const uint8_t* 
         const A l = scale * sr[k] + bias;
         const A z = pr[k] ? A(1) : A(-1);
         const A zt = ptr[k] ? A(1) : A(-1);
-        const A v = k < nc ? A(-0.5) * c * (z / (A(1) + sl_exp(z * l)) + zt / (A(1) + sl_exp(zt * l))) : A(0);
+        const A v = k < nc ? c * detail::sl_pair_dloss_sym<detail::SlStdMath<A>>(z, zt, l) : A(0);
         gr[k] = v;
         a1 += v;
         a2 += v * sr[k];
@@ -297,6 +284,13 @@ MK_SL_INLINE fvec vlog1p01(const fvec& e) {
   return exact ? e : vlog_1_2(u) * (e / safe);
 }
 
+// the math policy of detail/sigmoid_loss.h's per-pair functions for float vectors
+struct VecMath {
+  MK_SL_INLINE static fvec splat(double v) { return fb(static_cast<float>(v)); }
+  MK_SL_INLINE static fvec exp(const fvec& v) { return vexp(v); }
+  MK_SL_INLINE static fvec log1p01(const fvec& e) { return vlog1p01(e); }
+};
+
 MK_SL_INLINE ivec col_valid(int64_t c0, int64_t nc) {
   ivec iota;
   for (int l = 0; l < kFL; ++l) iota[l] = static_cast<int32_t>(c0 + l);
@@ -322,9 +316,7 @@ MK_SL_INLINE double loss_tile_f(const float* s, const uint8_t* pos, float scale,
     fvec acc = fvec{};
     for (int64_t c0 = 0; c0 < kTile; c0 += kFL) {
       const fvec l = vload<fvec>(s + r * kTile + c0) * scale + bias;
-      const fvec u = pos_vec(pos + r * kTile + c0) != fb(0.0f) ? -l : l;
-      const fvec au = u < fb(0.0f) ? -u : u;
-      const fvec sp = (u > fb(0.0f) ? u : fb(0.0f)) + vlog1p01(vexp(-au));
+      const fvec sp = detail::sl_pair_loss<VecMath>(l, pos_vec(pos + r * kTile + c0) != fb(0.0f));
       acc += col_valid(c0, nc) ? sp : fb(0.0f);
     }
     total += hsum(acc);
@@ -345,10 +337,12 @@ MK_SL_INLINE void grad_tile_f(const float* s, const uint8_t* pos, const uint8_t*
       const fvec sv = vload<fvec>(s + o);
       const fvec l = sv * scale + bias;
       const fvec z = pos_vec(pos + o) != fb(0.0f) ? fb(1.0f) : fb(-1.0f);
-      fvec v = -c * z / (vexp(z * l) + 1.0f);
+      fvec v;
       if (pos_t) {
         const fvec zt = pos_vec(pos_t + o) != fb(0.0f) ? fb(1.0f) : fb(-1.0f);
-        v = 0.5f * (v - c * zt / (vexp(zt * l) + 1.0f));
+        v = c * detail::sl_pair_dloss_sym<VecMath>(z, zt, l);
+      } else {
+        v = c * detail::sl_pair_dloss<VecMath>(z, l);
       }
       v = col_valid(c0, nc) ? v : fb(0.0f);
       vstore(g + o, v);
@@ -420,43 +414,23 @@ void pack(const void* src, const int64_t* st, int64_t rows, int64_t d, int64_t r
   }
 }
 
-// Which pairs are positive, seen from the side whose rows a pass walks.
+// Which pairs are positive, seen from the side whose rows a pass walks (detail::SlPositives, the
+// same rule the CUDA kernels evaluate per element).
 struct Positives {
-  SigmoidLossPositives mode;
-  const int64_t* la;
-  const int64_t* lb;
-  const uint8_t* mask;
-  int64_t ms0, ms1, off;
+  detail::SlPositives q;
 
-  static Positives of(const SigmoidLossParams& p, bool swap) {
-    Positives q{p.positives, p.labels_x, p.labels_y, p.mask, p.mask_strides[0], p.mask_strides[1], p.diag_offset};
-    if (swap) {
-      std::swap(q.la, q.lb);
-      std::swap(q.ms0, q.ms1);
-      q.off = -q.off;
-    }
-    return q;
-  }
+  static Positives of(const SigmoidLossParams& p, bool swap) { return Positives{detail::sl_positives(p, swap)}; }
   // out[r][c] = positive(i0 + r, j0 + c) for r < nr, c < nc (0 elsewhere)
   void fill(int64_t i0, int64_t j0, int64_t nr, int64_t nc, uint8_t* out) const {
     std::memset(out, 0, kTile * kTile);
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t i = i0 + r;
       uint8_t* o = out + r * kTile;
-      switch (mode) {
-        case SigmoidLossPositives::kDiagonal: {
-          const int64_t c = i - off - j0;
-          if (c >= 0 && c < nc) o[c] = 1;
-          break;
-        }
-        case SigmoidLossPositives::kLabels: {
-          const int64_t li = la[i];
-          for (int64_t c = 0; c < nc; ++c) o[c] = lb[j0 + c] == li;
-          break;
-        }
-        case SigmoidLossPositives::kMask:
-          for (int64_t c = 0; c < nc; ++c) o[c] = mask[i * ms0 + (j0 + c) * ms1] != 0;
-          break;
+      if (q.mode == SigmoidLossPositives::kDiagonal) {  // one column at most: no scan
+        const int64_t c = i - q.off - j0;
+        if (c >= 0 && c < nc) o[c] = 1;
+      } else {
+        for (int64_t c = 0; c < nc; ++c) o[c] = q(i, j0 + c);
       }
     }
   }
