@@ -50,4 +50,14 @@ void bind_sigmoid_loss(py::module_& m) {
         [](const SigmoidLossParams& prm) { medkernels_glue::call([&] { return mk::cpu::sigmoid_loss_fwd(prm); }); });
   m.def("sigmoid_loss_bwd_cpu",
         [](const SigmoidLossBwdParams& prm) { medkernels_glue::call([&] { return mk::cpu::sigmoid_loss_bwd(prm); }); });
+#ifdef MEDKERNELS_WITH_CUDA
+  m.def("sigmoid_loss_fwd_workspace_bytes_cuda", &mk::cuda::sigmoid_loss_fwd_workspace_bytes);
+  m.def("sigmoid_loss_bwd_workspace_bytes_cuda", &mk::cuda::sigmoid_loss_bwd_workspace_bytes);
+  m.def("sigmoid_loss_fwd_cuda", [](const SigmoidLossParams& prm, std::uintptr_t stream) {
+    medkernels_glue::call([&] { return mk::cuda::sigmoid_loss_fwd(prm, reinterpret_cast<void*>(stream)); });
+  });
+  m.def("sigmoid_loss_bwd_cuda", [](const SigmoidLossBwdParams& prm, std::uintptr_t stream) {
+    medkernels_glue::call([&] { return mk::cuda::sigmoid_loss_bwd(prm, reinterpret_cast<void*>(stream)); });
+  });
+#endif
 }

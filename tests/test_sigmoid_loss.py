@@ -25,12 +25,26 @@ def _backends(device="cpu"):
     return [b.name for b in _DISPATCH.backends if not b.not_supported_reasons(torch.device(device), torch.float32)]
 
 
+def _cuda_reason():
+    if not GPU:
+        return "no CUDA GPU"
+    why = _DISPATCH._by_name["cuda"].not_supported_reasons(torch.device("cuda"), torch.float32)
+    return "; ".join(why) or None
+
+
 CPU_BACKENDS = _backends("cpu")
-ALL_BACKENDS = sorted(set(CPU_BACKENDS) | ({"triton"} if GPU else set()))
+CUDA_REASON = _cuda_reason()
+# "cuda" is always listed: its cases skip with the reason where it cannot run
+ALL_BACKENDS = sorted(set(CPU_BACKENDS) | ({"triton"} if GPU else set()) | {"cuda"})
 
 
 def _device(backend):
-    return "cuda" if backend == "triton" and GPU else "cpu"
+    return "cuda" if backend in ("triton", "cuda") and GPU else "cpu"
+
+
+def _skip_unrunnable(backend):
+    if backend == "cuda" and CUDA_REASON:
+        pytest.skip(f"cuda backend: {CUDA_REASON}")
 
 
 # (N, M, d, positives, variant, normalize)
@@ -93,6 +107,11 @@ def test_loss_and_grads(backend, dtype, case):
         pytest.skip("large shape in the Triton interpreter: extended tier only")
     if dtype != torch.float32 and case[5]:
         pytest.skip("normalize runs outside the op in the input dtype: covered in fp32 and float64")
+    _skip_unrunnable(backend)
+    _check_against_reference(backend, dtype, case)
+
+
+def _check_against_reference(backend, dtype, case):
     dev = _device(backend)
     x, y, t, b, kw = _make(case)
     x, y = x.to(dtype).double(), y.to(dtype).double()
@@ -401,3 +420,48 @@ def test_distributed_needs_a_group():
         dist_loss(torch.randn(3, 4), torch.randn(3, 4), 1.0, 0.0)
     with pytest.raises(ValueError, match="distributed=True supports variant='siglip'"):
         SigLIPLoss(distributed=True, variant="med3dvlm")
+
+
+# --- the CUDA backend on a GPU (skips elsewhere; tests/test_cuda_build.py runs its kernels on the host) --
+# d > 128 takes several d chunks in the backward, N > 64 several row blocks and column splits
+CUDA_CASES = [
+    (200, 200, 300, "diag", "siglip", False),
+    (130, 70, 129, "labels", "siglip", False),
+    (97, 97, 257, "mask", "med3dvlm", False),
+    (1000, 1000, 768, "diag", "siglip", False),
+]
+
+
+@pytest.mark.skipif(CUDA_REASON is not None, reason=f"cuda backend: {CUDA_REASON}")
+@pytest.mark.parametrize("case", CUDA_CASES, ids=_case_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_cuda_odd_sizes(dtype, case):
+    _check_against_reference("cuda", dtype, case)
+
+
+@pytest.mark.skipif(CUDA_REASON is not None, reason=f"cuda backend: {CUDA_REASON}")
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[5]], ids=_case_id)
+def test_cuda_gradcheck_float64(case):
+    x, y, t, b, kw = _make(case)
+    inputs = tuple(v.cuda().clone().requires_grad_() for v in (x, y, t, b))
+    kw = _to(kw, "cuda")
+    assert torch.autograd.gradcheck(lambda *a: sigmoid_loss(*a, **kw, backend="cuda"), inputs, fast_mode=True)
+
+
+@pytest.mark.skipif(CUDA_REASON is not None, reason=f"cuda backend: {CUDA_REASON}")
+def test_cuda_deterministic_and_not_auto():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(700, 200, generator=g).cuda().bfloat16()
+    y = torch.randn(500, 200, generator=g).cuda().bfloat16()
+    lab = torch.randint(0, 9, (700,), generator=g).cuda(), torch.randint(0, 9, (500,), generator=g).cuda()
+    runs = []
+    for _ in range(2):
+        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+        t, b = torch.tensor(1.0, device="cuda", requires_grad=True), torch.tensor(-3.0, device="cuda", requires_grad=True)
+        loss = sigmoid_loss(xs, ys, t, b, labels=lab[0], labels_y=lab[1], backend="cuda")
+        loss.backward()
+        runs.append((loss, xs.grad, ys.grad, t.grad, b.grad))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    # auto keeps Triton on GPUs until a GPU benchmark shows the CUDA kernels faster
+    assert _DISPATCH.select("auto", x.device, x.dtype, x=x, y=y) != "cuda"

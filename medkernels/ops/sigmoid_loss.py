@@ -1,9 +1,10 @@
 """``sigmoid_loss``: the pairwise sigmoid (SigLIP) loss as a torch custom op with autograd.
 
-Backends: ``triton`` (tiled ``tl.dot`` kernels), ``cpu`` (our C++/OpenMP, cache-blocked) and
-``reference`` (eager PyTorch, materialises the N x M logits). ``triton`` and ``cpu`` never hold
-the N x M matrix: tiles of logits are computed, consumed and dropped, and the backward
-recomputes them. All compute the same function; ``auto`` picks by device.
+Backends: ``cuda`` (our CUDA kernels: tensor-core MMA tiles for fp16/bf16, FMA for fp32/fp64),
+``triton`` (tiled ``tl.dot`` kernels), ``cpu`` (our C++/OpenMP, cache-blocked) and ``reference``
+(eager PyTorch, materialises the N x M logits). ``cuda``, ``triton`` and ``cpu`` never hold the
+N x M matrix: tiles of logits are computed, consumed and dropped, and the backward recomputes
+them. All compute the same function; ``auto`` picks by device (Triton on GPUs, see _cuda_auto).
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ from ..reference.sigmoid_loss import (
     sigmoid_loss_ref,
     sigmoid_loss_scale,
 )
-from ._common import check_same, check_tensor, describe, dtype_code
+from ._common import check_same, check_tensor, cuda_stream, describe, dtype_code
+
+
+def _cuda_auto(**inputs) -> bool:
+    # The CUDA kernels are auto's pick only once a GPU benchmark (benchmarks/bench_sigmoid_loss.py,
+    # provider "cuda" vs "triton") shows them faster; none has run on a GPU yet, so auto keeps
+    # Triton on GPU tensors. backend="cuda" runs them.
+    return False
+
 
 _DISPATCH = _dispatch.Dispatcher(
     "sigmoid_loss",
     (
+        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("sigmoid_loss_fwd_cuda"), auto=_cuda_auto),
         _dispatch.Backend(
             "triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine, auto=_dispatch.triton_auto
         ),
@@ -101,41 +111,56 @@ def _cpu_params(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symm
     return p
 
 
-def _cpu_fwd(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-    p = _cpu_params(x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask), diag_offset, symmetric)
-    out = torch.zeros(1, dtype=torch.float64)
-    p.loss = out.data_ptr()
-    C = extension.module
-    nbytes = C.sigmoid_loss_fwd_workspace_bytes_cpu(p)
-    ws = torch.empty(max(nbytes, 1), dtype=torch.uint8)  # through torch's allocator: visible to its memory stats
-    p.workspace, p.workspace_bytes = ws.data_ptr(), nbytes
-    C.sigmoid_loss_fwd_cpu(p)
-    return out.reshape(()).to(_acc_dtype(x.dtype))
+def _compiled_fwd(kind: str):
+    """The C++ (``cpu``) or CUDA (``cuda``) forward: the unscaled sum as a 0-d accumulation-type tensor."""
+
+    def run(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
+        p = _cpu_params(x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask), diag_offset, symmetric)
+        out = torch.zeros(1, dtype=torch.float64, device=x.device)
+        p.loss = out.data_ptr()
+        C = extension.module
+        nbytes = getattr(C, f"sigmoid_loss_fwd_workspace_bytes_{kind}")(p)
+        # through torch's allocator: visible to its memory stats
+        ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=x.device)
+        p.workspace, p.workspace_bytes = ws.data_ptr(), nbytes
+        if kind == "cuda":
+            C.sigmoid_loss_fwd_cuda(p, cuda_stream(x))
+        else:
+            C.sigmoid_loss_fwd_cpu(p)
+        return out.reshape(()).to(_acc_dtype(x.dtype))
+
+    return run
 
 
-def _cpu_bwd(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-    C = extension.module
-    b = C.SigmoidLossBwdParams()
-    b.fwd = _cpu_params(x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask), diag_offset, symmetric)
-    b.grad_scale = float(c.double().reshape(()))
-    dx = torch.empty(x.shape, dtype=x.dtype)
-    dy = torch.empty(y.shape, dtype=y.dtype)
-    sums = torch.zeros(2, dtype=torch.float64)
-    b.grad_x, b.grad_x_strides = dx.data_ptr(), list(dx.stride())
-    b.grad_y, b.grad_y_strides = dy.data_ptr(), list(dy.stride())
-    b.grad_t_prime, b.grad_bias = sums.data_ptr(), sums.data_ptr() + 8
-    nbytes = C.sigmoid_loss_bwd_workspace_bytes_cpu(b)
-    ws = torch.empty(max(nbytes, 1), dtype=torch.uint8)
-    fwd = b.fwd
-    fwd.workspace, fwd.workspace_bytes = ws.data_ptr(), nbytes
-    b.fwd = fwd
-    C.sigmoid_loss_bwd_cpu(b)
-    acc = _acc_dtype(x.dtype)
-    return dx, dy, sums[0].to(acc), sums[1].to(acc)
+def _compiled_bwd(kind: str):
+    def run(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
+        C = extension.module
+        b = C.SigmoidLossBwdParams()
+        b.fwd = _cpu_params(x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask), diag_offset, symmetric)
+        b.grad_scale = float(c.double().reshape(()))
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        dy = torch.empty(y.shape, dtype=y.dtype, device=x.device)
+        sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+        b.grad_x, b.grad_x_strides = dx.data_ptr(), list(dx.stride())
+        b.grad_y, b.grad_y_strides = dy.data_ptr(), list(dy.stride())
+        b.grad_t_prime, b.grad_bias = sums.data_ptr(), sums.data_ptr() + 8
+        nbytes = getattr(C, f"sigmoid_loss_bwd_workspace_bytes_{kind}")(b)
+        ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=x.device)
+        fwd = b.fwd
+        fwd.workspace, fwd.workspace_bytes = ws.data_ptr(), nbytes
+        b.fwd = fwd
+        if kind == "cuda":
+            C.sigmoid_loss_bwd_cuda(b, cuda_stream(x))
+        else:
+            C.sigmoid_loss_bwd_cpu(b)
+        acc = _acc_dtype(x.dtype)
+        return dx, dy, sums[0].to(acc), sums[1].to(acc)
+
+    return run
 
 
-_FWD = {"triton": _triton_fwd, "cpu": _cpu_fwd, "reference": _reference_fwd}
-_BWD = {"triton": _triton_bwd, "cpu": _cpu_bwd, "reference": _reference_bwd}
+_FWD = {"cuda": _compiled_fwd("cuda"), "triton": _triton_fwd, "cpu": _compiled_fwd("cpu"), "reference": _reference_fwd}
+_BWD = {"cuda": _compiled_bwd("cuda"), "triton": _triton_bwd, "cpu": _compiled_bwd("cpu"), "reference": _reference_bwd}
 
 
 def sigmoid_loss_sum_fwd(backend, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
@@ -341,7 +366,8 @@ def sigmoid_loss(
             single-GPU code scales by t_prime without exp and does not divide by N; we follow its
             distributed path (exp(t_prime), / N), which is SigLIP's definition, in every case.
         normalize: L2-normalise x and y first (inside autograd).
-        backend: "auto", "triton", "cpu" or "reference".
+        backend: "auto", "cuda", "triton", "cpu" or "reference" (``auto``: Triton on GPU
+            tensors, our C++ kernel on CPU tensors).
 
     Returns:
         0-d loss, float32 for float32/float16/bfloat16 inputs (accumulated in fp32), float64
