@@ -457,7 +457,8 @@ def test_cuda_deterministic_and_not_auto():
     runs = []
     for _ in range(2):
         xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
-        t, b = torch.tensor(1.0, device="cuda", requires_grad=True), torch.tensor(-3.0, device="cuda", requires_grad=True)
+        t = torch.tensor(1.0, device="cuda", requires_grad=True)
+        b = torch.tensor(-3.0, device="cuda", requires_grad=True)
         loss = sigmoid_loss(xs, ys, t, b, labels=lab[0], labels_y=lab[1], backend="cuda")
         loss.backward()
         runs.append((loss, xs.grad, ys.grad, t.grad, b.grad))
