@@ -12,6 +12,7 @@
 #include "medkernels/common.h"
 #include "medkernels/decomp_conv.h"
 #include "medkernels/diffusion.h"
+#include "medkernels/detail/sigmoid_loss.h"
 #include "medkernels/sigmoid_loss.h"
 #include "medkernels/window_attention.h"
 
@@ -404,10 +405,37 @@ using Scratch = std::unique_ptr<void, void (*)(void*)>;
 
 Scratch scratch64(size_t bytes) { return Scratch(std::aligned_alloc(64, (bytes + 64) / 64 * 64), std::free); }
 
+// The CUDA entry points take the caller's device workspace (mk_sigmoid_loss_cuda_workspace_bytes()).
+int sigmoid_loss_cuda_fwd(const std::string& f, medkernels::SigmoidLossParams& p, void* workspace,
+                          size_t workspace_bytes, void* stream) {
+#ifdef MEDKERNELS_WITH_CUDA
+  p.workspace = workspace;
+  p.workspace_bytes = workspace_bytes;
+  return from_status(medkernels::cuda::sigmoid_loss_fwd(p, stream));
+#else
+  (void)p, (void)workspace, (void)workspace_bytes, (void)stream;
+  return no_cuda(f.c_str());
+#endif
+}
+
+int sigmoid_loss_cuda_bwd(const std::string& f, medkernels::SigmoidLossBwdParams& b, void* workspace,
+                          size_t workspace_bytes, void* stream) {
+#ifdef MEDKERNELS_WITH_CUDA
+  b.fwd.workspace = workspace;
+  b.fwd.workspace_bytes = workspace_bytes;
+  return from_status(medkernels::cuda::sigmoid_loss_bwd(b, stream));
+#else
+  (void)b, (void)workspace, (void)workspace_bytes, (void)stream;
+  return no_cuda(f.c_str());
+#endif
+}
+
 int sigmoid_loss_fwd(const char* fn, medkernels::DType dt, const void* x, const void* y, int64_t n, int64_t m,
                      int64_t d, const int64_t* x_strides, const int64_t* y_strides, double logit_scale, double bias,
                      int symmetric, int positives, int64_t diag_offset, const int64_t* labels_x,
-                     const int64_t* labels_y, const uint8_t* mask, const int64_t* mask_strides, double* loss) {
+                     const int64_t* labels_y, const uint8_t* mask, const int64_t* mask_strides, double* loss,
+                     bool on_cuda = false, void* workspace = nullptr, size_t workspace_bytes = 0,
+                     void* stream = nullptr) {
   return guarded(fn, [&]() -> int {
     const std::string f(fn);
     if (!loss) return fail(MK_INVALID_ARGUMENT, f + ": loss must not be NULL");
@@ -416,6 +444,7 @@ int sigmoid_loss_fwd(const char* fn, medkernels::DType dt, const void* x, const 
                                   positives, diag_offset, labels_x, labels_y, mask, mask_strides, p);
     if (st != MK_SUCCESS) return st;
     p.loss = loss;
+    if (on_cuda) return sigmoid_loss_cuda_fwd(f, p, workspace, workspace_bytes, stream);
     const size_t bytes = medkernels::cpu::sigmoid_loss_fwd_workspace_bytes(p);
     Scratch ws = scratch64(bytes);
     if (!ws) return fail(MK_INTERNAL_ERROR, f + ": out of host memory for " + std::to_string(bytes) + " bytes");
@@ -430,7 +459,8 @@ int sigmoid_loss_bwd(const char* fn, medkernels::DType dt, const void* x, const 
                      int symmetric, int positives, int64_t diag_offset, const int64_t* labels_x,
                      const int64_t* labels_y, const uint8_t* mask, const int64_t* mask_strides, double grad_scale,
                      void* grad_x, const int64_t* grad_x_strides, void* grad_y, const int64_t* grad_y_strides,
-                     double* grad_t_prime, double* grad_bias) {
+                     double* grad_t_prime, double* grad_bias, bool on_cuda = false, void* workspace = nullptr,
+                     size_t workspace_bytes = 0, void* stream = nullptr) {
   return guarded(fn, [&]() -> int {
     const std::string f(fn);
     medkernels::SigmoidLossBwdParams b;
@@ -446,6 +476,7 @@ int sigmoid_loss_bwd(const char* fn, medkernels::DType dt, const void* x, const 
     b.grad_y_strides[1] = grad_y_strides ? grad_y_strides[1] : 1;
     b.grad_t_prime = grad_t_prime;
     b.grad_bias = grad_bias;
+    if (on_cuda) return sigmoid_loss_cuda_bwd(f, b, workspace, workspace_bytes, stream);
     const size_t bytes = medkernels::cpu::sigmoid_loss_bwd_workspace_bytes(b);
     Scratch ws = scratch64(bytes);
     if (!ws) return fail(MK_INTERNAL_ERROR, f + ": out of host memory for " + std::to_string(bytes) + " bytes");
@@ -620,6 +651,12 @@ MK_FOR_EACH_DTYPE(MK_DEFINE_WINDOW_ATTENTION)
     return sigmoid_loss_fwd("mk_sigmoid_loss_fwd_" #SUFFIX, DT, x, y, n, m, d, x_strides, y_strides,       \
                             logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask, \
                             mask_strides, loss);                                                          \
+  }                                                                                                       \
+  int mk_sigmoid_loss_fwd_##SUFFIX##_cuda(MK_SIGMOID_LOSS_FWD_ARGS(T), void* workspace, size_t workspace_bytes, \
+                                          void* stream) {                                                 \
+    return sigmoid_loss_fwd("mk_sigmoid_loss_fwd_" #SUFFIX "_cuda", DT, x, y, n, m, d, x_strides, y_strides, \
+                            logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask, \
+                            mask_strides, loss, true, workspace, workspace_bytes, stream);                \
   }
 
 #define MK_DEFINE_SIGMOID_LOSS_BWD(SUFFIX, T, A, DT)                                                           \
@@ -628,10 +665,27 @@ MK_FOR_EACH_DTYPE(MK_DEFINE_WINDOW_ATTENTION)
                             logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask,    \
                             mask_strides, grad_scale, grad_x, grad_x_strides, grad_y, grad_y_strides,          \
                             grad_t_prime, grad_bias);                                                          \
+  }                                                                                                             \
+  int mk_sigmoid_loss_bwd_##SUFFIX##_cuda(MK_SIGMOID_LOSS_BWD_ARGS(T), void* workspace, size_t workspace_bytes,  \
+                                          void* stream) {                                                       \
+    return sigmoid_loss_bwd("mk_sigmoid_loss_bwd_" #SUFFIX "_cuda", DT, x, y, n, m, d, x_strides, y_strides,    \
+                            logit_scale, bias, symmetric, positives, diag_offset, labels_x, labels_y, mask,    \
+                            mask_strides, grad_scale, grad_x, grad_x_strides, grad_y, grad_y_strides,          \
+                            grad_t_prime, grad_bias, true, workspace, workspace_bytes, stream);                \
   }
 
 MK_FOR_EACH_DTYPE(MK_DEFINE_SIGMOID_LOSS_BWD)
 
 MK_FOR_EACH_DTYPE(MK_DEFINE_SIGMOID_LOSS)
+
+size_t mk_sigmoid_loss_cuda_workspace_bytes(int64_t n, int64_t m) {
+  if (n < 1 || m < 1) return 0;
+  medkernels::SigmoidLossParams p;
+  p.n = n;
+  p.m = m;
+  const size_t f = medkernels::detail::sl_cuda_fwd_workspace_bytes(p);
+  const size_t b = medkernels::detail::sl_cuda_bwd_workspace_bytes(p);
+  return f > b ? f : b;
+}
 
 }  // extern "C"

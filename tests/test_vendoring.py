@@ -845,3 +845,53 @@ def test_capi_sigmoid_loss_backward_matches_autograd(install_prefix):
     (0.5 * loss).backward()
     for got, want in ((gx, tx), (gy, ty), (gt[0], tt), (gb[0], tb)):
         np.testing.assert_allclose(got, want.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_capi_sigmoid_loss_cuda_entry_points(install_prefix):
+    """The _cuda sigmoid-loss entry points exist for every dtype; the workspace query matches the kernels'
+    plan; without a GPU a call returns a status (MK_UNSUPPORTED from a CPU build) and never aborts."""
+    import ctypes
+
+    import torch
+
+    lib = _ctypes_lib(install_prefix)
+    if not hasattr(lib, "mk_sigmoid_loss_cuda_workspace_bytes"):
+        pytest.skip("this libmedkernels_capi predates the CUDA sigmoid loss entry points")
+    for op in ("fwd", "bwd"):
+        for dt in ("f32", "f64", "f16", "bf16"):
+            assert hasattr(lib, f"mk_sigmoid_loss_{op}_{dt}_cuda")
+    lib.mk_sigmoid_loss_cuda_workspace_bytes.restype = ctypes.c_size_t
+    ws = lib.mk_sigmoid_loss_cuda_workspace_bytes
+    # forward: one double per (row block of 64, column split); backward: two per row block
+    assert ws(ctypes.c_int64(1), ctypes.c_int64(1)) == 16
+    assert ws(ctypes.c_int64(100), ctypes.c_int64(100)) == 2 * 2 * 8
+    assert ws(ctypes.c_int64(32768), ctypes.c_int64(32768)) == 512 * 2 * 8
+    assert ws(ctypes.c_int64(0), ctypes.c_int64(5)) == 0
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: host pointers would reach the kernels (tests/test_sigmoid_loss.py runs them)")
+    n, d = 4, 8
+    x = np.ones((n, d), np.float32)
+    loss = np.zeros(1)
+    st = lib.mk_sigmoid_loss_fwd_f32_cuda(_ptr(x), _ptr(x), ctypes.c_int64(n), ctypes.c_int64(n), ctypes.c_int64(d),
+                                          None, None, ctypes.c_double(10.0), ctypes.c_double(-10.0), ctypes.c_int(0),
+                                          ctypes.c_int(0), ctypes.c_int64(0), None, None, None, None, _ptr(loss), None,
+                                          ctypes.c_size_t(0), None)
+    assert st == (3 if lib.mk_cuda_available() else 2), lib.mk_last_error()
+    assert b"mk_sigmoid_loss_fwd_f32_cuda" in lib.mk_last_error() or lib.mk_cuda_available()
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+def test_sigmoid_loss_cuh_links_without_the_library(tmp_path):
+    """A program instantiating the header-only sigmoid-loss launchers links with nvcc alone."""
+    src = tmp_path / "use_sl.cu"
+    src.write_text(
+        '#include "medkernels/cuda/sigmoid_loss.cuh"\n'
+        "int main() {\n"
+        "  medkernels::SigmoidLossParams p; medkernels::SigmoidLossBwdParams b;\n"
+        "  int e = int(medkernels::cuda::launch_sigmoid_loss_fwd<medkernels::half_t>(p, nullptr));\n"
+        "  e += int(medkernels::cuda::launch_sigmoid_loss_bwd<double>(b, nullptr));\n"
+        "  return e > 1000;\n"
+        "}\n")
+    run = subprocess.run([NVCC, "-std=c++17", "-arch=sm_80", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o",
+                          str(tmp_path / "use_sl")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]

@@ -192,7 +192,9 @@ MK_CAPI int mk_window_attention3d_bwd_bf16(MK_WINDOW_ATTENTION3D_BWD_ARGS(uint16
  * logit_scale * (x_i.y_j + x_j.y_i) / 2 + bias, n == m); divide by n for SigLIP's mean.
  * positives: 0 the pairs i - j == diag_offset, 1 labels_x[i] == labels_y[j] ((n,) and (m,) int64),
  * 2 mask[i * mask_strides[0] + j * mask_strides[1]] != 0 (uint8; NULL strides: contiguous (n, m)).
- * CPU only in this version; the scratch memory is allocated inside the call. */
+ * CPU: the scratch memory is allocated inside the call. _cuda: device pointers (loss too), and a
+ * device workspace of mk_sigmoid_loss_cuda_workspace_bytes(n, m) bytes (the per-block partial sums,
+ * O(n / 64 * splits) doubles; the same size serves the forward and the backward). */
 #define MK_SIGMOID_LOSS_FWD_ARGS(T)                                                                        \
   const T *x, const T *y, int64_t n, int64_t m, int64_t d, const int64_t *x_strides, const int64_t *y_strides, \
       double logit_scale, double bias, int symmetric, int positives, int64_t diag_offset,                     \
@@ -202,10 +204,17 @@ MK_CAPI int mk_sigmoid_loss_fwd_f32(MK_SIGMOID_LOSS_FWD_ARGS(float));
 MK_CAPI int mk_sigmoid_loss_fwd_f64(MK_SIGMOID_LOSS_FWD_ARGS(double));
 MK_CAPI int mk_sigmoid_loss_fwd_f16(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t));
 MK_CAPI int mk_sigmoid_loss_fwd_bf16(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t));
+MK_CAPI size_t mk_sigmoid_loss_cuda_workspace_bytes(int64_t n, int64_t m);
+#define MK_SIGMOID_LOSS_CUDA_TAIL void *workspace, size_t workspace_bytes, void *stream
+MK_CAPI int mk_sigmoid_loss_fwd_f32_cuda(MK_SIGMOID_LOSS_FWD_ARGS(float), MK_SIGMOID_LOSS_CUDA_TAIL);
+MK_CAPI int mk_sigmoid_loss_fwd_f64_cuda(MK_SIGMOID_LOSS_FWD_ARGS(double), MK_SIGMOID_LOSS_CUDA_TAIL);
+MK_CAPI int mk_sigmoid_loss_fwd_f16_cuda(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t), MK_SIGMOID_LOSS_CUDA_TAIL);
+MK_CAPI int mk_sigmoid_loss_fwd_bf16_cuda(MK_SIGMOID_LOSS_FWD_ARGS(uint16_t), MK_SIGMOID_LOSS_CUDA_TAIL);
 
 /* Backward of grad_scale * loss (the same arguments as the forward, loss excepted): grad_x (n, d) and
  * grad_y (m, d) in the inputs' dtype through their strides (NULL: contiguous), *grad_t_prime =
- * d/d t' with logit_scale = exp(t') and *grad_bias as doubles (these two may be NULL). CPU only. */
+ * d/d t' with logit_scale = exp(t') and *grad_bias as doubles (these two may be NULL). CPU, and
+ * _cuda with device pointers and workspace as for the forward. */
 #define MK_SIGMOID_LOSS_BWD_ARGS(T)                                                                        \
   const T *x, const T *y, int64_t n, int64_t m, int64_t d, const int64_t *x_strides, const int64_t *y_strides, \
       double logit_scale, double bias, int symmetric, int positives, int64_t diag_offset,                     \
@@ -216,6 +225,10 @@ MK_CAPI int mk_sigmoid_loss_bwd_f32(MK_SIGMOID_LOSS_BWD_ARGS(float));
 MK_CAPI int mk_sigmoid_loss_bwd_f64(MK_SIGMOID_LOSS_BWD_ARGS(double));
 MK_CAPI int mk_sigmoid_loss_bwd_f16(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t));
 MK_CAPI int mk_sigmoid_loss_bwd_bf16(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t));
+MK_CAPI int mk_sigmoid_loss_bwd_f32_cuda(MK_SIGMOID_LOSS_BWD_ARGS(float), MK_SIGMOID_LOSS_CUDA_TAIL);
+MK_CAPI int mk_sigmoid_loss_bwd_f64_cuda(MK_SIGMOID_LOSS_BWD_ARGS(double), MK_SIGMOID_LOSS_CUDA_TAIL);
+MK_CAPI int mk_sigmoid_loss_bwd_f16_cuda(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t), MK_SIGMOID_LOSS_CUDA_TAIL);
+MK_CAPI int mk_sigmoid_loss_bwd_bf16_cuda(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t), MK_SIGMOID_LOSS_CUDA_TAIL);
 
 #ifdef __cplusplus
 }  /* extern "C" */
