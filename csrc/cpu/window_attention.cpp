@@ -1,9 +1,11 @@
 // (Shifted) window attention in 3D on the CPU (OpenMP). See medkernels/window_attention.h.
 //
 // Forward: one task per (direction, batch, window, head). The window's q, k, v are gathered
-// from the strided volumes into small contiguous buffers (keys transposed so the logits of a
-// query are a unit-stride loop over keys), each query's logits row gets bias, shift mask and
-// softmax in one pass, and the output goes straight back to the token's place.
+// from the strided volumes into small contiguous buffers (K^T so the logits of four queries are
+// a register tile over keys, V row-major so P V is a register tile over the head dimension);
+// each query's logits row gets scale, bias, shift mask, padding mask, max, exp and sum in one
+// vectorised pass, and the output goes straight back to the token's place. The (heads, N, N)
+// bias is gathered from the table once per call, in parallel.
 // Backward: one task per (direction, chunk of windows, head), the chunk's windows in order:
 // P is recomputed from the saved log-sum-exp, dS = P (dO V^T - rowsum(dO O)); dq per query,
 // dk, dv per key, and dS summed into the task's own (N, N) slice of the workspace. The slices
@@ -13,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,9 +24,9 @@
 #include "medkernels/detail/window_attention_kernels.h"
 #include "medkernels/window_attention.h"
 
-// Two primitives carry every O(N^2 E) loop, each over a row of N keys: y += a * x and a dot
-// product with 16 fixed lanes (the same summation order on every run). They are built per
-// x86 ISA level (AVX-512, AVX2+FMA, baseline) by GCC function multiversioning, as csrc/cpu/vec.cpp.
+// Every O(N^2) and O(N^2 E) loop is one of a few row primitives with fixed lanes (the same
+// summation order on every run), built per x86 ISA level (AVX-512, AVX2+FMA, baseline) by GCC
+// function multiversioning, as csrc/cpu/vec.cpp.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define MK_WA_VERSIONS(DEFINE)                              \
   DEFINE(__attribute__((target("avx512f,avx512vl,fma")))) \
@@ -37,91 +40,116 @@ namespace medkernels {
 namespace cpu {
 namespace wa_detail {
 
-// y[i] = exp(y[i] - m) in float, vectorisable: 2^k * p(r) with k = round((y - m) / ln 2), r the
-// Cody-Waite reduced argument and p Cephes' expf polynomial (about 1 ulp); below -87.3 (masked
-// logits, -inf included) the result is 0. Inlined into each ISA version of exp_shift.
-__attribute__((always_inline)) inline void exp_shift_f32(float* __restrict y, float m, int64_t n) {
-  int64_t i = 0;
-  for (; i < n; i += 16) {
-    const int lanes = n - i < 16 ? int(n - i) : 16;
-    float t[16], kf[16], p[16];
-    int32_t kb[16];
-    for (int l = 0; l < 16; ++l) t[l] = l < lanes ? y[i + l] - m : -100.0f;
-    for (int l = 0; l < 16; ++l) {
-      const float tc = t[l] < -87.3f ? -87.3f : t[l];
-      kf[l] = (tc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-      const float r = (tc - kf[l] * 0.693359375f) - kf[l] * -2.12194440e-4f;
-      float q = 1.9875691500e-4f;
-      q = q * r + 1.3981999507e-3f;
-      q = q * r + 8.3334519073e-3f;
-      q = q * r + 4.1665795894e-2f;
-      q = q * r + 1.6666665459e-1f;
-      q = q * r + 5.0000001201e-1f;
-      p[l] = q * r * r + r + 1.0f;
-      kb[l] = (int32_t(kf[l]) + 127) << 23;
-    }
-    float scale[16];
-    std::memcpy(scale, kb, sizeof(scale));
-    for (int l = 0; l < 16; ++l) p[l] = t[l] < -87.3f ? 0.0f : p[l] * scale[l];
-    for (int l = 0; l < lanes; ++l) y[i + l] = p[l];
-  }
+// Row lengths: key rows (ld) are padded to a multiple of KEY_ALIGN (keys past N have zero q.k
+// and a -inf padding mask), head rows (Ep) to a multiple of HEAD_ALIGN with zero channels.
+// Query blocks have 4 rows.
+constexpr int64_t KEY_ALIGN = 32, HEAD_ALIGN = 16;
+
+// One 64-byte vector (GCC vector extensions: a zmm register in the AVX-512 version, two ymm or
+// four xmm in the others), so the accumulators of every tile below stay in registers.
+template <typename A>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float T __attribute__((vector_size(64)));
+  typedef float U __attribute__((vector_size(64), aligned(4)));
+  typedef int32_t I __attribute__((vector_size(64)));
+  static constexpr int L = 16;
+};
+template <>
+struct Vec<double> {
+  typedef double T __attribute__((vector_size(64)));
+  typedef double U __attribute__((vector_size(64), aligned(8)));
+  static constexpr int L = 8;
+};
+template <typename A>
+__attribute__((always_inline)) inline typename Vec<A>::T vload(const A* p) {
+  return *reinterpret_cast<const typename Vec<A>::U*>(p);
 }
-// Four query rows at a time: the accumulators of a 4 x LANES tile stay in registers while the
-// head dimension is summed (4 FMAs per load), instead of one row's axpy per element.
-template <typename A, int L>
+template <typename A>
+__attribute__((always_inline)) inline void vstore(A* p, typename Vec<A>::T v) {
+  *reinterpret_cast<typename Vec<A>::U*>(p) = v;
+}
+template <typename A>
+__attribute__((always_inline)) inline typename Vec<A>::T vsplat(A x) {
+  typename Vec<A>::T v = {};
+  return v + x;
+}
+
+// exp(t) in float on a vector: 2^k * p(r) with k = round(t / ln 2), r the Cody-Waite reduced
+// argument and p Cephes' expf polynomial (about 1 ulp); below -87.3 (masked logits, -inf
+// included) the result is 0. Doubles use std::exp lane by lane (the float64 test path).
+__attribute__((always_inline)) inline Vec<float>::T vexp(Vec<float>::T t) {
+  using V = Vec<float>::T;
+  const V lo = vsplat(-87.3f);
+  const V tc = t < lo ? lo : t;
+  const V kf = (tc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const V r = (tc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+  V q = vsplat(1.9875691500e-4f);
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const V p = q * r * r + r + 1.0f;
+  const Vec<float>::I kb = (__builtin_convertvector(kf, Vec<float>::I) + 127) << 23;
+  const V scale = reinterpret_cast<const V&>(kb);
+  return t < lo ? vsplat(0.0f) : p * scale;
+}
+__attribute__((always_inline)) inline Vec<double>::T vexp(Vec<double>::T t) {
+  for (int l = 0; l < 8; ++l) t[l] = std::exp(t[l]);
+  return t;
+}
+
+// s[r][j] = sum_e x[r][e] * M[e][j] for 4 query rows r and j < np (np a multiple of 2 L; rows
+// of s and M: ld): a 4 x 2L tile of 8 register accumulators while the head dimension is summed.
+template <typename A>
 __attribute__((always_inline)) inline void gemv4_impl(A* __restrict s, int64_t ld, const A* __restrict x, int64_t E,
                                                       const A* __restrict M, int64_t np) {
-  // s[r][j] = sum_e x[r][e] * M[e][j], r < 4, j < np (np a multiple of L; rows of s and M: ld)
-  for (int64_t j0 = 0; j0 < np; j0 += L) {
-    A a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
+  using V = typename Vec<A>::T;
+  constexpr int L = Vec<A>::L;
+  for (int64_t j0 = 0; j0 < np; j0 += 2 * L) {
+    V a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
     for (int64_t e = 0; e < E; ++e) {
-      const A* m = M + e * ld + j0;
+      const V m0 = vload(M + e * ld + j0), m1 = vload(M + e * ld + j0 + L);
       const A x0 = x[e], x1 = x[E + e], x2 = x[2 * E + e], x3 = x[3 * E + e];
-      for (int l = 0; l < L; ++l) {
-        a0[l] += x0 * m[l];
-        a1[l] += x1 * m[l];
-        a2[l] += x2 * m[l];
-        a3[l] += x3 * m[l];
-      }
+      a0 += x0 * m0, b0 += x0 * m1;
+      a1 += x1 * m0, b1 += x1 * m1;
+      a2 += x2 * m0, b2 += x2 * m1;
+      a3 += x3 * m0, b3 += x3 * m1;
     }
-    for (int l = 0; l < L; ++l) {
-      s[j0 + l] = a0[l];
-      s[ld + j0 + l] = a1[l];
-      s[2 * ld + j0 + l] = a2[l];
-      s[3 * ld + j0 + l] = a3[l];
-    }
+    vstore(s + j0, a0), vstore(s + j0 + L, b0);
+    vstore(s + ld + j0, a1), vstore(s + ld + j0 + L, b1);
+    vstore(s + 2 * ld + j0, a2), vstore(s + 2 * ld + j0 + L, b2);
+    vstore(s + 3 * ld + j0, a3), vstore(s + 3 * ld + j0 + L, b3);
   }
 }
 
-template <typename A, int L>
-__attribute__((always_inline)) inline void dot4_impl(A* __restrict out, const A* __restrict P, int64_t ld,
-                                                     const A* __restrict x, int64_t n) {
-  // out[r] = sum_j P[r][j] x[j], fixed lanes: the same order on every run
-  A a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
-  int64_t j = 0;
-  for (; j + L <= n; j += L)
-    for (int l = 0; l < L; ++l) {
-      const A xv = x[j + l];
-      a0[l] += P[j + l] * xv;
-      a1[l] += P[ld + j + l] * xv;
-      a2[l] += P[2 * ld + j + l] * xv;
-      a3[l] += P[3 * ld + j + l] * xv;
+// o[r][e] = sum_j P[r][j] * V[j][e] for 4 rows r and e < Ep (a multiple of L), j < n in a fixed
+// order (even and odd keys in two accumulator sets, added at the end): 8 register accumulators,
+// no horizontal sums.
+template <typename A>
+__attribute__((always_inline)) inline void pv4_impl(A* __restrict o, const A* __restrict P, int64_t ld,
+                                                    const A* __restrict Vm, int64_t Ep, int64_t n) {
+  using V = typename Vec<A>::T;
+  constexpr int L = Vec<A>::L;
+  for (int64_t e0 = 0; e0 < Ep; e0 += L) {
+    V a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+      const V v = vload(Vm + j * Ep + e0), w = vload(Vm + (j + 1) * Ep + e0);
+      a0 += P[j] * v, b0 += P[j + 1] * w;
+      a1 += P[ld + j] * v, b1 += P[ld + j + 1] * w;
+      a2 += P[2 * ld + j] * v, b2 += P[2 * ld + j + 1] * w;
+      a3 += P[3 * ld + j] * v, b3 += P[3 * ld + j + 1] * w;
     }
-  for (int l = 0; j + l < n; ++l) {
-    const A xv = x[j + l];
-    a0[l] += P[j + l] * xv;
-    a1[l] += P[ld + j + l] * xv;
-    a2[l] += P[2 * ld + j + l] * xv;
-    a3[l] += P[3 * ld + j + l] * xv;
+    if (j < n) {
+      const V v = vload(Vm + j * Ep + e0);
+      a0 += P[j] * v, a1 += P[ld + j] * v, a2 += P[2 * ld + j] * v, a3 += P[3 * ld + j] * v;
+    }
+    vstore(o + e0, a0 + b0), vstore(o + Ep + e0, a1 + b1);
+    vstore(o + 2 * Ep + e0, a2 + b2), vstore(o + 3 * Ep + e0, a3 + b3);
   }
-  A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  for (int l = 0; l < L; ++l) {
-    s0 += a0[l];
-    s1 += a1[l];
-    s2 += a2[l];
-    s3 += a3[l];
-  }
-  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
 template <typename A>
@@ -131,54 +159,101 @@ __attribute__((always_inline)) inline void axpy4_impl(A* __restrict y, const A* 
   for (int64_t j = 0; j < n; ++j) y[j] += a0 * X[j] + a1 * X[ld + j] + a2 * X[2 * ld + j] + a3 * X[3 * ld + j];
 }
 
-#define MK_WA_DEFINE(ATTR)                                                                    \
-  ATTR void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {        \
-    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];                                         \
-  }                                                                                           \
-  ATTR void axpy(double* __restrict y, double a, const double* __restrict x, int64_t n) {     \
-    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];                                         \
-  }                                                                                           \
-  ATTR float dot(const float* __restrict a, const float* __restrict b, int64_t n) {           \
-    float acc[16] = {0};                                                                      \
-    int64_t i = 0;                                                                            \
-    for (; i + 16 <= n; i += 16)                                                              \
-      for (int l = 0; l < 16; ++l) acc[l] += a[i + l] * b[i + l];                             \
-    for (int l = 0; i + l < n; ++l) acc[l] += a[i + l] * b[i + l];                            \
-    float s = 0;                                                                              \
-    for (int l = 0; l < 16; ++l) s += acc[l];                                                 \
-    return s;                                                                                 \
-  }                                                                                           \
-  ATTR double dot(const double* __restrict a, const double* __restrict b, int64_t n) {        \
-    double acc[8] = {0};                                                                      \
-    int64_t i = 0;                                                                            \
-    for (; i + 8 <= n; i += 8)                                                                \
-      for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];                              \
-    for (int l = 0; i + l < n; ++l) acc[l] += a[i + l] * b[i + l];                            \
-    double s = 0;                                                                             \
-    for (int l = 0; l < 8; ++l) s += acc[l];                                                  \
-    return s;                                                                                 \
-  }                                                                                           \
-  ATTR void exp_shift(float* __restrict y, float m, int64_t n) { exp_shift_f32(y, m, n); }    \
-  ATTR void exp_shift(double* __restrict y, double m, int64_t n) {                            \
-    for (int64_t i = 0; i < n; ++i) y[i] = std::exp(y[i] - m);                                \
-  }                                                                                           \
-  ATTR void gemv4(float* s, int64_t ld, const float* x, int64_t E, const float* M, int64_t np) { \
-    gemv4_impl<float, 16>(s, ld, x, E, M, np);                                                \
-  }                                                                                           \
-  ATTR void gemv4(double* s, int64_t ld, const double* x, int64_t E, const double* M, int64_t np) { \
-    gemv4_impl<double, 8>(s, ld, x, E, M, np);                                                \
-  }                                                                                           \
-  ATTR void dot4(float* out, const float* P, int64_t ld, const float* x, int64_t n) {         \
-    dot4_impl<float, 16>(out, P, ld, x, n);                                                   \
-  }                                                                                           \
-  ATTR void dot4(double* out, const double* P, int64_t ld, const double* x, int64_t n) {      \
-    dot4_impl<double, 8>(out, P, ld, x, n);                                                   \
-  }                                                                                           \
-  ATTR void axpy4(float* y, const float* a, const float* X, int64_t ld, int64_t n) {          \
-    axpy4_impl<float>(y, a, X, ld, n);                                                        \
-  }                                                                                           \
-  ATTR void axpy4(double* y, const double* a, const double* X, int64_t ld, int64_t n) {       \
-    axpy4_impl<double>(y, a, X, ld, n);                                                       \
+// What one logits row needs besides q.k: the bias row (zeros without a table), per key the
+// shift region id and the padding mask (0, or -inf for masked padding and keys past N), the
+// query's region and the mask value (0 when unshifted). Rows are ld long (a multiple of L).
+template <typename A>
+struct RowMask {
+  const A* bias;
+  const A* region;
+  const A* kmask;
+  A query_region, mask_value, scale;
+};
+
+// s[j] = q.k_j * scale + bias[j] + (region differs ? mask_value : 0) + kmask[j]
+template <typename A>
+__attribute__((always_inline)) inline typename Vec<A>::T logits_at(const A* s, int64_t j, const RowMask<A>& m) {
+  using V = typename Vec<A>::T;
+  const V x = vload(s + j) * m.scale + vload(m.bias + j);
+  const V reg = vload(m.region + j);
+  return x + (reg != m.query_region ? vsplat(m.mask_value) : vsplat(A(0))) + vload(m.kmask + j);
+}
+
+// Forward row (ld entries): P = exp(logits - max) in place; *mx = max, *sum = sum of P, both
+// over fixed lanes.
+template <typename A>
+__attribute__((always_inline)) inline void softmax_row_impl(A* __restrict s, int64_t ld, const RowMask<A>& m, A* mx,
+                                                            A* sum) {
+  using V = typename Vec<A>::T;
+  constexpr int L = Vec<A>::L;
+  V vm = vsplat(-std::numeric_limits<A>::infinity());
+  for (int64_t j = 0; j < ld; j += L) {
+    const V x = logits_at(s, j, m);
+    vstore(s + j, x);
+    vm = vm > x ? vm : x;
+  }
+  A r = vm[0];
+  for (int l = 1; l < L; ++l) r = r > vm[l] ? r : vm[l];
+  V acc = {};
+  for (int64_t j = 0; j < ld; j += L) {
+    const V p = vexp(vload(s + j) - r);
+    vstore(s + j, p);
+    acc += p;
+  }
+  A t = A(0);
+  for (int l = 0; l < L; ++l) t += acc[l];
+  *mx = r, *sum = t;
+}
+
+// Backward row (ld entries): P = exp(logits - lse) into s, dS = P (dP - delta) into d, and
+// pair[j] += dS[j] for j < n (if pair).
+template <typename A>
+__attribute__((always_inline)) inline void dsoftmax_row_impl(A* __restrict s, A* __restrict d, int64_t ld, int64_t n,
+                                                             const RowMask<A>& m, A lse, A delta,
+                                                             A* __restrict pair) {
+  using V = typename Vec<A>::T;
+  constexpr int L = Vec<A>::L;
+  for (int64_t j = 0; j < ld; j += L) {
+    const V p = vexp(logits_at(s, j, m) - lse);
+    vstore(s + j, p);
+    vstore(d + j, p * (vload(d + j) - delta));
+  }
+  if (pair)
+    for (int64_t j = 0; j < n; ++j) pair[j] += d[j];
+}
+
+#define MK_WA_DEFINE(ATTR)                                                                                        \
+  ATTR void gemv4(float* s, int64_t ld, const float* x, int64_t E, const float* M, int64_t np) {                  \
+    gemv4_impl<float>(s, ld, x, E, M, np);                                                                        \
+  }                                                                                                               \
+  ATTR void gemv4(double* s, int64_t ld, const double* x, int64_t E, const double* M, int64_t np) {               \
+    gemv4_impl<double>(s, ld, x, E, M, np);                                                                       \
+  }                                                                                                               \
+  ATTR void pv4(float* o, const float* P, int64_t ld, const float* V, int64_t Ep, int64_t n) {                    \
+    pv4_impl<float>(o, P, ld, V, Ep, n);                                                                          \
+  }                                                                                                               \
+  ATTR void pv4(double* o, const double* P, int64_t ld, const double* V, int64_t Ep, int64_t n) {                 \
+    pv4_impl<double>(o, P, ld, V, Ep, n);                                                                         \
+  }                                                                                                               \
+  ATTR void axpy4(float* y, const float* a, const float* X, int64_t ld, int64_t n) {                              \
+    axpy4_impl<float>(y, a, X, ld, n);                                                                            \
+  }                                                                                                               \
+  ATTR void axpy4(double* y, const double* a, const double* X, int64_t ld, int64_t n) {                           \
+    axpy4_impl<double>(y, a, X, ld, n);                                                                           \
+  }                                                                                                               \
+  ATTR void softmax_row(float* s, int64_t ld, const RowMask<float>& m, float* mx, float* sum) {                   \
+    softmax_row_impl<float>(s, ld, m, mx, sum);                                                                   \
+  }                                                                                                               \
+  ATTR void softmax_row(double* s, int64_t ld, const RowMask<double>& m, double* mx, double* sum) {               \
+    softmax_row_impl<double>(s, ld, m, mx, sum);                                                                  \
+  }                                                                                                               \
+  ATTR void dsoftmax_row(float* s, float* d, int64_t ld, int64_t n, const RowMask<float>& m, float lse,           \
+                         float delta, float* pair) {                                                              \
+    dsoftmax_row_impl<float>(s, d, ld, n, m, lse, delta, pair);                                                   \
+  }                                                                                                               \
+  ATTR void dsoftmax_row(double* s, double* d, int64_t ld, int64_t n, const RowMask<double>& m, double lse,       \
+                         double delta, double* pair) {                                                            \
+    dsoftmax_row_impl<double>(s, d, ld, n, m, lse, delta, pair);                                                  \
   }
 
 MK_WA_VERSIONS(MK_WA_DEFINE)
@@ -208,15 +283,21 @@ Status window_attention_check(const WindowAttentionParams& p) {
   return Status::kSuccess;
 }
 
+
 namespace {
 
-// Where each window-local token of each window lives, and the pairwise bias index.
+using cpu::wa_detail::HEAD_ALIGN;
+using cpu::wa_detail::KEY_ALIGN;
+using cpu::wa_detail::RowMask;
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Where each window-local token of each window lives and its shift region.
 struct Geometry {
   int64_t N = 0, nW = 0;
   std::vector<int64_t> coord;  // (nW, N): ((od * H + oh) * W + ow), or -1 for a padding token
   std::vector<int32_t> od, oh, ow;
   std::vector<uint8_t> region;  // (nW, N) shift region id
-  std::vector<int32_t> bias_index;  // (N, N)
 };
 
 Geometry make_geometry(const WindowAttentionParams& p) {
@@ -251,23 +332,6 @@ Geometry make_geometry(const WindowAttentionParams& p) {
       g.region[i] = uint8_t(region_of(0, xd) * 9 + region_of(1, xh) * 3 + region_of(2, xw));
     }
   }
-  // Swin's index of the configured window on flat token indices (index[:n, :n]); the
-  // per-token coordinates first, so the N x N loop has no divisions
-  const int64_t CWH = p.window[1], CWW = p.window[2];
-  std::vector<int64_t> cd(g.N), ch(g.N), cw(g.N);
-  for (int64_t t = 0; t < g.N; ++t) {
-    cd[t] = t / (CWH * CWW);
-    ch[t] = (t / CWW) % CWH;
-    cw[t] = t % CWW;
-  }
-  const int64_t sd = (2 * CWH - 1) * (2 * CWW - 1), sh = 2 * CWW - 1;
-  const int64_t base = (p.window[0] - 1) * sd + (CWH - 1) * sh + (CWW - 1);
-  g.bias_index.resize(g.N * g.N);
-  for (int64_t i = 0; i < g.N; ++i) {
-    const int64_t bi = base + cd[i] * sd + ch[i] * sh + cw[i];
-    int32_t* row = g.bias_index.data() + i * g.N;
-    for (int64_t j = 0; j < g.N; ++j) row[j] = int32_t(bi - (cd[j] * sd + ch[j] * sh + cw[j]));
-  }
   return g;
 }
 
@@ -275,100 +339,110 @@ inline int64_t offset(const int64_t* s, int64_t b, const Geometry& g, int64_t i,
   return b * s[0] + g.od[i] * s[1] + g.oh[i] * s[2] + g.ow[i] * s[3] + h * s[4];
 }
 
-// Everything added to q.k * scale, per head: (heads, N, N) bias (+ nothing else; the shift
-// mask and padding mask depend on the window and are applied per row).
+// The (heads, N, ld) bias of every query row (Swin's index of the configured window on flat
+// token indices, index[:n, :n] when clamped), gathered from the table inside the caller's
+// parallel region (an omp for with its barrier); zeros without a table.
 template <typename T, typename A>
-std::vector<A> bias_values(const WindowAttentionParams& p, const Geometry& g) {
-  std::vector<A> out;
-  if (!p.table) return out;
+void gather_bias(const WindowAttentionParams& p, int64_t N, int64_t ld, A* out) {
+  const int64_t HEADS = p.heads, CWH = p.window[1], CWW = p.window[2];
+  const int64_t sd = (2 * CWH - 1) * (2 * CWW - 1), sh = 2 * CWW - 1;
+  const int64_t base = (p.window[0] - 1) * sd + (CWH - 1) * sh + (CWW - 1);
   const T* table = static_cast<const T*>(p.table);
-  const int64_t NN = g.N * g.N;
-  out.resize(p.heads * NN);
-  for (int64_t ij = 0; ij < NN; ++ij) {
-    const T* row = table + int64_t(g.bias_index[ij]) * p.heads;
-    for (int64_t h = 0; h < p.heads; ++h) out[h * NN + ij] = Io<T>::load(row + h);
+  std::vector<int64_t> key(N);  // the key's part of the index, subtracted from the query's
+  for (int64_t t = 0; t < N; ++t) key[t] = (t / (CWH * CWW)) * sd + ((t / CWW) % CWH) * sh + t % CWW;
+#pragma omp for schedule(static)
+  for (int64_t hi = 0; hi < HEADS * N; ++hi) {
+    const int64_t h = hi / N, i = hi % N;
+    A* row = out + hi * ld;
+    if (table) {
+      const T* col = table + (base + key[i]) * HEADS + h;
+      for (int64_t j = 0; j < N; ++j) row[j] = Io<T>::load(col - key[j] * HEADS);
+    } else {
+      std::fill(row, row + N, A(0));
+    }
+    std::fill(row + N, row + ld, A(0));
   }
-  return out;
 }
 
 template <typename A>
 struct Window {
-  // token buffers of one (window, head): Q (N4, E) with N4 = N rounded up to 4 (zero rows), and
-  // K^T, V^T (E, ld) with ld = N rounded up to 16 (zero columns)
-  int64_t N, N4, ld;
-  std::vector<A> Q, KT, VT;
+  // token buffers of one (window, head): Q (N4, E) with N4 = N rounded up to 4 (zero rows);
+  // K^T, V^T (E, ld) with ld = N rounded up to KEY_ALIGN (zero columns); K, V (N, Ep) with Ep =
+  // E rounded up to HEAD_ALIGN (zero channels); per key its region id and padding mask.
+  int64_t N, N4, ld, E, Ep;
+  std::vector<A> Q, KT, VT, K, V, region, kmask;
   std::vector<uint8_t> valid;
-  Window(int64_t n, int64_t E)
-      : N(n), N4((n + 3) / 4 * 4), ld((n + 15) / 16 * 16), Q(N4 * E, A(0)), KT(E * ld, A(0)), VT(E * ld, A(0)),
-        valid(N4, 0) {}
+  Window(int64_t n, int64_t e)
+      : N(n), N4(round_up(n, 4)), ld(round_up(n, KEY_ALIGN)), E(e), Ep(round_up(e, HEAD_ALIGN)), Q(N4 * E, A(0)),
+        KT(E * ld, A(0)), VT(E * ld, A(0)), K(N * Ep, A(0)), V(N * Ep, A(0)), region(ld, A(0)),
+        kmask(ld, -std::numeric_limits<A>::infinity()), valid(N4, 0) {}
+  RowMask<A> row(const A* bias, int64_t i, A mask_value, A scale) const {
+    return RowMask<A>{bias, region.data(), kmask.data(), region[i], mask_value, scale};
+  }
 };
 
+// Loads window w of batch b, head h. The transposed copies (K^T for q.k, V^T for dO.v) and the
+// row-major ones (V for P v, K for dS k) are all filled: the gather is O(N E), the rest O(N^2 E).
 template <typename T, typename A>
 void gather(const WindowAttentionParams& p, const Geometry& g, int64_t b, int64_t w, int64_t h, const T* q,
             const T* k, const T* v, Window<A>& win) {
-  const int64_t N = g.N, E = p.head_dim, ld = win.ld;
+  const int64_t N = g.N, E = p.head_dim, ld = win.ld, Ep = win.Ep;
   const T* pad = static_cast<const T*>(p.pad_kv);
+  const A pad_mask = p.mask_padded ? -std::numeric_limits<A>::infinity() : A(0);
   for (int64_t t = 0; t < N; ++t) {
     const int64_t i = w * N + t;
     const bool ok = g.coord[i] >= 0;
     win.valid[t] = ok;
+    win.region[t] = A(g.region[i]);
+    win.kmask[t] = ok ? A(0) : pad_mask;
+    A* kr = win.K.data() + t * Ep;
+    A* vr = win.V.data() + t * Ep;
     if (ok) {
       const T* qp = q + offset(p.q_strides, b, g, i, h);
       const T* kp = k + offset(p.k_strides, b, g, i, h);
       const T* vp = v + offset(p.v_strides, b, g, i, h);
       for (int64_t e = 0; e < E; ++e) {
         win.Q[t * E + e] = Io<T>::load(qp + e * p.q_strides[5]);
-        win.KT[e * ld + t] = Io<T>::load(kp + e * p.k_strides[5]);
-        win.VT[e * ld + t] = Io<T>::load(vp + e * p.v_strides[5]);
+        kr[e] = Io<T>::load(kp + e * p.k_strides[5]);
+        vr[e] = Io<T>::load(vp + e * p.v_strides[5]);
       }
     } else {
       for (int64_t e = 0; e < E; ++e) {
         win.Q[t * E + e] = A(0);
-        win.KT[e * ld + t] = pad ? Io<T>::load(pad + h * E + e) : A(0);
-        win.VT[e * ld + t] = pad ? Io<T>::load(pad + (p.heads + h) * E + e) : A(0);
+        kr[e] = pad ? Io<T>::load(pad + h * E + e) : A(0);
+        vr[e] = pad ? Io<T>::load(pad + (p.heads + h) * E + e) : A(0);
       }
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      win.KT[e * ld + t] = kr[e];
+      win.VT[e * ld + t] = vr[e];
     }
   }
 }
 
-// Turns s[0..N) = q_i . k_j into the logits row of query i: scale, bias, shift mask, padding mask.
 template <typename A>
-void finish_row(const WindowAttentionParams& p, const Geometry& g, const std::vector<A>& bias, int64_t w, int64_t h,
-                const Window<A>& win, int64_t i, A* s) {
-  const int64_t N = g.N;
-  const A scale = A(p.scale);
-  for (int64_t j = 0; j < N; ++j) s[j] *= scale;
-  if (!bias.empty()) {
-    const A* br = bias.data() + (h * N + i) * N;
-    for (int64_t j = 0; j < N; ++j) s[j] += br[j];
-  }
-  const bool shifted = p.shift[0] > 0 || p.shift[1] > 0 || p.shift[2] > 0;
-  if (shifted) {
-    const uint8_t* reg = g.region.data() + w * N;
-    const A mv = A(p.mask_value);
-    for (int64_t j = 0; j < N; ++j)
-      if (reg[j] != reg[i]) s[j] += mv;
-  }
-  if (p.mask_padded) {
-    for (int64_t j = 0; j < N; ++j)
-      if (!win.valid[j]) s[j] = -std::numeric_limits<A>::infinity();
-  }
+std::unique_ptr<A[]> bias_buffer(const WindowAttentionParams& p, int64_t N, int64_t ld) {
+  return std::unique_ptr<A[]>(new A[size_t(p.heads * N * ld)]);
 }
 
 template <typename T>
 Status fwd_impl(const WindowAttentionParams& p) {
   using A = typename Io<T>::acc;
   const Geometry g = make_geometry(p);
-  const std::vector<A> bias = bias_values<T, A>(p, g);
   const int64_t N = g.N, E = p.head_dim, HEADS = p.heads, B = p.batch;
+  const int64_t ld = round_up(N, KEY_ALIGN);
   const int64_t vol = p.size[0] * p.size[1] * p.size[2];
   const int64_t tasks = p.directions * B * g.nW * HEADS;
+  const bool shifted = p.shift[0] > 0 || p.shift[1] > 0 || p.shift[2] > 0;
+  const A mv = shifted ? A(p.mask_value) : A(0), scale = A(p.scale);
+  const std::unique_ptr<A[]> bias = bias_buffer<A>(p, N, ld);
   A* lse = static_cast<A*>(p.lse);
 #pragma omp parallel
   {
+    gather_bias<T, A>(p, N, ld, bias.get());
     Window<A> win(N, E);
-    const int64_t ld = win.ld;
-    std::vector<A> S(4 * ld), acc(4 * E);
+    const int64_t Ep = win.Ep;
+    std::vector<A> S(4 * ld), acc(4 * Ep);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t h = task % HEADS, w = (task / HEADS) % g.nW, b = (task / (HEADS * g.nW)) % B;
@@ -389,25 +463,16 @@ Status fwd_impl(const WindowAttentionParams& p) {
             std::fill(sr, sr + N, A(0));
             continue;
           }
-          finish_row<A>(p, g, bias, w, h, win, i0 + r, sr);
-          A mr = -std::numeric_limits<A>::infinity();
-          for (int64_t j = 0; j < N; ++j) mr = std::max(mr, sr[j]);
-          cpu::wa_detail::exp_shift(sr, mr, N);
-          A lr = A(0);
-          for (int64_t j = 0; j < N; ++j) lr += sr[j];
-          m[r] = mr, l[r] = lr;
+          const int64_t i = i0 + r;
+          cpu::wa_detail::softmax_row(sr, ld, win.row(bias.get() + (h * N + i) * ld, i, mv, scale), &m[r], &l[r]);
         }
-        for (int64_t e = 0; e < E; ++e) {
-          A o4[4];
-          cpu::wa_detail::dot4(o4, S.data(), ld, win.VT.data() + e * ld, N);
-          for (int r = 0; r < 4; ++r) acc[r * E + e] = o4[r];
-        }
+        cpu::wa_detail::pv4(acc.data(), S.data(), ld, win.V.data(), Ep, N);
         for (int r = 0; r < 4; ++r) {
           const int64_t i = i0 + r;
           if (!win.valid[i]) continue;
           const A inv = A(1) / l[r];
           T* op = o + offset(p.o_strides, b, g, w * N + i, h);
-          for (int64_t e = 0; e < E; ++e) Io<T>::store(op + e * p.o_strides[5], acc[r * E + e] * inv);
+          for (int64_t e = 0; e < E; ++e) Io<T>::store(op + e * p.o_strides[5], acc[r * Ep + e] * inv);
           lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h] = m[r] + std::log(l[r]);
         }
       }
@@ -435,23 +500,28 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
   using A = typename Io<T>::acc;
   const WindowAttentionParams& p = bp.fwd;
   const Geometry g = make_geometry(p);
-  const std::vector<A> bias = bias_values<T, A>(p, g);
   const int64_t N = g.N, E = p.head_dim, HEADS = p.heads, B = p.batch;
+  const int64_t ld = round_up(N, KEY_ALIGN);
   const int64_t vol = p.size[0] * p.size[1] * p.size[2];
   const int64_t chunks = bwd_chunks(p, N, g.nW);
   const int64_t per_chunk = (B * g.nW + chunks - 1) / chunks;
   const int64_t units = p.directions * chunks * HEADS;
   const bool want_pair = bp.pair_grad != nullptr;
   const bool want_pad = bp.grad_pad_kv != nullptr;
-  A* pair_parts = static_cast<A*>(bp.workspace);                     // (units, N, N)
-  A* pad_parts = pair_parts + (want_pair ? units * N * N : 0);       // (units, 2, E)
+  const bool shifted = p.shift[0] > 0 || p.shift[1] > 0 || p.shift[2] > 0;
+  const A mv = shifted ? A(p.mask_value) : A(0);
+  A* pair_parts = static_cast<A*>(bp.workspace);                // (units, N, N)
+  A* pad_parts = pair_parts + (want_pair ? units * N * N : 0);  // (units, 2, E)
   const A* lse = static_cast<const A*>(p.lse);
   const A scale = A(p.scale);
+  const std::unique_ptr<A[]> bias = bias_buffer<A>(p, N, ld);
 #pragma omp parallel
   {
+    gather_bias<T, A>(p, N, ld, bias.get());
     Window<A> win(N, E);
-    const int64_t ld = win.ld, N4 = win.N4;
-    std::vector<A> dO(N4 * E, A(0)), dKT(E * ld), dVT(E * ld), S(4 * ld), DS(4 * ld), delta(N4, A(0));
+    const int64_t N4 = win.N4, Ep = win.Ep;
+    std::vector<A> dO(N4 * E, A(0)), dKT(E * ld), dVT(E * ld), S(4 * ld), DS(4 * ld), delta(N4, A(0)),
+        dq(4 * Ep);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units; ++unit) {
       const int64_t h = unit % HEADS, c = (unit / HEADS) % chunks;
@@ -504,21 +574,18 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
               std::fill(dr, dr + N, A(0));
               continue;
             }
-            finish_row<A>(p, g, bias, w, h, win, i, sr);
-            cpu::wa_detail::exp_shift(sr, lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h], N);
-            const A di = delta[i];
-            for (int64_t j = 0; j < N; ++j) dr[j] = sr[j] * (dr[j] - di);  // dS
-            if (pair) cpu::wa_detail::axpy(pair + i * N, A(1), dr, N);
+            const A li = lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h];
+            cpu::wa_detail::dsoftmax_row(sr, dr, ld, N, win.row(bias.get() + (h * N + i) * ld, i, mv, scale), li,
+                                         delta[i], pair ? pair + i * N : nullptr);
+          }
+          cpu::wa_detail::pv4(dq.data(), DS.data(), ld, win.K.data(), Ep, N);  // dS k
+          for (int r = 0; r < 4; ++r) {
+            const int64_t i = i0 + r;
+            if (!win.valid[i]) continue;
+            T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
+            for (int64_t e = 0; e < E; ++e) Io<T>::store(dqo + e * bp.dq_strides[5], dq[r * Ep + e] * scale);
           }
           for (int64_t e = 0; e < E; ++e) {
-            A dq4[4];
-            cpu::wa_detail::dot4(dq4, DS.data(), ld, win.KT.data() + e * ld, N);
-            for (int r = 0; r < 4; ++r) {
-              const int64_t i = i0 + r;
-              if (!win.valid[i]) continue;
-              T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
-              Io<T>::store(dqo + e * bp.dq_strides[5], dq4[r] * scale);
-            }
             const A qa[4] = {win.Q[i0 * E + e], win.Q[(i0 + 1) * E + e], win.Q[(i0 + 2) * E + e],
                              win.Q[(i0 + 3) * E + e]};
             const A ga[4] = {dO[i0 * E + e], dO[(i0 + 1) * E + e], dO[(i0 + 2) * E + e], dO[(i0 + 3) * E + e]};
