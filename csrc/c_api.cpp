@@ -173,7 +173,7 @@ int decomp_conv_bwd(const char* fn, medkernels::DType dt, bool on_cuda, const vo
   });
 }
 
-int no_cuda(const char* fn) {
+[[maybe_unused]] int no_cuda(const char* fn) {
   return fail(MK_UNSUPPORTED, std::string(fn) + ": this medkernels library was built without CUDA");
 }
 
