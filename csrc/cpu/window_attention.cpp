@@ -152,11 +152,29 @@ __attribute__((always_inline)) inline void pv4_impl(A* __restrict o, const A* __
   }
 }
 
+// y[j] += sum_r a[r] X[r][j] over 16 rows r and j < np (a multiple of 2 L; rows of X: ld): y
+// is read and written once per 16 rows; 8 register chains (rows r mod 4, two vectors of j),
+// summed in a fixed order.
 template <typename A>
-__attribute__((always_inline)) inline void axpy4_impl(A* __restrict y, const A* a, const A* __restrict X, int64_t ld,
-                                                      int64_t n) {
-  const A a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-  for (int64_t j = 0; j < n; ++j) y[j] += a0 * X[j] + a1 * X[ld + j] + a2 * X[2 * ld + j] + a3 * X[3 * ld + j];
+__attribute__((always_inline)) inline void axpy16_impl(A* __restrict y, const A* __restrict a, const A* __restrict X,
+                                                       int64_t ld, int64_t np) {
+  using V = typename Vec<A>::T;
+  constexpr int L = Vec<A>::L;
+  for (int64_t j = 0; j < np; j += 2 * L) {
+    const A* x = X + j;
+    V p0 = a[0] * vload(x), p1 = a[1] * vload(x + ld), p2 = a[2] * vload(x + 2 * ld), p3 = a[3] * vload(x + 3 * ld);
+    V q0 = a[0] * vload(x + L), q1 = a[1] * vload(x + ld + L), q2 = a[2] * vload(x + 2 * ld + L),
+      q3 = a[3] * vload(x + 3 * ld + L);
+    for (int r = 4; r < 16; r += 4) {
+      const A* xr = x + r * ld;
+      p0 += a[r] * vload(xr), q0 += a[r] * vload(xr + L);
+      p1 += a[r + 1] * vload(xr + ld), q1 += a[r + 1] * vload(xr + ld + L);
+      p2 += a[r + 2] * vload(xr + 2 * ld), q2 += a[r + 2] * vload(xr + 2 * ld + L);
+      p3 += a[r + 3] * vload(xr + 3 * ld), q3 += a[r + 3] * vload(xr + 3 * ld + L);
+    }
+    vstore(y + j, vload(y + j) + ((p0 + p1) + (p2 + p3)));
+    vstore(y + j + L, vload(y + j + L) + ((q0 + q1) + (q2 + q3)));
+  }
 }
 
 // What one logits row needs besides q.k: the bias row (zeros without a table), per key the
@@ -235,11 +253,11 @@ __attribute__((always_inline)) inline void dsoftmax_row_impl(A* __restrict s, A*
   ATTR void pv4(double* o, const double* P, int64_t ld, const double* V, int64_t Ep, int64_t n) {                 \
     pv4_impl<double>(o, P, ld, V, Ep, n);                                                                         \
   }                                                                                                               \
-  ATTR void axpy4(float* y, const float* a, const float* X, int64_t ld, int64_t n) {                              \
-    axpy4_impl<float>(y, a, X, ld, n);                                                                            \
+  ATTR void axpy16(float* y, const float* a, const float* X, int64_t ld, int64_t np) {                            \
+    axpy16_impl<float>(y, a, X, ld, np);                                                                          \
   }                                                                                                               \
-  ATTR void axpy4(double* y, const double* a, const double* X, int64_t ld, int64_t n) {                           \
-    axpy4_impl<double>(y, a, X, ld, n);                                                                           \
+  ATTR void axpy16(double* y, const double* a, const double* X, int64_t ld, int64_t np) {                         \
+    axpy16_impl<double>(y, a, X, ld, np);                                                                         \
   }                                                                                                               \
   ATTR void softmax_row(float* s, int64_t ld, const RowMask<float>& m, float* mx, float* sum) {                   \
     softmax_row_impl<float>(s, ld, m, mx, sum);                                                                   \
@@ -366,14 +384,14 @@ void gather_bias(const WindowAttentionParams& p, int64_t N, int64_t ld, A* out) 
 
 template <typename A>
 struct Window {
-  // token buffers of one (window, head): Q (N4, E) with N4 = N rounded up to 4 (zero rows);
+  // token buffers of one (window, head): Q (N4, E) with N4 = N rounded up to 16 (zero rows);
   // K^T, V^T (E, ld) with ld = N rounded up to KEY_ALIGN (zero columns); K, V (N, Ep) with Ep =
   // E rounded up to HEAD_ALIGN (zero channels); per key its region id and padding mask.
   int64_t N, N4, ld, E, Ep;
   std::vector<A> Q, KT, VT, K, V, region, kmask;
   std::vector<uint8_t> valid;
   Window(int64_t n, int64_t e)
-      : N(n), N4(round_up(n, 4)), ld(round_up(n, KEY_ALIGN)), E(e), Ep(round_up(e, HEAD_ALIGN)), Q(N4 * E, A(0)),
+      : N(n), N4(round_up(n, 16)), ld(round_up(n, KEY_ALIGN)), E(e), Ep(round_up(e, HEAD_ALIGN)), Q(N4 * E, A(0)),
         KT(E * ld, A(0)), VT(E * ld, A(0)), K(N * Ep, A(0)), V(N * Ep, A(0)), region(ld, A(0)),
         kmask(ld, -std::numeric_limits<A>::infinity()), valid(N4, 0) {}
   RowMask<A> row(const A* bias, int64_t i, A mask_value, A scale) const {
@@ -481,10 +499,13 @@ Status fwd_impl(const WindowAttentionParams& p) {
   return Status::kSuccess;
 }
 
-// Fixed chunking of the (batch x window) axis for the backward's dS partial sums.
+// Fixed chunking of the (batch x window) axis for the backward's dS partial sums: about 12
+// tasks over (direction, chunk, head) (even splits for 2, 3, 4 or 6 threads), no more, since
+// every task owns an (N, N) partial that is zeroed, written and reduced on every call.
 int64_t bwd_chunks(const WindowAttentionParams& p, int64_t N, int64_t nW) {
   const size_t acc = p.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
-  int64_t chunks = std::min<int64_t>(p.batch * nW, 16);
+  const int64_t rows = p.directions * p.heads;
+  int64_t chunks = std::min<int64_t>(p.batch * nW, std::max<int64_t>((12 + rows - 1) / rows, 1));
   while (chunks > 1 && size_t(p.directions * chunks * p.heads * N * N) * acc > (size_t(256) << 20)) chunks /= 2;
   return std::max<int64_t>(chunks, 1);
 }
@@ -510,8 +531,11 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
   const bool want_pad = bp.grad_pad_kv != nullptr;
   const bool shifted = p.shift[0] > 0 || p.shift[1] > 0 || p.shift[2] > 0;
   const A mv = shifted ? A(p.mask_value) : A(0);
-  A* pair_parts = static_cast<A*>(bp.workspace);                // (units, N, N)
-  A* pad_parts = pair_parts + (want_pair ? units * N * N : 0);  // (units, 2, E)
+  // dS partials: the first direction's first chunk sums straight into pair_grad (heads, N, N),
+  // every other task into its own (N, N) slice of the workspace
+  A* pair_out = static_cast<A*>(bp.pair_grad);
+  A* pair_parts = static_cast<A*>(bp.workspace);                           // (units - heads, N, N)
+  A* pad_parts = pair_parts + (want_pair ? (units - HEADS) * N * N : 0);  // (units, 2, E)
   const A* lse = static_cast<const A*>(p.lse);
   const A scale = A(p.scale);
   const std::unique_ptr<A[]> bias = bias_buffer<A>(p, N, ld);
@@ -520,8 +544,9 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
     gather_bias<T, A>(p, N, ld, bias.get());
     Window<A> win(N, E);
     const int64_t N4 = win.N4, Ep = win.Ep;
-    std::vector<A> dO(N4 * E, A(0)), dKT(E * ld), dVT(E * ld), S(4 * ld), DS(4 * ld), delta(N4, A(0)),
+    std::vector<A> dO(N4 * E, A(0)), dKT(E * ld), dVT(E * ld), S(16 * ld), DS(16 * ld), delta(N4, A(0)),
         dq(4 * Ep);
+    const int64_t np = round_up(N, 2 * cpu::wa_detail::Vec<A>::L);  // <= ld
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units; ++unit) {
       const int64_t h = unit % HEADS, c = (unit / HEADS) % chunks;
@@ -534,7 +559,7 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
       T* dqp = static_cast<T*>(dir ? bp.dq1 : bp.dq0);
       T* dkp = static_cast<T*>(dir ? bp.dk1 : bp.dk0);
       T* dvp = static_cast<T*>(dir ? bp.dv1 : bp.dv0);
-      A* pair = want_pair ? pair_parts + unit * N * N : nullptr;
+      A* pair = !want_pair ? nullptr : unit < HEADS ? pair_out + unit * N * N : pair_parts + (unit - HEADS) * N * N;
       A* padg = want_pad ? pad_parts + unit * 2 * E : nullptr;
       if (pair) std::fill(pair, pair + N * N, A(0));
       if (padg) std::fill(padg, padg + 2 * E, A(0));
@@ -561,36 +586,42 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
         }
         std::fill(dKT.begin(), dKT.end(), A(0));
         std::fill(dVT.begin(), dVT.end(), A(0));
-        for (int64_t i0 = 0; i0 < N; i0 += 4) {
-          if (!(win.valid[i0] | win.valid[i0 + 1] | win.valid[i0 + 2] | win.valid[i0 + 3])) continue;
-          cpu::wa_detail::gemv4(S.data(), ld, win.Q.data() + i0 * E, E, win.KT.data(), ld);  // q.k
-          cpu::wa_detail::gemv4(DS.data(), ld, dO.data() + i0 * E, E, win.VT.data(), ld);   // dP
-          for (int r = 0; r < 4; ++r) {
-            const int64_t i = i0 + r;
-            A* sr = S.data() + r * ld;
-            A* dr = DS.data() + r * ld;
-            if (!win.valid[i]) {  // padding query (or past N): no gradient flows through it
-              std::fill(sr, sr + N, A(0));
-              std::fill(dr, dr + N, A(0));
-              continue;
+        for (int64_t i0 = 0; i0 < N; i0 += 16) {  // 16 query rows: 4 blocks of 4, then dk, dv once
+          bool any = false;
+          for (int r = 0; r < 16; ++r) any |= win.valid[i0 + r] != 0;
+          if (!any) continue;
+          for (int64_t s0 = 0; s0 < 16; s0 += 4) {
+            const int64_t ib = i0 + s0;
+            A* S4 = S.data() + s0 * ld;
+            A* D4 = DS.data() + s0 * ld;
+            cpu::wa_detail::gemv4(S4, ld, win.Q.data() + ib * E, E, win.KT.data(), ld);  // q.k
+            cpu::wa_detail::gemv4(D4, ld, dO.data() + ib * E, E, win.VT.data(), ld);     // dP
+            for (int r = 0; r < 4; ++r) {
+              const int64_t i = ib + r;
+              A* sr = S4 + r * ld;
+              A* dr = D4 + r * ld;
+              if (!win.valid[i]) {  // padding query (or past N): no gradient flows through it
+                std::fill(sr, sr + ld, A(0));
+                std::fill(dr, dr + ld, A(0));
+                continue;
+              }
+              const A li = lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h];
+              cpu::wa_detail::dsoftmax_row(sr, dr, ld, N, win.row(bias.get() + (h * N + i) * ld, i, mv, scale), li,
+                                           delta[i], pair ? pair + i * N : nullptr);
             }
-            const A li = lse[(dir * B + b) * vol * HEADS + g.coord[w * N + i] * HEADS + h];
-            cpu::wa_detail::dsoftmax_row(sr, dr, ld, N, win.row(bias.get() + (h * N + i) * ld, i, mv, scale), li,
-                                         delta[i], pair ? pair + i * N : nullptr);
-          }
-          cpu::wa_detail::pv4(dq.data(), DS.data(), ld, win.K.data(), Ep, N);  // dS k
-          for (int r = 0; r < 4; ++r) {
-            const int64_t i = i0 + r;
-            if (!win.valid[i]) continue;
-            T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
-            for (int64_t e = 0; e < E; ++e) Io<T>::store(dqo + e * bp.dq_strides[5], dq[r * Ep + e] * scale);
+            cpu::wa_detail::pv4(dq.data(), D4, ld, win.K.data(), Ep, N);  // dS k
+            for (int r = 0; r < 4; ++r) {
+              const int64_t i = ib + r;
+              if (!win.valid[i]) continue;
+              T* dqo = dqp + offset(bp.dq_strides, b, g, w * N + i, h);
+              for (int64_t e = 0; e < E; ++e) Io<T>::store(dqo + e * bp.dq_strides[5], dq[r * Ep + e] * scale);
+            }
           }
           for (int64_t e = 0; e < E; ++e) {
-            const A qa[4] = {win.Q[i0 * E + e], win.Q[(i0 + 1) * E + e], win.Q[(i0 + 2) * E + e],
-                             win.Q[(i0 + 3) * E + e]};
-            const A ga[4] = {dO[i0 * E + e], dO[(i0 + 1) * E + e], dO[(i0 + 2) * E + e], dO[(i0 + 3) * E + e]};
-            cpu::wa_detail::axpy4(dKT.data() + e * ld, qa, DS.data(), ld, N);
-            cpu::wa_detail::axpy4(dVT.data() + e * ld, ga, S.data(), ld, N);
+            A qa[16], ga[16];
+            for (int r = 0; r < 16; ++r) qa[r] = win.Q[(i0 + r) * E + e], ga[r] = dO[(i0 + r) * E + e];
+            cpu::wa_detail::axpy16(dKT.data() + e * ld, qa, DS.data(), ld, np);
+            cpu::wa_detail::axpy16(dVT.data() + e * ld, ga, S.data(), ld, np);
           }
         }
         for (int64_t j = 0; j < N; ++j) {
@@ -613,17 +644,14 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
     }
   }
   // fixed-order reductions over directions and chunks
-  if (want_pair) {
-    A* out = static_cast<A*>(bp.pair_grad);
+  if (want_pair && units > HEADS) {
 #pragma omp parallel for schedule(static)
     for (int64_t h = 0; h < HEADS; ++h) {
-      A* dst = out + h * N * N;
-      std::fill(dst, dst + N * N, A(0));
-      for (int dir = 0; dir < p.directions; ++dir)
-        for (int64_t c = 0; c < chunks; ++c) {
-          const A* src = pair_parts + ((dir * chunks + c) * HEADS + h) * N * N;
-          for (int64_t ij = 0; ij < N * N; ++ij) dst[ij] += src[ij];
-        }
+      A* dst = pair_out + h * N * N;  // holds task (0, 0, h)'s partial
+      for (int64_t dc = 1; dc < p.directions * chunks; ++dc) {
+        const A* src = pair_parts + (dc * HEADS + h - HEADS) * N * N;
+        for (int64_t ij = 0; ij < N * N; ++ij) dst[ij] += src[ij];
+      }
     }
   }
   if (want_pad) {
@@ -649,7 +677,7 @@ size_t window_attention_bwd_workspace_bytes(const WindowAttentionBwdParams& bp) 
   const size_t acc = p.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
   const int64_t units = p.directions * bwd_chunks(p, N, nW) * p.heads;
   size_t n = 0;
-  if (bp.pair_grad) n += size_t(units * N * N);
+  if (bp.pair_grad) n += size_t((units - p.heads) * N * N);  // task (0, 0, h) writes pair_grad itself
   if (bp.grad_pad_kv) n += size_t(units * 2 * p.head_dim);
   return n * acc;
 }

@@ -135,16 +135,22 @@ def _table_gather_cpu(window: Tuple[int, int, int], tokens: int) -> torch.Tensor
     return out
 
 
+@lru_cache(maxsize=64)
+def _table_slot_cpu(window: Tuple[int, int, int], tokens: int, heads: int) -> torch.Tensor:
+    """(heads * N * N,) flat (row, head) slot of every (head, i, j) pair: one bincount for all heads."""
+    idx = relative_position_index(window, tokens).reshape(1, -1)
+    return (idx * heads + torch.arange(heads)[:, None]).reshape(-1)
+
+
 def bias_table_grad(pair_grad: torch.Tensor, window: IntOr3, tokens: int) -> torch.Tensor:
     """Table gradient from the per-pair gradient ``pair_grad`` (heads, N, N), in a fixed order
     (gather, then sum): the same bits on every run, on CPU and GPU. Returns (rows, heads)."""
     heads = pair_grad.shape[0]
     if pair_grad.device.type == "cpu":  # bincount on CPU adds in index order: deterministic
-        idx = relative_position_index(window, tokens).reshape(-1)
         rows = math.prod(2 * w - 1 for w in _triple("window", window))
-        flat = pair_grad.reshape(heads, -1)
-        cols = [torch.bincount(idx, weights=flat[h], minlength=rows) for h in range(heads)]
-        return torch.stack(cols, 1).to(pair_grad.dtype)
+        idx = _table_slot_cpu(_triple("window", window), tokens, heads)
+        out = torch.bincount(idx, weights=pair_grad.reshape(-1), minlength=rows * heads)
+        return out.view(rows, heads).to(pair_grad.dtype)
     gather = _table_gather_cpu(_triple("window", window), tokens).to(pair_grad.device)
     flat = torch.cat([pair_grad.reshape(heads, -1), pair_grad.new_zeros(heads, 1)], dim=1)
     return flat[:, gather].sum(-1).t().contiguous()
