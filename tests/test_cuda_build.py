@@ -360,6 +360,7 @@ SL_CASES = [
     SLCase(torch.bfloat16, 70, 70, 40),
     SLCase(torch.float16, 1, 1, 1),
     SLCase(torch.float16, 65, 130, 33, "labels"),
+    SLCase(torch.bfloat16, 40, 70, 300, "labels", layout="transposed"),  # two d chunks in the backward
     SLCase(torch.bfloat16, 67, 67, 150, "mask", symmetric=True, layout="strided"),
     SLCase(torch.bfloat16, 64, 64, 16, "labels", symmetric=True, grad_layout="transposed"),
     SLCase(torch.float32, 3, 3, 5, symmetric=True),

@@ -129,12 +129,14 @@ constexpr int kSlThreads = 32 * kSlWarps;
 constexpr int kSlPad = 8;                     // elements of padding per shared-memory row (bank spread)
 
 // Storage type T -> what shared memory holds (E), the accumulation type (A) and the tile shapes:
-// KC columns of d staged per step of the logits GEMM, DC columns of d per backward block.
+// KC columns of d staged per step of the logits GEMM; DC (DCS for the symmetric variant, which holds two
+// accumulators) columns of d per backward block: the logits tile is recomputed once per d chunk, so
+// the chunks are as wide as the registers allow without spilling (ptxas -v, sm_90).
 template <typename T> struct SlTraits;
 template <> struct SlTraits<float> {
   using E = float; using A = float;
   static constexpr bool kMma = false;
-  static constexpr int KC = 16, DC = 64;
+  static constexpr int KC = 16, DC = 64, DCS = 32;
   MK_SL_HD static E load(const float* p) { return *p; }
   MK_SL_HD static E from_acc(float v) { return v; }
   MK_SL_HD static A to_acc(E v) { return v; }
@@ -142,7 +144,7 @@ template <> struct SlTraits<float> {
 template <> struct SlTraits<double> {
   using E = double; using A = double;
   static constexpr bool kMma = false;
-  static constexpr int KC = 8, DC = 32;
+  static constexpr int KC = 8, DC = 32, DCS = 16;
   MK_SL_HD static E load(const double* p) { return *p; }
   MK_SL_HD static E from_acc(double v) { return v; }
   MK_SL_HD static A to_acc(E v) { return v; }
@@ -150,7 +152,7 @@ template <> struct SlTraits<double> {
 template <> struct SlTraits<half_t> {
   using E = uint16_t; using A = float;  // raw bits: staged as loaded, no conversion
   static constexpr bool kMma = true;
-  static constexpr int KC = 32, DC = 128;
+  static constexpr int KC = 32, DC = 256, DCS = 128;
   MK_SL_HD static E load(const half_t* p) { return p->bits; }
   MK_SL_HD static E from_acc(float v) { return float_to_half(v); }
   MK_SL_HD static A to_acc(E v) { return half_to_float(v); }
@@ -158,11 +160,14 @@ template <> struct SlTraits<half_t> {
 template <> struct SlTraits<bfloat16_t> {
   using E = uint16_t; using A = float;
   static constexpr bool kMma = true;
-  static constexpr int KC = 32, DC = 128;
+  static constexpr int KC = 32, DC = 256, DCS = 128;
   MK_SL_HD static E load(const bfloat16_t* p) { return p->bits; }
   MK_SL_HD static E from_acc(float v) { return float_to_bf16(v); }
   MK_SL_HD static A to_acc(E v) { return bf16_to_float(v); }
 };
+
+template <typename T, bool SYM>
+constexpr int sl_dc() { return SYM ? SlTraits<T>::DCS : SlTraits<T>::DC; }
 
 template <typename A> struct SlFragC { A v[4]; };  // accumulator fragment of one lane (16 x 8 tile)
 struct SlFragA { uint32_t r[4]; };                 // 16 x 16 A fragment of one lane: 8 packed 16-bit
@@ -290,9 +295,9 @@ struct SlSmem {
   static constexpr size_t xs = 0, ys = tile, xs2 = 2 * tile, ys2 = 3 * tile;  // xs2, ys2: symmetric only
   static constexpr size_t gs = 4 * tile;
   static constexpr size_t bt = gs + size_t(kSlTile) * ldn;
-  static constexpr size_t bt2 = bt + size_t(Tr::DC) * ldn;
+  static constexpr size_t bt2 = bt + size_t(Tr::DCS) * ldn;  // symmetric only
   static constexpr size_t fwd_elems = 4 * tile;
-  static constexpr size_t bwd_elems = bt2 + size_t(Tr::DC) * ldn;
+  static constexpr size_t bwd_elems = bt + size_t(Tr::DC > 2 * Tr::DCS ? Tr::DC : 2 * Tr::DCS) * ldn;
   static constexpr size_t round16(size_t b) { return (b + 15) / 16 * 16; }
   static constexpr size_t fwd_bytes = round16(fwd_elems * sizeof(E)) + 2 * kSlThreads * sizeof(double);
   static constexpr size_t bwd_bytes = round16(bwd_elems * sizeof(E)) + 2 * kSlThreads * sizeof(double);
@@ -428,11 +433,11 @@ MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc
   using A = typename Tr::A;
   using E = typename Tr::E;
   using M = SlStdMath<A>;
-  constexpr int NF = Tr::DC / 8;
+  constexpr int DC = sl_dc<T, SYM>(), NF = DC / 8;
   E* s = reinterpret_cast<E*>(smem);
   const T* a = static_cast<const T*>(g.a);
   const T* b = static_cast<const T*>(g.b);
-  const int64_t i0 = ib * kSlTile, d0 = dc * Tr::DC, mblk = sl_blocks(g.nb);
+  const int64_t i0 = ib * kSlTile, d0 = dc * DC, mblk = sl_blocks(g.nb);
   const A scale = static_cast<A>(g.scale), bias = static_cast<A>(g.bias);
   SlFragC<A> acc[BK::kWarps][BK::kLanes][8], acc2[BK::kWarps][BK::kLanes][8];
   SlFragC<A> da[BK::kWarps][BK::kLanes][NF], db[BK::kWarps][BK::kLanes][NF];
@@ -477,8 +482,8 @@ MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc
     // the d chunk of the column rows, transposed: bt[dd][j] = b[j0 + j][d0 + dd]
     for (int t = 0; t < BK::kThreads; ++t) {
       const int tid = bk.thread(t);
-      sl_stage_cols<T>(tid, b, g.nb, g.d, g.sb0, g.sb1, j0, d0, Tr::DC, s + L::bt, L::ldn);
-      if (SYM) sl_stage_cols<T>(tid, a, g.na, g.d, g.sa0, g.sa1, j0, d0, Tr::DC, s + L::bt2, L::ldn);
+      sl_stage_cols<T>(tid, b, g.nb, g.d, g.sb0, g.sb1, j0, d0, DC, s + L::bt, L::ldn);
+      if (SYM) sl_stage_cols<T>(tid, a, g.na, g.d, g.sa0, g.sa1, j0, d0, DC, s + L::bt2, L::ldn);
     }
     bk.sync();
     MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w) {
@@ -573,7 +578,8 @@ int sl_fwd_run(const SigmoidLossParams& p, X& ex) {
 template <typename T, class X>
 int sl_bwd_run(const SigmoidLossBwdParams& bp, X& ex) {
   const SigmoidLossParams& p = bp.fwd;
-  const int64_t dchunks = (p.d + SlTraits<T>::DC - 1) / SlTraits<T>::DC;
+  const int64_t dc = p.symmetric ? sl_dc<T, true>() : sl_dc<T, false>();
+  const int64_t dchunks = (p.d + dc - 1) / dc;
   SlArgs g = sl_args(p, false);
   g.c = bp.grad_scale;
   g.part = static_cast<double*>(p.workspace);
