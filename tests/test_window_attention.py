@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from medkernels import _environment
 from medkernels.nn import CrossModalSwinBlock3d, CrossModalWindowAttention3d, SwinBlock3d, WindowAttention3d
-from medkernels.ops import cross_window_attention3d, window_attention3d
+from medkernels.ops import cross_window_attention3d, cross_window_attention3d_separate, window_attention3d
 from medkernels.ops import window_attention as wa_ops
 from medkernels.reference.window_attention import (
     cross_window_attention3d_ref,
@@ -178,6 +178,76 @@ def test_cross_modal_both_directions(backend):
         assert_close(f"grad {name}", g.cpu(), r)
 
 
+def _packed_pair(gen, batch, size, heads, e, layout):
+    """qkv_a, qkv_b (B, D, H, W, 3*C) in float64: contiguous, or slices of wider tensors with
+    different strides for the two streams (non-contiguous, as a fused Linear's output slice)."""
+    c3 = 3 * heads * e
+    if layout == "contiguous":
+        return [torch.randn(batch, *size, c3, generator=gen, dtype=torch.float64) for _ in range(2)]
+    wide_a = torch.randn(batch, *size, c3 + 8, generator=gen, dtype=torch.float64)
+    wide_b = torch.randn(batch, size[2], size[1], size[0], c3, generator=gen, dtype=torch.float64)
+    return [wide_a[..., 4:4 + c3], wide_b.transpose(1, 3)]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_packed_qkv_form(backend, layout):
+    """cross_window_attention3d(qkv_a, qkv_b, heads, ...) on the qkv Linear's outputs equals the
+    six-tensor form and the reference, values and gradients (qkv_a, qkv_b, table, pad_kv)."""
+    device = _device(backend)
+    size, heads, e, window, shift = (5, 6, 7), 2, 8, (3, 3, 4), (1, 1, 2)
+    gen = torch.Generator().manual_seed(5)
+    qkv64 = _packed_pair(gen, 1, size, heads, e, layout)
+    geom = window_geometry(size, window, shift)
+    table64 = torch.randn(geom.table_rows, heads, generator=gen, dtype=torch.float64)
+    pad64 = torch.randn(2, heads, e, generator=gen, dtype=torch.float64)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    # float64 keeps the slices' strides (.to is then a no-op); float32 copies them contiguous
+    leaves = [t.detach().to(device, dtype).requires_grad_() for t in (*qkv64, table64, pad64)]
+    opts = dict(window=window, shift=shift, rel_bias_table=leaves[2], pad_kv=leaves[3], backend=backend)
+    out_a, out_b = cross_window_attention3d(leaves[0], leaves[1], heads, **opts)
+    g_a, g_b = (torch.randn(out_a.shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    grads = torch.autograd.grad((out_a, out_b), leaves, (g_a.to(device, dtype), g_b.to(device, dtype)))
+    ref_leaves = [t.clone().requires_grad_() for t in (*qkv64, table64, pad64)]
+    (qa, ka, va), (qb, kb, vb) = (t.unflatten(-1, (3, heads, e)).unbind(-3) for t in ref_leaves[:2])
+    ra, rb = cross_window_attention3d_ref(qa, ka, va, qb, kb, vb, window=window, shift=shift,
+                                          rel_bias_table=ref_leaves[2], pad_kv=ref_leaves[3])
+    rgrads = torch.autograd.grad((ra, rb), ref_leaves, (g_a, g_b))
+    assert_close("out_a", out_a.cpu(), ra)
+    assert_close("out_b", out_b.cpu(), rb)
+    for name, g, r in zip(("qkv_a", "qkv_b", "table", "pad_kv"), grads, rgrads):
+        assert_close(f"grad {name}", g.cpu(), r)
+    # the six-tensor form under its own name, and the old positional call of the same name
+    (sa, ska, sva), (sb, skb, svb) = (t.unflatten(-1, (3, heads, e)).unbind(-3) for t in leaves[:2])
+    with torch.no_grad():
+        for fn in (cross_window_attention3d_separate, cross_window_attention3d):
+            six_a, six_b = fn(sa, ska, sva, sb, skb, svb, **opts)
+            assert torch.equal(six_a, out_a.detach()) and torch.equal(six_b, out_b.detach())
+
+
+def test_cross_packed_qkv_form_bad_input():
+    x = torch.randn(1, 3, 4, 5, 3 * 16)
+    with pytest.raises(ValueError, match="qkv_a must be .*divisible by num_heads=5"):
+        cross_window_attention3d(x, x, 5, 2)
+    with pytest.raises(ValueError, match="qkv_b must have the shape of qkv_a"):
+        cross_window_attention3d(x, x[:, :2], 2, 2)
+    with pytest.raises(ValueError, match="num_heads must be a positive int"):
+        cross_window_attention3d(x, x, 0, 2)
+
+
+def test_cross_packed_qkv_form_compiles():
+    torch._dynamo.reset()
+    backend = "cpu" if "cpu" in CPU_BACKENDS else "reference"
+    mod = CrossModalWindowAttention3d(16, 2, (3, 4, 5), (1, 2, 2), backend=backend)
+    x_a, x_b = torch.randn(1, 5, 9, 7, 16), torch.randn(1, 5, 9, 7, 16)
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(x_a, x_b), mod(x_a, x_b)):
+        assert_close("compiled", got, want.double())
+    xg = x_a.clone().requires_grad_()
+    sum(o.sum() for o in compiled(xg, x_b)).backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_noncontiguous_inputs_and_stride0_grad(backend):
     device = _device(backend)
@@ -340,6 +410,11 @@ def test_opcheck():
         cargs = (q, k, v, k.detach().clone().requires_grad_(), v.detach().clone(), q.detach().clone(), table, pad,
                  [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
         torch.library.opcheck(wa_ops._cross_window_attention3d_op, cargs)
+        # the packed form's arguments: q, k, v as views of two (B, D, H, W, 3*C) qkv tensors
+        packed = [torch.randn(*q.shape[:4], 3 * q.shape[4] * q.shape[5], requires_grad=True) for _ in range(2)]
+        views = [t for p in packed for t in p.unflatten(-1, (3, q.shape[4], q.shape[5])).unbind(-3)]
+        pargs = (*views, table, pad, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
+        torch.library.opcheck(wa_ops._cross_window_attention3d_op, pargs)
 
 
 def test_torch_compile_fullgraph():
@@ -354,20 +429,28 @@ def test_torch_compile_fullgraph():
 
 
 # --- the modules against a plain-PyTorch re-creation of MONAI's window attention ----------------
-def _monai_window_attention(mod, x):
+def _monai_window_attention(mod, x, x_kv=None):
     """MONAI ``SwinTransformerBlock.forward_part1`` after norm1 with ``WindowAttention.forward``,
     re-created from the reference helpers and ``mod``'s weights (F.pad of zero features, roll,
-    partition, qkv, scaled q, bias from the index buffer, mask, softmax, proj, reverse)."""
+    partition, qkv, scaled q, bias from the index buffer, mask, softmax, proj, reverse). With
+    ``x_kv``, SwinCross's ``WindowAttention_crossModality`` direction: q from x, k and v from x_kv."""
     b, d, h, w, c = x.shape
     geom = window_geometry((d, h, w), mod.window_size, mod.shift_size)
     pads = [p - s for p, s in zip(geom.padded, (d, h, w))]
-    x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-    if geom.shifted:
-        x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
-    xw = window_partition(x, geom.eff_window)
+
+    def windows(t):
+        t = F.pad(t, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+        if geom.shifted:
+            t = torch.roll(t, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
+        return window_partition(t, geom.eff_window)
+
+    xw = windows(x)
     bn, n, _ = xw.shape
     heads = mod.num_heads
     qkv = mod.qkv(xw).reshape(bn, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    if x_kv is not None:
+        qkv_other = mod.qkv(windows(x_kv)).reshape(bn, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        qkv = torch.stack([qkv[0], qkv_other[1], qkv_other[2]])
     q, k, v = qkv[0] * mod.scale, qkv[1], qkv[2]
     attn = q @ k.transpose(-2, -1)
     idx = mod.relative_position_index.clone()[:n, :n].reshape(-1)
@@ -438,9 +521,34 @@ def test_swin_block_keys_and_residuals():
     h = x + _monai_window_attention(blk.attn, blk.norm1(x))
     expected = h + blk.mlp.linear2(F.gelu(blk.mlp.linear1(blk.norm2(h))))
     assert_close("block", blk(x), expected)
-    cross = CrossModalSwinBlock3d(24, 3, 7, 3, backend="reference").double()
-    a, b = cross(x, x.flip(1))
-    assert a.shape == x.shape and b.shape == x.shape
+
+
+def _swincross_block(blk, x_a, x_b, shortcut_b=None):
+    """SwinCross's ``SwinTransformerBlock_crossModality.forward`` re-created in plain PyTorch with
+    ``blk``'s weights: shared norm1, cross window attention, stream a's shortcut added to both
+    outputs (``shortcut_b`` replaces it for stream b), shared norm2 + MLP per stream."""
+    na, nb = blk.norm1(x_a), blk.norm1(x_b)
+    a = x_a + _monai_window_attention(blk.attn, na, nb)
+    b = (x_a if shortcut_b is None else shortcut_b) + _monai_window_attention(blk.attn, nb, na)
+    mlp = lambda t: blk.mlp.linear2(F.gelu(blk.mlp.linear1(blk.norm2(t))))  # noqa: E731
+    return a + mlp(a), b + mlp(b)
+
+
+@pytest.mark.parametrize("residual", ["swincross", "per_stream"])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_cross_modal_block_matches_swincross(backend, residual):
+    torch.manual_seed(2)
+    blk = CrossModalSwinBlock3d(24, 3, (4, 3, 7), (2, 1, 3), backend=backend, residual=residual).double()
+    with torch.no_grad():
+        blk.attn.qkv.bias.normal_()
+        blk.attn.relative_position_bias_table.normal_()
+    x_a, x_b = (torch.randn(1, 5, 6, 7, 24, dtype=torch.float64) for _ in range(2))
+    out_a, out_b = blk(x_a, x_b)
+    ea, eb = _swincross_block(blk, x_a, x_b, shortcut_b=x_b if residual == "per_stream" else None)
+    assert_close("out_a", out_a, ea)
+    assert_close("out_b", out_b, eb)
+    with pytest.raises(ValueError, match="residual must be one of"):
+        CrossModalSwinBlock3d(24, 3, 7, residual="own")
 
 
 @pytest.mark.parametrize("use_flash_attention", [False, True], ids=["monai-eager", "monai-sdpa"])

@@ -118,9 +118,7 @@ class CrossModalWindowAttention3d(_WindowAttentionBase):
         _check_volume("x_b", x_b, self.dim)
         if x_a.shape != x_b.shape:
             raise ValueError(f"x_a and x_b must have one shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
-        q_a, k_a, v_a = self._qkv(x_a)
-        q_b, k_b, v_b = self._qkv(x_b)
-        o_a, o_b = cross_window_attention3d(q_a, k_a, v_a, q_b, k_b, v_b, **self._opts())
+        o_a, o_b = cross_window_attention3d(self.qkv(x_a), self.qkv(x_b), self.num_heads, **self._opts())
         return self._out(o_a), self._out(o_b)
 
 
@@ -162,10 +160,30 @@ class SwinBlock3d(nn.Module):
 
 
 class CrossModalSwinBlock3d(SwinBlock3d):
-    """The cross-modal block: shared norms, attention and MLP for the two streams,
-    ``x_s + cross_attn(norm1(x_a), norm1(x_b))_s`` then ``x_s + mlp(norm2(x_s))`` per stream.
-    (SwinCross's own block adds stream a's shortcut to both outputs; this block keeps each
-    stream's own residual.) ((B, D, H, W, C), (B, D, H, W, C)) -> the pair."""
+    """SwinCross's cross-modal block (``SwinTransformerBlock_crossModality``): shared norms,
+    cross attention and MLP for the two streams.
+
+    ``residual="swincross"`` (default) reproduces the official block, which adds stream a's
+    shortcut to *both* attention outputs::
+
+        a, b = cross_attn(norm1(x_a), norm1(x_b))
+        y_a, y_b = x_a + a, x_a + b
+        return y_a + mlp(norm2(y_a)), y_b + mlp(norm2(y_b))
+
+    so SwinCross checkpoints give SwinCross's numbers. ``residual="per_stream"`` gives each
+    stream its own shortcut (``y_b = x_b + b``) instead. Keys as :class:`SwinBlock3d`.
+    ((B, D, H, W, C), (B, D, H, W, C)) -> the pair.
+    """
+
+    RESIDUALS = ("swincross", "per_stream")
+
+    def __init__(self, dim: int, num_heads: int, window_size: IntOr3, shift_size: IntOr3 = 0,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
+                 norm_layer=nn.LayerNorm, backend: str = "auto", residual: str = "swincross") -> None:
+        if residual not in self.RESIDUALS:
+            raise ValueError(f"residual must be one of {self.RESIDUALS}, got {residual!r}")
+        super().__init__(dim, num_heads, window_size, shift_size, mlp_ratio, qkv_bias, drop, norm_layer, backend)
+        self.residual = residual
 
     @staticmethod
     def _attention(dim, num_heads, window_size, shift_size, qkv_bias, drop, backend) -> nn.Module:
@@ -174,5 +192,8 @@ class CrossModalSwinBlock3d(SwinBlock3d):
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         a, b = self.attn(self.norm1(x_a), self.norm1(x_b))
-        x_a, x_b = x_a + a, x_b + b
-        return x_a + self.mlp(self.norm2(x_a)), x_b + self.mlp(self.norm2(x_b))
+        y_a, y_b = x_a + a, (x_a if self.residual == "swincross" else x_b) + b
+        return y_a + self.mlp(self.norm2(y_a)), y_b + self.mlp(self.norm2(y_b))
+
+    def extra_repr(self) -> str:
+        return f"residual={self.residual!r}"

@@ -11,6 +11,7 @@ Triton on GPU tensors and C++ on CPU tensors.
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -508,7 +509,7 @@ def window_attention3d(
 
 
 @accepts_dlpack
-def cross_window_attention3d(
+def cross_window_attention3d_separate(
     q_a: torch.Tensor,
     k_a: torch.Tensor,
     v_a: torch.Tensor,
@@ -524,15 +525,13 @@ def cross_window_attention3d(
     mask_padded: bool = False,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SwinCross cross-modal window attention, both directions in one launch:
-    ``out_a = attn(q_a, k_b, v_b)``, ``out_b = attn(q_b, k_a, v_a)`` with one shared bias table
-    (and one ``pad_kv``: the two streams share the qkv projection). Arguments and shapes as
-    :func:`window_attention3d`; all six tensors (B, D, H, W, heads, head_dim) of one shape.
+    """:func:`cross_window_attention3d` on six separate (B, D, H, W, heads, head_dim) tensors
+    (any strides; q_a/q_b, k_a/k_b and v_a/v_b are copied to contiguous when their strides
+    differ, since the kernels address both directions with one set of strides per role).
     Returns (out_a, out_b)."""
     names = ("q_a", "k_a", "v_a", "q_b", "k_b", "v_b")
     tensors = [q_a, k_a, v_a, q_b, k_b, v_b]
     _check_qkv(names, tensors)
-    # the kernels address both directions with one set of strides per role
     for i in range(3):
         if tensors[i].stride() != tensors[i + 3].stride():
             tensors[i], tensors[i + 3] = tensors[i].contiguous(), tensors[i + 3].contiguous()
@@ -542,6 +541,74 @@ def cross_window_attention3d(
     out_a, out_b, _ = _cross_window_attention3d_op(*tensors, rel_bias_table, pad_kv, list(geom.window),
                                                    list(geom.shift), mask_value, scale, bool(mask_padded), name)
     return out_a, out_b
+
+
+def _split_qkv(name: str, qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, ...]:
+    """(B, D, H, W, 3*C) -> q, k, v as (B, D, H, W, heads, head_dim) views (splitting the last
+    axis is always a view, whatever the strides)."""
+    check_tensor(name, qkv, dim=5)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    if qkv.shape[-1] % (3 * num_heads) or qkv.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must be (B, D, H, W, 3*C) with C divisible by num_heads={num_heads} (the qkv Linear's output), "
+            f"got {describe(qkv)}"
+        )
+    return qkv.unflatten(-1, (3, num_heads, qkv.shape[-1] // (3 * num_heads))).unbind(-3)
+
+
+def _accepts_separate_form(fn):
+    # cross_window_attention3d(q_a, k_a, v_a, q_b, k_b, v_b, window, ...) was the first form of
+    # this function; a third positional tensor routes such calls to the six-tensor function
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        third = args[2] if len(args) > 2 else None
+        if getattr(third, "shape", None):  # an array (torch, NumPy, CuPy...), not num_heads
+            return cross_window_attention3d_separate(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_accepts_separate_form
+@accepts_dlpack
+def cross_window_attention3d(
+    qkv_a: torch.Tensor,
+    qkv_b: torch.Tensor,
+    num_heads: int,
+    window,
+    shift=0,
+    rel_bias_table: Optional[torch.Tensor] = None,
+    mask_value: float = -100.0,
+    scale: Optional[float] = None,
+    pad_kv: Optional[torch.Tensor] = None,
+    mask_padded: bool = False,
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SwinCross cross-modal window attention (``WindowAttention_crossModality``), both
+    directions in one launch: ``out_a = attn(q_a, k_b, v_b)``, ``out_b = attn(q_b, k_a, v_a)``
+    with one shared bias table (and one ``pad_kv``: the two streams share the qkv projection).
+
+    Args:
+        qkv_a, qkv_b: (B, D, H, W, 3*C) outputs of the shared qkv Linear for the two streams
+            (C = num_heads * head_dim, last axis ordered (3, heads, head_dim) as Swin's
+            ``reshape(..., 3, heads, C // heads)``). q, k and v are taken as strided views, no
+            copies (when qkv_a and qkv_b have different strides, one contiguous copy each).
+        num_heads: heads.
+        window, shift, rel_bias_table, mask_value, scale, pad_kv, mask_padded, backend: as
+            :func:`window_attention3d`.
+
+    Returns:
+        (out_a, out_b), each (B, D, H, W, heads, head_dim), contiguous.
+
+    The six-tensor form is :func:`cross_window_attention3d_separate`.
+    """
+    q_a, k_a, v_a = _split_qkv("qkv_a", qkv_a, num_heads)
+    q_b, k_b, v_b = _split_qkv("qkv_b", qkv_b, num_heads)
+    if qkv_a.shape != qkv_b.shape:
+        raise ValueError(f"qkv_b must have the shape of qkv_a {tuple(qkv_a.shape)}, got {describe(qkv_b)}")
+    return cross_window_attention3d_separate(q_a, k_a, v_a, q_b, k_b, v_b, window, shift, rel_bias_table,
+                                             mask_value, scale, pad_kv, mask_padded, backend)
 
 
 def window_attention3d_backend(q: torch.Tensor, backend: str = "auto") -> str:
