@@ -50,6 +50,15 @@ CASES = [
     (1, 3, 4, (4, 5, 6), 3, 1, 1, "gelu", "ndhwc"),           # groups 1, channels-last
     (1, 4, 6, (3, 4, 5), 3, 1, 2, "silu", "ncdhw"),           # groups 2
 ]
+# C_out >= 8, groups 1: the C++ dense tap kernel (register blocks of rows x channels). Checked on
+# the C++ backend only: these sizes are slow in the Triton interpreter, whose groups-1 path the
+# cases above cover.
+DENSE_CASES = [
+    (1, 1, 16, (9, 8, 11), 7, 4, 1, None, "ncdhw"),           # the stem's first layer
+    (2, 9, 24, (5, 7, 9), 5, 2, 1, "gelu", "strided"),        # stride 2, a view, 24 = 16 + 8
+    (1, 5, 17, (3, 4, 8), 3, 1, 1, "silu", "ndhwc"),          # a channel past the vectors
+    (1, 8, 64, (4, 7, 13), 3, 1, 1, None, "ndhwc"),           # the stem's k=3 layers: 13 rows = 6 + 6 + 1
+]
 
 
 def _case_id(c):
@@ -88,6 +97,17 @@ def _grads(fn, x, ws, b, gy):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_forward_and_grads(backend, dtype, case):
+    _check_forward_and_grads(backend, dtype, case)
+
+
+@pytest.mark.parametrize("case", DENSE_CASES, ids=_case_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b == "cpu"])
+def test_dense_tap_kernel(backend, dtype, case):
+    _check_forward_and_grads(backend, dtype, case)
+
+
+def _check_forward_and_grads(backend, dtype, case):
     device = _device(backend)
     x64, ws64, b64, x, ws, b, groups, s, act = _make(case, dtype, device)
     gy64 = torch.randn(decomp_conv3d_ref(x64, *ws64, b64, s, groups, act).shape, dtype=torch.float64,

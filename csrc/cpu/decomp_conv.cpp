@@ -11,6 +11,7 @@
 // with flipped, transposed weights (stride 1) or a gather over the taps (stride > 1).
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -147,6 +148,99 @@ void fwd_depthwise_planes(const DecompConvParams& p, const std::vector<A>& w, co
 }
 
 // The forward, generic in the input storage type TI and output storage type TO.
+// Dense (groups 1) layers: the input is copied once into a zero-halo channels-last float
+// volume, so each of the 3(k-1)+1 taps (the three branches' centre taps merged into one) is
+// valid at every output position, and an output line (n, od, oh) is one register-blocked
+// product over taps x input channels (vec::dense_taps) written straight into y when y is
+// channels-last float, through a line buffer otherwise.
+template <typename TI, typename TO>
+void fwd_dense_padded(const DecompConvParams& p, const std::vector<float>& w, const std::vector<float>& bias) {
+  const TI* x = static_cast<const TI*>(p.x);
+  TO* y = static_cast<TO*>(p.y);
+  const int K = p.kernel_size, pad = K / 2, s = p.stride;
+  const int64_t N = p.batch, Ci = p.in_channels, Co = p.out_channels;
+  const int64_t D = p.in_size[0], H = p.in_size[1], W = p.in_size[2];
+  const int64_t Do = p.out_size[0], Ho = p.out_size[1], Wo = p.out_size[2];
+  const int64_t Dp = D + 2 * pad, Hp = H + 2 * pad, Wp = W + 2 * pad;
+  const int64_t* xs = p.x_strides;
+  const int64_t* ys = p.y_strides;
+  const int64_t wper = Co * Ci * K;
+
+  const int ntaps = 3 * (K - 1) + 1;
+  std::vector<float> wt(static_cast<size_t>(ntaps) * Ci * Co);
+  std::vector<int64_t> toff(ntaps);  // tap offset in the padded volume, elements
+  const int64_t pst[3] = {Hp * Wp * Ci, Wp * Ci, Ci};
+  for (int64_t ci = 0; ci < Ci; ++ci)
+    for (int64_t co = 0; co < Co; ++co) {
+      const int64_t k = (co * Ci + ci) * K;
+      wt[ci * Co + co] = w[k + pad] + w[wper + k + pad] + w[2 * wper + k + pad];
+    }
+  toff[0] = pad * (pst[0] + pst[1] + pst[2]);
+  int t = 1;
+  for (int br = 0; br < 3; ++br)
+    for (int j = 0; j < K; ++j) {
+      if (j == pad) continue;
+      for (int64_t ci = 0; ci < Ci; ++ci)
+        for (int64_t co = 0; co < Co; ++co) wt[(t * Ci + ci) * Co + co] = w[br * wper + (co * Ci + ci) * K + j];
+      toff[t] = toff[0] + (j - pad) * pst[br];
+      ++t;
+    }
+
+  std::unique_ptr<float[]> xp(new float[N * Dp * Hp * Wp * Ci]);
+#pragma omp parallel for schedule(static)
+  for (int64_t l = 0; l < N * Dp * Hp; ++l) {
+    const int64_t hp = l % Hp, dp = (l / Hp) % Dp, n = l / (Hp * Dp);
+    float* dst = xp.get() + l * Wp * Ci;
+    const int64_t id = dp - pad, ih = hp - pad;
+    if (id < 0 || id >= D || ih < 0 || ih >= H) {
+      std::fill(dst, dst + Wp * Ci, 0.0f);
+      continue;
+    }
+    std::fill(dst, dst + pad * Ci, 0.0f);
+    std::fill(dst + (pad + W) * Ci, dst + Wp * Ci, 0.0f);
+    const TI* src = x + n * xs[0] + id * xs[2] + ih * xs[3];
+    float* d = dst + pad * Ci;
+    if (std::is_same<TI, float>::value && (Ci == 1 || xs[1] == 1) && xs[4] == Ci) {
+      std::memcpy(d, src, W * Ci * sizeof(float));  // a channels-last (or 1-channel) row
+    } else {
+      for (int64_t iw = 0; iw < W; ++iw)
+        for (int64_t c = 0; c < Ci; ++c) d[iw * Ci + c] = static_cast<float>(Io<TI>::load(src + iw * xs[4] + c * xs[1]));
+    }
+  }
+
+  const bool direct = std::is_same<TO, float>::value && ys[1] == 1 && ys[4] == Co;
+  const int act = static_cast<int>(p.activation);
+#pragma omp parallel
+  {
+    std::vector<float> line(direct ? 0 : Wo * Co);
+    std::vector<const float*> src(ntaps);
+    // Tiles of kTileH x kTileD lines, od outer within a tile: the input rows a line reads are
+    // read again by the next few lines while they are still in L2.
+    constexpr int64_t kTileH = 4, kTileD = 8;
+    const int64_t th = (Ho + kTileH - 1) / kTileH, td = (Do + kTileD - 1) / kTileD;
+#pragma omp for schedule(static)
+    for (int64_t l = 0; l < N * td * th * kTileD * kTileH; ++l) {
+      const int64_t ih = l % kTileH, id = (l / kTileH) % kTileD, tile = l / (kTileH * kTileD);
+      const int64_t oh = (tile % th) * kTileH + ih, od = ((tile / th) % td) * kTileD + id, n = tile / (th * td);
+      if (oh >= Ho || od >= Do) continue;
+      const float* base = xp.get() + ((n * Dp + od * s) * Hp + oh * s) * Wp * Ci;
+      for (int q = 0; q < ntaps; ++q) src[q] = base + toff[q];
+      TO* yl = y + n * ys[0] + od * ys[2] + oh * ys[3];
+      float* out = direct ? reinterpret_cast<float*>(yl) : line.data();
+      vec::dense_taps(out, src.data(), s * Ci, wt.data(), ntaps, Ci, Co, Wo, bias.empty() ? nullptr : bias.data());
+      if (act != 0) vec::act_row(out, Wo * Co, act);
+      if (direct) continue;
+      if (ys[4] <= ys[1]) {  // NCDHW-like y: write each channel's row
+        for (int64_t co = 0; co < Co; ++co)
+          for (int64_t ow = 0; ow < Wo; ++ow) Io<TO>::store(yl + ow * ys[4] + co * ys[1], out[ow * Co + co]);
+      } else {
+        for (int64_t ow = 0; ow < Wo; ++ow)
+          for (int64_t co = 0; co < Co; ++co) Io<TO>::store(yl + ow * ys[4] + co * ys[1], out[ow * Co + co]);
+      }
+    }
+  }
+}
+
 // w: [3][C_out][C_in/g][k] in A; bias: C_out values in A or empty.
 template <typename TI, typename TO, typename A>
 void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vector<A>& bias) {
@@ -162,6 +256,12 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
   const int64_t wper = Co * cin_g * K;
   const bool has_bias = !bias.empty();
 
+  if constexpr (std::is_same<A, float>::value) {
+    if (p.groups == 1 && Co >= 8 && 3 * (K - 1) + 1 <= vec::kDenseMaxTaps) {
+      fwd_dense_padded<TI, TO>(p, w, bias);
+      return;
+    }
+  }
   const bool channel_order = xs[1] == 1 && ys[1] == 1 && Co > 1;
   if (!channel_order && s == 1 && cin_g == 1 && cout_g == 1) {
     fwd_depthwise_planes<TI, TO, A>(p, w, bias);

@@ -19,6 +19,11 @@
 #define MK_VERSIONS(DEFINE) DEFINE()
 #endif
 #define MK_ALWAYS_INLINE __attribute__((always_inline)) inline
+#if defined(MK_MULTIVERSION)
+#define MK_DEFAULT_VERSION __attribute__((target("default")))
+#else
+#define MK_DEFAULT_VERSION
+#endif
 
 namespace medkernels {
 namespace cpu {
@@ -96,6 +101,80 @@ MK_ALWAYS_INLINE void taps_vec_impl(A* out, const A* const* src, const A* const*
   }
 }
 
+
+// One block of R rows x NV vectors of output channels starting at channel c0, kept in
+// registers across all taps and input channels.
+template <typename V, int R, int NV>
+MK_ALWAYS_INLINE void dense_block(float* out, const float* const* src, int64_t src_rs, const float* w, int ntaps,
+                                  int64_t ci_n, int64_t co_n, int64_t c0, const float* init) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  V acc[R][NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const V b = init ? vload<V>(init + c0 + v * L) : V{};
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r][v] = b;
+  }
+  for (int t = 0; t < ntaps; ++t) {
+    const float* s = src[t];
+    const float* wt = w + static_cast<int64_t>(t) * ci_n * co_n + c0;
+    for (int64_t i = 0; i < ci_n; ++i) {
+      V wv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) wv[v] = vload<V>(wt + i * co_n + v * L);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const float x = s[r * src_rs + i];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] += x * wv[v];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) vstore(out + r * co_n + c0 + v * L, acc[r][v]);
+}
+
+// nr (1..6) rows of one channel chunk.
+template <typename V, int NV>
+MK_ALWAYS_INLINE void dense_rows(int nr, float* out, const float* const* src, int64_t src_rs, const float* w,
+                                 int ntaps, int64_t ci_n, int64_t co_n, int64_t c0, const float* init) {
+  switch (nr) {
+    case 6: dense_block<V, 6, NV>(out, src, src_rs, w, ntaps, ci_n, co_n, c0, init); break;
+    case 5: dense_block<V, 5, NV>(out, src, src_rs, w, ntaps, ci_n, co_n, c0, init); break;
+    case 4: dense_block<V, 4, NV>(out, src, src_rs, w, ntaps, ci_n, co_n, c0, init); break;
+    case 3: dense_block<V, 3, NV>(out, src, src_rs, w, ntaps, ci_n, co_n, c0, init); break;
+    case 2: dense_block<V, 2, NV>(out, src, src_rs, w, ntaps, ci_n, co_n, c0, init); break;
+    default: dense_block<V, 1, NV>(out, src, src_rs, w, ntaps, ci_n, co_n, c0, init); break;
+  }
+}
+
+// Rows in blocks of R (<= 6; the last block shorter); channels in chunks of NV vectors, then
+// single vectors, then scalars.
+template <typename V, int R, int NV>
+MK_ALWAYS_INLINE void dense_taps_impl(float* out, const float* const* src, int64_t src_rs, const float* w,
+                                      int ntaps, int64_t ci_n, int64_t co_n, int64_t rows, const float* init) {
+  static_assert(R >= 1 && R <= 6, "dense_rows handles up to 6 rows");
+  constexpr int L = sizeof(V) / sizeof(float);
+  const float* s[kDenseMaxTaps];
+  for (int64_t r0 = 0; r0 < rows; r0 += R) {
+    const int nr = static_cast<int>(rows - r0 < R ? rows - r0 : R);
+    for (int t = 0; t < ntaps; ++t) s[t] = src[t] + r0 * src_rs;
+    float* o = out + r0 * co_n;
+    int64_t c = 0;
+    for (; c + NV * L <= co_n; c += NV * L) dense_rows<V, NV>(nr, o, s, src_rs, w, ntaps, ci_n, co_n, c, init);
+    for (; c + L <= co_n; c += L) dense_rows<V, 1>(nr, o, s, src_rs, w, ntaps, ci_n, co_n, c, init);
+    for (; c < co_n; ++c)  // channels past the last whole vector
+      for (int r = 0; r < nr; ++r) {
+        float a = init ? init[c] : 0.0f;
+        for (int t = 0; t < ntaps; ++t)
+          for (int64_t i = 0; i < ci_n; ++i) a += s[t][r * src_rs + i] * w[(t * ci_n + i) * co_n + c];
+        o[r * co_n + c] = a;
+      }
+  }
+}
+
 }  // namespace
 
 // The versions are internal; the exported entry points below call them from this file, where
@@ -119,6 +198,25 @@ namespace mv {
   }
 MK_VERSIONS(MK_DEFINE_TAPS)
 #undef MK_DEFINE_TAPS
+
+// 6 rows x 64 channels = 24 AVX-512 accumulators; the narrower targets use 8-lane vectors
+// (6 x 16 channels = 12 AVX2 accumulators).
+#if defined(MK_MULTIVERSION)
+__attribute__((target("avx512f,avx512vl,fma"))) void dense_f(float* out, const float* const* src, int64_t src_rs,
+                                                             const float* w, int ntaps, int64_t ci_n, int64_t co_n,
+                                                             int64_t rows, const float* init) {
+  dense_taps_impl<f16v, 6, 4>(out, src, src_rs, w, ntaps, ci_n, co_n, rows, init);
+}
+__attribute__((target("avx2,fma"))) void dense_f(float* out, const float* const* src, int64_t src_rs,
+                                                 const float* w, int ntaps, int64_t ci_n, int64_t co_n, int64_t rows,
+                                                 const float* init) {
+  dense_taps_impl<f8v, 6, 2>(out, src, src_rs, w, ntaps, ci_n, co_n, rows, init);
+}
+#endif
+MK_DEFAULT_VERSION void dense_f(float* out, const float* const* src, int64_t src_rs, const float* w, int ntaps,
+                                int64_t ci_n, int64_t co_n, int64_t rows, const float* init) {
+  dense_taps_impl<f8v, 4, 2>(out, src, src_rs, w, ntaps, ci_n, co_n, rows, init);
+}
 
 // Branch-free loops over 32-bit lanes, so every version vectorises them.
 #define MK_DEFINE_BF16(ATTR)                                                        \
@@ -157,6 +255,11 @@ MK_VERSIONS(MK_DEFINE_ACT)
 }  // namespace mv
 
 void act_row(float* row, int64_t n, int act) { mv::act_f(row, n, act); }
+
+void dense_taps(float* out, const float* const* src, int64_t src_rs, const float* w, int ntaps, int64_t ci_n,
+                int64_t co_n, int64_t rows, const float* init) {
+  mv::dense_f(out, src, src_rs, w, ntaps, ci_n, co_n, rows, init);
+}
 
 void bf16_to_float(float* dst, const uint16_t* src, int64_t n) { mv::bf16_to_f(dst, src, n); }
 void float_to_bf16(uint16_t* dst, const float* src, int64_t n) { mv::f_to_bf16(dst, src, n); }

@@ -18,6 +18,15 @@ void taps_vec(float* out, const float* const* src, const float* const* w, int nt
 void taps_vec(double* out, const double* const* src, const double* const* w, int ntaps, int64_t n,
               const double* init);
 
+// Dense taps (a direct convolution's inner block): for r < rows, c < co_n
+//   out[r * co_n + c] = init[c] + sum_t sum_i src[t][r * src_rs + i] * w[(t * ci_n + i) * co_n + c]
+// src[t] points at row 0's ci_n input channels for tap t; w is [ntaps][ci_n][co_n]; init may be
+// null; ntaps <= kDenseMaxTaps. Rows x output channels are register-blocked; every tap and input channel is one
+// broadcast-FMA step per accumulator.
+constexpr int kDenseMaxTaps = 64;
+void dense_taps(float* out, const float* const* src, int64_t src_rs, const float* w, int ntaps, int64_t ci_n,
+                int64_t co_n, int64_t rows, const float* init);
+
 // row[i] = act(row[i]) for GELU (erf form), ReLU or SiLU, vectorised (detail/fast_math.h).
 void act_row(float* row, int64_t n, int act);
 

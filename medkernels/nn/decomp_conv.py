@@ -112,8 +112,8 @@ class DecompConv3d(nn.Module):
             w_d, w_h, w_w, bias = (t.to(dtype) for t in self.folded())
             y = decomp_conv3d(x, w_d, w_h, w_w, bias, stride=self.stride, groups=self.groups,
                               activation=self._act_name, backend=self.backend)
-        elif decomp_conv3d_backend(x, self.kernel_size, self.groups, self.stride, self.backend,
-                                   self.out_dim) == "reference":
+        elif decomp_conv3d_backend(x, self.kernel_size, self.groups, self.stride, self.backend, self.out_dim,
+                                   grad=torch.is_grad_enabled()) == "reference":
             # batch statistics need each branch's own output: the plain branch convs then, not
             # three fused calls that each pay for all three branches
             y = self.c1(x) + self.c2(x) + self.c3(x)

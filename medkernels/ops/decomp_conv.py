@@ -26,11 +26,16 @@ def _cuda_auto(**inputs) -> bool:
     return False
 
 
-def _cpu_auto(x, groups, c_out, **_) -> bool:
-    # Our CPU kernels are tuned for depthwise (groups = C). Channel mixing is a GEMM that
-    # PyTorch's oneDNN convolution does faster: the DCFormer stem's 64->64 k=3 layers (0.13x
-    # with ours) and its 1->64 k=7 stride-4 layer (0.6x) in benchmarks/bench_decomp_conv.py.
-    return groups == x.shape[1] == c_out
+def _cpu_auto(x, groups, c_out, grad=False, **_) -> bool:
+    # Depthwise (groups = C): our row / channel-vector kernels. Dense (groups 1, C_out >= 8,
+    # float32/16-bit) forward: the register-blocked tap kernel (cpu/vec.cpp dense_taps), about
+    # 2x oneDNN on DCFormer's 64->64 k=3 stem layers and its 1->64 k=7 stride-4 layer in
+    # benchmarks/bench_decomp_conv.py. Its backward (weight gradients per output channel) is
+    # slower than oneDNN's, so with gradients needed, and for other grouped convs, the
+    # reference (PyTorch convolutions) runs.
+    if groups == x.shape[1] == c_out:
+        return True
+    return groups == 1 and c_out >= 8 and x.dtype != torch.float64 and not grad
 
 
 _DISPATCH = _dispatch.Dispatcher(
@@ -295,13 +300,14 @@ def decomp_conv3d(
             raise ValueError(f"bias must be ({c_out},), got {describe(bias)}")
         bias = bias.contiguous()
     check_same("x", x, w_d=w_d, w_h=w_h, w_w=w_w, bias=bias)
-    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w_d, w_h, w_w, bias))
+    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out, grad=grad)
     return _decomp_conv3d_op(x, w_d, w_h, w_w, bias, stride, groups, activation or "", name)
 
 
 def decomp_conv3d_backend(x: torch.Tensor, k: int, groups: int, stride: int = 1, backend: str = "auto",
-                          c_out: Optional[int] = None) -> str:
+                          c_out: Optional[int] = None, grad: bool = False) -> str:
     """The backend ``decomp_conv3d`` would run for these inputs (for benchmarks and reports);
-    ``c_out`` defaults to C_in."""
+    ``c_out`` defaults to C_in; ``grad``: whether a backward will follow."""
     c_out = x.shape[1] if c_out is None else c_out
-    return _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out)
+    return _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out, grad=grad)
