@@ -18,7 +18,6 @@ from medkernels import _environment
 from medkernels._extension import extension
 from medkernels.models import DCFORMER_CONFIGS, ByteTokenizer, DCFormerCLIP, Med3DVLM, TextTransformer, dcformer
 from medkernels.models.clip import CT_RATE_PATHOLOGIES, clip_softmax_loss, siglip_loss, zero_shot_probabilities
-from medkernels.models.dcformer import dense_decomp_conv_cl, im2col_decomp_conv_cl
 from medkernels.models.med3dvlm import MixerLowHighHybridMLP
 from medkernels.nn import DecompConv3d
 from medkernels.reference.models import (
@@ -84,8 +83,9 @@ def test_param_counts_known():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_forward_matches_reference(mode, backend):
-    """Every stage's output vs the float64 re-creation: at most 2x the float32 re-creation's own
-    error plus the float32 tolerance (train mode normalises tiny late stages by batch statistics of few values)."""
+    """Every stage's output vs the float64 re-creation: at most 4x the float32 re-creation's own
+    error plus the float32 tolerance (train mode normalises tiny late stages by batch statistics
+    of few values, which amplifies any fp32 accumulation-order difference alike)."""
     ours, ref = _pair(backend=backend)
     ref64 = copy.deepcopy(ref).double()
     for m in (ours, ref, ref64):
@@ -96,7 +96,7 @@ def test_forward_matches_reference(mode, backend):
     assert len(got) == 5
     for s, (a, r, b) in enumerate(zip(got, own, want)):
         assert a.shape == b.shape, (s, a.shape, b.shape)
-        err, tol = rel_err(a.double(), b), 2 * rel_err(r.double(), b) + RTOL[torch.float32]
+        err, tol = rel_err(a.double(), b), 4 * rel_err(r.double(), b) + RTOL[torch.float32]
         assert err <= tol, f"{mode}-{backend} stage {s}: relative error {err:.3e} > {tol:.3e}"
     if mode == "train":  # running statistics updated as BatchNorm3d does
         sd64 = ref64.state_dict()
@@ -156,30 +156,28 @@ def test_bad_input_error():
         dcformer("nano")(torch.randn(1, 2, 32, 32, 32))
 
 
-@pytest.mark.parametrize("k,size", [(3, (5, 7, 6)), (5, (4, 9, 3))])
-def test_dense_gemm_stem_path(k, size):
-    conv = _randomise(DecompConv3d(9, 12, k, groups=1)).eval()
-    x = torch.randn(2, 9, *size).contiguous(memory_format=torch.channels_last_3d)
-    want = conv.double()(x.double())
-    conv.float()
-    got = dense_decomp_conv_cl(x, conv)
-    assert_close(f"dense-gemm-k{k}", got, want)
+@pytest.mark.parametrize("c_in,c_out,k,stride,size,channels_last", [
+    (9, 12, 3, 1, (5, 7, 6), True), (9, 16, 5, 1, (4, 9, 3), False),
+    (1, 16, 7, 4, (13, 9, 22), False), (2, 16, 7, 4, (5, 6, 7), True)])
+def test_stem_layers_eval_path(c_in, c_out, k, stride, size, channels_last):
+    """The stem's dense layers in eval: folded BN through ``auto`` (the C++ dense tap kernel on
+    CPU) equal the float64 module; the folded weights are cached and the cache follows BN changes."""
+    from medkernels.models.dcformer import run_decomp
 
-
-@pytest.mark.parametrize("c_in,size", [(1, (13, 9, 22)), (2, (5, 6, 7))])
-def test_im2col_stem_path(c_in, size):
-    conv = _randomise(DecompConv3d(c_in, 16, 7, stride=4, groups=1)).eval()
+    conv = _randomise(DecompConv3d(c_in, c_out, k, stride=stride, groups=1)).eval()
     x = torch.randn(2, c_in, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     want = conv.double()(x.double())
     conv.float()
     with torch.no_grad():
-        got = im2col_decomp_conv_cl(x, conv)
-        again = im2col_decomp_conv_cl(x, conv)  # the cached weights
-    assert_close(f"im2col-cin{c_in}", got, want)
+        got = run_decomp(conv, x)
+        again = run_decomp(conv, x)  # the cached folded weights
+    assert_close(f"stem-cin{c_in}-k{k}-s{stride}", got, want)
     assert torch.equal(got, again)
     with torch.no_grad():
         conv.c2[1].running_mean.add_(1.0)  # changed statistics invalidate the cache
-        assert not torch.equal(im2col_decomp_conv_cl(x, conv), got)
+        assert not torch.equal(run_decomp(conv, x), got)
 
 
 # --- the two checkpoint layouts ----------------------------------------------------------------

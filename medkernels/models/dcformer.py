@@ -107,88 +107,9 @@ class ConvBlock(nn.Module):
         return y.permute(0, 4, 1, 2, 3)
 
 
-def dense_decomp_conv_cl(x: torch.Tensor, conv: DecompConv3d) -> torch.Tensor:
-    """An eval-mode dense (groups 1, stride 1) DecompConv3d as ONE GEMM on the channels-last view.
-
-    y[p] = b + sum_axis sum_t W_axis[t] x[p + t - k//2]: all 3(k-1)+1 taps (the three centre taps
-    merged) are one (voxels x C_in) @ (C_in x taps*C_out) product, then each off-centre tap's
-    block is added to the output shifted along its axis: 7 instead of 9 tap GEMMs for DCFormer's
-    64->64 k=3 stem layers, and no separate BN or sum passes.
-    """
-    w_all, bias, shifts = _cached(conv, ("gemm", x.dtype), lambda: _gemm_weights(conv, x.dtype))
-    c_out = bias.shape[0]
-    xl = x.permute(0, 2, 3, 4, 1)
-    blocks = (xl @ w_all).unflatten(-1, (len(shifts) + 1, c_out))
-    y = blocks[..., 0, :] + bias
-    for j, (axis, off) in enumerate(shifts, start=1):
-        n = x.shape[2 + axis] - abs(off)
-        if n <= 0:
-            continue
-        dst = y.narrow(1 + axis, max(0, -off), n)
-        dst += blocks[..., j, :].narrow(1 + axis, max(0, off), n)
-    return y.permute(0, 4, 1, 2, 3)
-
-
-def im2col_decomp_conv_cl(x: torch.Tensor, conv: DecompConv3d) -> torch.Tensor:
-    """An eval-mode DecompConv3d with few input channels (DCFormer's 1-channel, k=7, stride-4 stem
-    layer) as a gather of its 3(k-1)+1 taps (strided views of the padded input) and ONE small GEMM
-    straight into channels-last output: a few MB of gathered taps instead of a direct kernel or
-    three strided oneDNN convolutions that each reach 1-2 GFLOP/s at one input channel."""
-    w_all, bias, taps = _cached(conv, ("im2col", x.dtype), lambda: _im2col_weights(conv, x.dtype))
-    s, pad = conv.stride, conv.kernel_size // 2
-    out = [(n - 1) // s + 1 for n in x.shape[2:]]
-    xp = F.pad(x, (pad, pad) * 3)
-    cols = []
-    for axis, t in taps:  # axis -1: the shared centre tap
-        idx = [slice(pad, pad + s * (o - 1) + 1, s) for o in out]
-        if axis >= 0:
-            idx[axis] = slice(t, t + s * (out[axis] - 1) + 1, s)
-        cols.append(xp[(slice(None), slice(None), *idx)])
-    col = torch.stack(cols, dim=-1).permute(0, 2, 3, 4, 1, 5).flatten(-2)  # (B, So.., C_in*taps)
-    return torch.addmm(bias, col.reshape(-1, col.shape[-1]), w_all).reshape(*col.shape[:4], -1).permute(0, 4, 1, 2, 3)
-
-
-def _im2col_weights(conv: DecompConv3d, dtype: torch.dtype):
-    w_d, w_h, w_w, bias = conv.folded()
-    k, pad = conv.kernel_size, conv.kernel_size // 2
-    ws, taps = [w_d[:, :, pad] + w_h[:, :, pad] + w_w[:, :, pad]], [(-1, pad)]
-    for axis, w in enumerate((w_d, w_h, w_w)):
-        for t in range(k):
-            if t != pad:
-                ws.append(w[:, :, t])
-                taps.append((axis, t))
-    w_all = torch.stack(ws, dim=-1).flatten(1)  # (C_out, C_in*taps), C_in-major like the gathered columns
-    return w_all.to(dtype).T.contiguous(), bias.to(dtype), taps
-
-
-def _gemm_weights(conv: DecompConv3d, dtype: torch.dtype):
-    """(C_in, taps*C_out) weight of :func:`dense_decomp_conv_cl`, its bias, the (axis, offset) of
-    each off-centre tap."""
-    w_d, w_h, w_w, bias = conv.folded()
-    k, pad = conv.kernel_size, conv.kernel_size // 2
-    ws = [w_d[:, :, pad] + w_h[:, :, pad] + w_w[:, :, pad]]
-    shifts = []
-    for axis, w in enumerate((w_d, w_h, w_w)):
-        for t in range(k):
-            if t != pad:
-                ws.append(w[:, :, t])
-                shifts.append((axis, t - pad))
-    return torch.cat(ws, 0).to(dtype).T.contiguous(), bias.to(dtype), shifts
-
-
 def _batch_stats(conv: DecompConv3d) -> bool:
     bn = conv.norm[0]
     return isinstance(bn, nn.BatchNorm3d) and (conv.training or not bn.track_running_stats)
-
-
-def _use_dense_gemm(conv: DecompConv3d, x: torch.Tensor) -> bool:
-    return (not _batch_stats(conv) and conv.groups == 1 and conv.stride == 1 and conv.in_dim >= 8
-            and conv.backend == "auto" and x.device.type == "cpu")
-
-
-def _use_im2col(conv: DecompConv3d, x: torch.Tensor) -> bool:
-    return (not _batch_stats(conv) and conv.groups == 1 and conv.in_dim * (3 * conv.kernel_size - 2) <= 64
-            and conv.stride > 1 and conv.backend == "auto" and x.device.type == "cpu")
 
 
 def run_decomp(conv: DecompConv3d, x: torch.Tensor) -> torch.Tensor:
@@ -205,9 +126,9 @@ def run_decomp(conv: DecompConv3d, x: torch.Tensor) -> torch.Tensor:
 
 
 class DecomposedStem(nn.Sequential):
-    """DecompConv3d k=7 stride 4, then three k=3 (groups 1, BN, no activation). On CPU in eval the
-    1-channel stride-4 layer is a tap gather + one GEMM (:func:`im2col_decomp_conv_cl`) and the
-    dense k=3 layers one GEMM each (:func:`dense_decomp_conv_cl`)."""
+    """DecompConv3d k=7 stride 4, then three k=3 (groups 1, BN, no activation). In eval on CPU
+    these dense layers run our register-blocked tap kernel (``backend="auto"`` picks it for
+    groups 1); the output is made channels-last once, after the first layer."""
 
     def __init__(self, inp: int, oup: int, backend: str = "auto") -> None:
         super().__init__(DecompConv3d(inp, oup, 7, stride=4, groups=1, backend=backend),
@@ -215,13 +136,7 @@ class DecomposedStem(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self:
-            if _use_dense_gemm(conv, x):
-                x = dense_decomp_conv_cl(x, conv)
-            elif _use_im2col(conv, x):
-                x = im2col_decomp_conv_cl(x, conv)
-            else:
-                x = run_decomp(conv, x)
-            x = x.contiguous(memory_format=torch.channels_last_3d)  # no-op after the first layer
+            x = run_decomp(conv, x).contiguous(memory_format=torch.channels_last_3d)  # no-op after the first
         return x
 
 
