@@ -147,7 +147,6 @@ void fwd_depthwise_planes(const DecompConvParams& p, const std::vector<A>& w, co
   }
 }
 
-// The forward, generic in the input storage type TI and output storage type TO.
 // Dense (groups 1) layers: the input is copied once into a zero-halo channels-last float
 // volume, so each of the 3(k-1)+1 taps (the three branches' centre taps merged into one) is
 // valid at every output position, and an output line (n, od, oh) is one register-blocked
@@ -241,6 +240,7 @@ void fwd_dense_padded(const DecompConvParams& p, const std::vector<float>& w, co
   }
 }
 
+// The forward, generic in the input storage type TI and output storage type TO.
 // w: [3][C_out][C_in/g][k] in A; bias: C_out values in A or empty.
 template <typename TI, typename TO, typename A>
 void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vector<A>& bias) {
