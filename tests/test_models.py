@@ -244,16 +244,42 @@ def test_med3dvlm_visual_tokens_and_inputs_embeds():
         vis = vlm.encode_images(imgs)
         assert vis.shape == (2, 256, 32)
         emb = nn.Embedding(100, 32)
-        ids = torch.randint(1, 100, (2, 5))
-        e, mask = vlm.prepare_inputs_embeds(ids, imgs, torch.ones(2, 5, dtype=torch.long), embed_tokens=emb)
-        assert e.shape == (2, 261, 32) and mask.shape == (2, 261)
-        assert torch.equal(e[:, :256], vis)
+        # Med3DVLM: the visual tokens replace positions 1..256, after the first token
+        ids = torch.randint(1, 100, (2, 260))
+        e, mask = vlm.prepare_inputs_embeds(ids, imgs, torch.ones(2, 260, dtype=torch.long), embed_tokens=emb)
+        assert e.shape == (2, 260, 32) and mask.shape == (2, 260)
+        assert torch.equal(e[:, :1], emb(ids[:, :1])) and torch.equal(e[:, 1:257], vis)
+        assert torch.equal(e[:, 257:], emb(ids[:, 257:]))
+        with pytest.raises(ValueError, match="length >= 257"):
+            vlm.prepare_inputs_embeds(ids[:, :200], imgs, embed_tokens=emb)
         vlm.image_token_id = 7
         ids = torch.cat([torch.full((2, 256), 7), torch.randint(8, 100, (2, 3))], dim=1)
         e, _ = vlm.prepare_inputs_embeds(ids, imgs, embed_tokens=emb)
         assert torch.equal(e[:, :256], vis) and torch.equal(e[:, 256:], emb(ids[:, 256:]))
         with pytest.raises(ValueError, match="exactly 256 image tokens"):
             vlm.prepare_inputs_embeds(ids[:, 1:], imgs, embed_tokens=emb)
+
+
+def test_med3dvlm_official_checkpoint_keys_load():
+    """The official LLM checkpoint holds the tower at ``model.vision_tower.vision_tower.*`` (a
+    DecompModel: ``encoder.*``, BN once per branch) and the mixer at ``model.mm_projector.*``."""
+    src = _randomise(Med3DVLM("nano", input_size=(64, 64, 64), llm_dim=32)).eval()
+    keys = set(src.state_dict())
+    assert any(k.startswith("vision_tower.vision_tower.encoder.s0.0.0.c1.0.") for k in keys)
+    assert any(k.startswith("mm_projector.low_mixer.0.") for k in keys)
+    ckpt = {f"model.{k}": v for k, v in src.state_dict().items() if ".norm." not in k}  # Med3DVLM stores BN once
+    ckpt.update({"model.embed_tokens.weight": torch.randn(10, 32), "lm_head.weight": torch.randn(10, 32),
+                 "model.layers.0.self_attn.q_proj.weight": torch.randn(32, 32)})
+    dst = Med3DVLM("nano", input_size=(64, 64, 64), llm_dim=32).eval()
+    dst.load_official_state_dict(ckpt, strict=True)
+    imgs = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        assert_close("visual tokens", dst.encode_images(imgs), src.encode_images(imgs).double())
+    # a stage-1 projector file: only model.mm_projector.*
+    proj_only = Med3DVLM("nano", input_size=(64, 64, 64), llm_dim=32)
+    proj_only.load_official_state_dict({k: v for k, v in ckpt.items() if k.startswith("model.mm_projector.")})
+    for k, v in src.mm_projector.state_dict().items():
+        assert torch.equal(proj_only.mm_projector.state_dict()[k], v), k
 
 
 # --- CLIP -------------------------------------------------------------------------------------------

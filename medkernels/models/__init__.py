@@ -12,8 +12,8 @@ from .dcformer import (
                        decomp_small,
                        decomp_tiny,
 )
-from .med3dvlm import Med3DVLM, MixerLowHighHybridMLP
+from .med3dvlm import Med3DVLM, MixerLowHighHybridMLP, VisionTower
 
 __all__ = ["DCFORMER_CONFIGS", "DCFormer", "DCFormerEncoder", "dcformer", "decomp_nano", "decomp_naive",
            "decomp_tiny", "decomp_small", "decomp_base", "DCFormerCLIP", "TextTransformer", "ByteTokenizer",
-           "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM"]
+           "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM", "VisionTower"]

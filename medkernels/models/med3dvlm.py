@@ -9,6 +9,16 @@ i maps tokens -> ``*_output_size[i]`` and width -> ``output_dim / 2**(depth-1-i)
 tokens are concatenated: (B, 128 + 128, 3584) by default (Qwen2.5-7B's width).
 
 Ours runs the token-mixing MLP as ``W @ x`` on the (B, N, D) tensor (no transposed copies).
+
+``Med3DVLM`` holds the vision path as the official LLM's ``model`` does (facts from Med3DVLM's
+``src/model/vlm_arch.py`` and ``encoder/builder.py``): ``vision_tower`` is a ``VisionTower``
+whose ``vision_tower`` is the ``DecompModel``, and ``mm_projector`` the mixer, so its keys are
+the checkpoint's ``model.vision_tower.vision_tower.encoder.*`` and ``model.mm_projector.*``
+without the ``model.`` prefix (:meth:`Med3DVLM.load_official_state_dict` takes a whole
+checkpoint and ignores the LLM's own keys). The tower returns ``hidden_states[select_layer:]``
+(-2: the stage-3 and stage-4 tokens the mixer takes). The visual tokens replace the embeddings
+at positions 1..N of the sequence, after the first token, as ``prepare_inputs_for_multimodal``
+does.
 """
 
 from __future__ import annotations
@@ -96,6 +106,24 @@ class MixerLowHighHybridMLP(nn.Module):
         return torch.cat([low, high], dim=1)
 
 
+class VisionTower(nn.Module):
+    """Med3DVLM's ``VisionTower`` around the DCFormer (``self.vision_tower``): returns the last
+    hidden state (``select_layer=0``) or the list ``hidden_states[select_layer:]`` (< 0)."""
+
+    def __init__(self, vision: str = "small", select_layer: int = -2, backend: str = "auto") -> None:
+        super().__init__()
+        if select_layer > 0:
+            raise ValueError(f"select_layer must be 0 or negative (as Med3DVLM), got {select_layer}")
+        self.vision_tower = dcformer(vision, backend=backend)
+        self.select_layer = select_layer
+        ch = self.vision_tower.channels
+        self.hidden_size, self.low_input_size, self.high_input_size = ch[-1], ch[-2], ch[-1]
+
+    def forward(self, images: torch.Tensor):
+        hidden = self.vision_tower(images)
+        return hidden[-1] if self.select_layer == 0 else hidden[self.select_layer:]
+
+
 class Med3DVLM(nn.Module):
     """DCFormer vision tower + projector producing visual tokens for a causal LM.
 
@@ -105,16 +133,17 @@ class Med3DVLM(nn.Module):
         llm_dim: the LLM's hidden width (3584, Qwen2.5-7B).
         language_model: optional Hugging Face-like causal LM (``get_input_embeddings()``,
             ``forward(inputs_embeds=, attention_mask=, labels=)``); not a dependency.
-        image_token_id: token id whose ``proj_out_num`` positions in ``input_ids`` receive the
-            visual tokens; None prepends them.
+        image_token_id: None (Med3DVLM): the visual tokens replace positions 1..N of the
+            sequence (the prompt holds N placeholder tokens after its first token); or a token
+            id whose N positions per sample receive them.
     """
 
     def __init__(self, vision: str = "small", input_size=(128, 256, 256), llm_dim: int = 3584,
                  language_model: Optional[nn.Module] = None, image_token_id: Optional[int] = None,
                  backend: str = "auto", **projector_kwargs) -> None:
         super().__init__()
-        self.vision_tower = dcformer(vision, backend=backend)
-        ch = self.vision_tower.channels
+        self.vision_tower = VisionTower(vision, select_layer=-2, backend=backend)
+        ch = self.vision_tower.vision_tower.channels
         d, h, w = input_size
         if d % 64 or h % 64 or w % 64:
             raise ValueError(f"input_size must be multiples of 64, got {tuple(input_size)}")
@@ -127,29 +156,28 @@ class Med3DVLM(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, N_visual, llm_dim) visual tokens."""
-        hidden = self.vision_tower(images)
-        return self.mm_projector((hidden[3], hidden[4]))
+        return self.mm_projector(self.vision_tower(images))
 
     def prepare_inputs_embeds(self, input_ids: torch.Tensor, images: torch.Tensor,
                               attention_mask: Optional[torch.Tensor] = None, embed_tokens: Optional[nn.Module] = None):
-        """(inputs_embeds, attention_mask) with the visual tokens placed at ``image_token_id``
-        positions (exactly N_visual per sample) or prepended."""
+        """(inputs_embeds, attention_mask): the visual tokens at positions 1..N (Med3DVLM) or at
+        the ``image_token_id`` positions (exactly N per sample); the sequence length is kept."""
         if embed_tokens is None:
             if self.language_model is None:
                 raise ValueError("pass embed_tokens= (the LLM's input embedding) or build with language_model=")
             embed_tokens = self.language_model.get_input_embeddings()
         vis = self.encode_images(images)
+        n = vis.shape[1]
         if self.image_token_id is None:
+            if input_ids.shape[1] < n + 1:
+                raise ValueError(f"input_ids must hold the first token and {n} image placeholders (length >= {n + 1}), "
+                                 f"got shape {tuple(input_ids.shape)}")
             text = embed_tokens(input_ids)
-            embeds = torch.cat([vis.to(text.dtype), text], dim=1)
-            if attention_mask is not None:
-                ones = attention_mask.new_ones(attention_mask.shape[0], vis.shape[1])
-                attention_mask = torch.cat([ones, attention_mask], dim=1)
-            return embeds, attention_mask
+            return torch.cat([text[:, :1], vis.to(text.dtype), text[:, n + 1:]], dim=1), attention_mask
         is_img = input_ids == self.image_token_id
         counts = is_img.sum(dim=1)
-        if not bool((counts == vis.shape[1]).all()):
-            raise ValueError(f"each sample needs exactly {vis.shape[1]} image tokens (id {self.image_token_id}), "
+        if not bool((counts == n).all()):
+            raise ValueError(f"each sample needs exactly {n} image tokens (id {self.image_token_id}), "
                              f"got {counts.tolist()}")
         text = embed_tokens(input_ids.masked_fill(is_img, 0))
         embeds = text.masked_scatter(is_img[..., None], vis.to(text.dtype))
@@ -160,7 +188,17 @@ class Med3DVLM(nn.Module):
         if self.language_model is None:
             raise ValueError("Med3DVLM.forward needs a language_model; use encode_images() for the visual tokens")
         embeds, mask = self.prepare_inputs_embeds(input_ids, images, attention_mask)
-        if labels is not None and self.image_token_id is None:
-            labels = torch.cat([labels.new_full((labels.shape[0], embeds.shape[1] - labels.shape[1]), -100), labels],
-                               dim=1)
         return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+
+    def load_official_state_dict(self, state_dict, strict: bool = True):
+        """Load the vision tower and projector from a Med3DVLM checkpoint: the whole LLM's
+        (``model.vision_tower.vision_tower.*``, ``model.mm_projector.*``; the LLM's own keys
+        are left out), a stage-1 projector file (``model.mm_projector.*`` only: the tower keeps
+        its weights) or this module's own keys. Returns each loaded part's missing/unexpected keys."""
+        sd = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state_dict.items()}
+        parts = {}
+        for name in ("vision_tower", "mm_projector"):
+            sub = {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")}
+            if sub or name == "mm_projector":
+                parts[name] = getattr(self, name).load_state_dict(sub, strict=strict)
+        return parts
