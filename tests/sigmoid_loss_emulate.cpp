@@ -72,8 +72,8 @@ struct HostBlock {
 struct HostExec {
   template <typename T, bool SYM>
   int fwd(const md::SlArgs& g, int64_t gx, int64_t gy) {
-    std::printf("fwd grid=%lldx%lld sym=%d mma=%d\n", static_cast<long long>(gx), static_cast<long long>(gy), int(SYM),
-                int(md::SlTraits<T>::kMma));
+    std::printf("fwd grid=%lldx%lld vec=%d%d sym=%d mma=%d\n", static_cast<long long>(gx), static_cast<long long>(gy),
+                int(g.vec_a), int(g.vec_b), int(SYM), int(md::SlTraits<T>::kMma));
     std::vector<unsigned char> smem(md::SlSmem<T>::fwd_bytes);
     for (int64_t bx = 0; bx < gx; ++bx)
       for (int64_t by = 0; by < gy; ++by) {

@@ -346,7 +346,7 @@ class SLCase:
     d: int
     positives: str = "diag"  # diag | labels | mask
     symmetric: bool = False
-    layout: str = "rows"  # rows | strided (x[:, ::2]) | transposed (y stored (d, m))
+    layout: str = "rows"  # rows | strided (x[:, ::2]) | transposed (y stored (d, m)) | padded (rows of 16n bytes)
     grad_layout: str = "rows"  # rows | transposed
 
     @property
@@ -364,6 +364,8 @@ SL_CASES = [
     SLCase(torch.bfloat16, 67, 67, 150, "mask", symmetric=True, layout="strided"),
     SLCase(torch.bfloat16, 64, 64, 16, "labels", symmetric=True, grad_layout="transposed"),
     SLCase(torch.float32, 3, 3, 5, symmetric=True),
+    SLCase(torch.float32, 50, 66, 21, "labels", layout="padded"),  # 16-byte staging with a partial vector
+    SLCase(torch.float16, 70, 70, 37, "diag", symmetric=True, layout="padded"),
     SLCase(torch.float32, 70, 45, 17, "mask", layout="transposed", grad_layout="transposed"),
     SLCase(torch.float32, 129, 129, 70, "diag"),
     SLCase(torch.float64, 37, 37, 127, "labels"),
@@ -384,6 +386,11 @@ def _sl_inputs(case: SLCase):
         x = torch.zeros(case.n, 2 * case.d, dtype=case.dtype)[:, ::2].copy_(x)
     elif case.layout == "transposed":
         y = y.t().contiguous().t()
+    elif case.layout == "padded":
+        pad = (case.d + 7) // 8 * 8 + 8
+        # NaN beyond d: a vector copy past the last column would poison the result
+        x = torch.full((case.n, pad), float("nan"), dtype=case.dtype)[:, :case.d].copy_(x)
+        y = torch.full((case.m, pad), float("nan"), dtype=case.dtype)[:, :case.d].copy_(y)
     kw = {}
     if case.positives == "labels":
         kw["labels"] = torch.randint(0, 5, (case.n,), generator=g)
@@ -427,7 +434,10 @@ def test_emulated_cuda_sigmoid_loss_matches_reference(sl_emulator, tmp_path, cas
 
     lines, _, _ = _sl_emulate(sl_emulator, tmp_path, case, x, y, kw, t, b, c, mode=0)
     mma = int(case.dtype in (torch.float16, torch.bfloat16))
-    assert lines[0].startswith("fwd grid=") and lines[0].endswith(f"sym={int(case.symmetric)} mma={mma}"), lines
+    # rows whose pitch is a multiple of 16 bytes (and unit column stride) are staged 16 bytes at a time
+    vec = "".join(str(int(t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0)) for t in (x, y))
+    assert lines[0].startswith("fwd grid=") and lines[0].endswith(f"vec={vec} sym={int(case.symmetric)} mma={mma}"), \
+        lines
     assert lines[-1].startswith("finish"), lines
     loss = torch.frombuffer(bytearray((tmp_path / "loss.bin").read_bytes()), dtype=torch.float64)[0]
     t64, b64 = torch.tensor(t, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)

@@ -36,6 +36,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "medkernels/common.h"
@@ -250,6 +251,7 @@ struct SlArgs {
   double scale = 1, bias = 0, c = 1;
   bool symmetric = false;
   SlPositives pos;
+  bool vec_a = false, vec_b = false;  // rows of a / b stage 16 bytes at a time (sl_vec_ok)
   void* out_a = nullptr;  // backward: d(a) rows, strides so_a
   int64_t soa0 = 0, soa1 = 0;
   void* out_b = nullptr;  // symmetric backward: d(b) for the same rows
@@ -306,12 +308,43 @@ struct SlSmem {
   }
 };
 
+// 16 bytes from global to shared memory (both 16-byte aligned)
+MK_SL_HD void sl_copy16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__)
+  *static_cast<uint4*>(dst) = *static_cast<const uint4*>(src);
+#else
+  memcpy(dst, src, 16);
+#endif
+}
+
+// Whether rows of src (row stride s0 elements, unit column stride) can be staged 16 bytes at a time.
+template <typename T>
+inline bool sl_vec_ok(const void* src, int64_t s0, int64_t s1) {
+  return s1 == 1 && reinterpret_cast<uintptr_t>(src) % 16 == 0 && (s0 * int64_t(sizeof(T))) % 16 == 0;
+}
+
 // Stage rows r0.. (rows x cols tile, [r][k] with ld) of src (n rows, d cols, strides s0, s1) from
-// column k0: zero outside. One thread's share (thread tid of kSlThreads).
+// column k0: zero outside. One thread's share (thread tid of kSlThreads). vec (sl_vec_ok): 16-byte
+// copies where a whole vector is inside the rows and d (k0, cols and the row pitch ld keep them aligned).
 template <typename T>
 MK_SL_HD void sl_stage_rows(int tid, const T* src, int64_t n, int64_t d, int64_t s0, int64_t s1, int64_t r0,
-                            int64_t k0, int cols, typename SlTraits<T>::E* dst, int ld) {
+                            int64_t k0, int cols, typename SlTraits<T>::E* dst, int ld, bool vec) {
   using E = typename SlTraits<T>::E;
+  if (vec) {
+    constexpr int V = 16 / int(sizeof(T));
+    const int per_row = cols / V;
+    for (int e = tid; e < kSlTile * per_row; e += kSlThreads) {
+      const int r = e / per_row, k = (e - r * per_row) * V;
+      const int64_t row = r0 + r, kk = k0 + k;
+      E* o = dst + r * ld + k;
+      if (row < n && kk + V <= d) {
+        sl_copy16(o, src + row * s0 + kk);
+      } else {
+        for (int v = 0; v < V; ++v) o[v] = (row < n && kk + v < d) ? SlTraits<T>::load(src + row * s0 + kk + v) : E(0);
+      }
+    }
+    return;
+  }
   for (int e = tid; e < kSlTile * cols; e += kSlThreads) {
     const int r = e / cols, k = e - r * cols;
     const int64_t row = r0 + r, kk = k0 + k;
@@ -366,11 +399,11 @@ MK_SL_HD void sl_logits_tile(const BK& bk, const SlArgs& g, int64_t i0, int64_t 
     bk.sync();
     for (int t = 0; t < BK::kThreads; ++t) {
       const int tid = bk.thread(t);
-      sl_stage_rows<T>(tid, a, g.na, g.d, g.sa0, g.sa1, i0, k0, Tr::KC, s + L::xs, L::ldk);
-      sl_stage_rows<T>(tid, b, g.nb, g.d, g.sb0, g.sb1, j0, k0, Tr::KC, s + L::ys, L::ldk);
+      sl_stage_rows<T>(tid, a, g.na, g.d, g.sa0, g.sa1, i0, k0, Tr::KC, s + L::xs, L::ldk, g.vec_a);
+      sl_stage_rows<T>(tid, b, g.nb, g.d, g.sb0, g.sb1, j0, k0, Tr::KC, s + L::ys, L::ldk, g.vec_b);
       if (SYM) {
-        sl_stage_rows<T>(tid, a, g.na, g.d, g.sa0, g.sa1, j0, k0, Tr::KC, s + L::xs2, L::ldk);
-        sl_stage_rows<T>(tid, b, g.nb, g.d, g.sb0, g.sb1, i0, k0, Tr::KC, s + L::ys2, L::ldk);
+        sl_stage_rows<T>(tid, a, g.na, g.d, g.sa0, g.sa1, j0, k0, Tr::KC, s + L::xs2, L::ldk, g.vec_a);
+        sl_stage_rows<T>(tid, b, g.nb, g.d, g.sb0, g.sb1, i0, k0, Tr::KC, s + L::ys2, L::ldk, g.vec_b);
       }
     }
     bk.sync();
@@ -543,7 +576,8 @@ MK_SL_HD void sl_finish_block(const BK& bk, const SlFinish& f, double* red) {
 // --- launch plan (the .cuh's executor launches; the host emulation loops) -------------------------
 // X provides: fwd<T, SYM>(args, grid_x, grid_y), bwd<T, SYM>(args, grid_x, grid_y), finish(SlFinish); each
 // returns 0 or an error code.
-inline SlArgs sl_args(const SigmoidLossParams& p, bool swap) {
+template <typename T>
+SlArgs sl_args(const SigmoidLossParams& p, bool swap) {
   SlArgs g;
   g.a = swap ? p.y : p.x;
   g.b = swap ? p.x : p.y;
@@ -557,12 +591,14 @@ inline SlArgs sl_args(const SigmoidLossParams& p, bool swap) {
   g.bias = p.bias;
   g.symmetric = p.symmetric;
   g.pos = sl_positives(p, swap);
+  g.vec_a = sl_vec_ok<T>(g.a, g.sa0, g.sa1);
+  g.vec_b = sl_vec_ok<T>(g.b, g.sb0, g.sb1);
   return g;
 }
 
 template <typename T, class X>
 int sl_fwd_run(const SigmoidLossParams& p, X& ex) {
-  SlArgs g = sl_args(p, false);
+  SlArgs g = sl_args<T>(p, false);
   g.splits = sl_fwd_splits(p.n, p.m);
   g.part = static_cast<double*>(p.workspace);
   const int64_t nblk = sl_blocks(p.n);
@@ -580,7 +616,7 @@ int sl_bwd_run(const SigmoidLossBwdParams& bp, X& ex) {
   const SigmoidLossParams& p = bp.fwd;
   const int64_t dc = p.symmetric ? sl_dc<T, true>() : sl_dc<T, false>();
   const int64_t dchunks = (p.d + dc - 1) / dc;
-  SlArgs g = sl_args(p, false);
+  SlArgs g = sl_args<T>(p, false);
   g.c = bp.grad_scale;
   g.part = static_cast<double*>(p.workspace);
   g.out_a = bp.grad_x;
@@ -593,7 +629,7 @@ int sl_bwd_run(const SigmoidLossBwdParams& bp, X& ex) {
                        : ex.template bwd<T, false>(g, sl_blocks(p.n), dchunks);
   if (rc) return rc;
   if (!p.symmetric) {
-    SlArgs h = sl_args(p, true);
+    SlArgs h = sl_args<T>(p, true);
     h.c = bp.grad_scale;
     h.out_a = bp.grad_y;
     h.soa0 = bp.grad_y_strides[0]; h.soa1 = bp.grad_y_strides[1];
