@@ -348,12 +348,14 @@ class SLCase:
     symmetric: bool = False
     layout: str = "rows"  # rows | strided (x[:, ::2]) | transposed (y stored (d, m)) | padded (rows of 16n bytes)
     grad_layout: str = "rows"  # rows | transposed
+    diag_offset: int = 0  # positives i - j == diag_offset (the distributed loss's off-diagonal blocks)
 
     @property
     def id(self) -> str:
         v = "med3dvlm" if self.symmetric else "siglip"
         g = "" if self.grad_layout == "rows" else "-gradT"
-        return f"{_DT[self.dtype]}-{self.n}x{self.m}x{self.d}-{self.positives}-{v}-{self.layout}{g}"
+        off = f"-off{self.diag_offset}" if self.diag_offset else ""
+        return f"{_DT[self.dtype]}-{self.n}x{self.m}x{self.d}-{self.positives}{off}-{v}-{self.layout}{g}"
 
 
 SL_CASES = [
@@ -368,6 +370,8 @@ SL_CASES = [
     SLCase(torch.float16, 70, 70, 37, "diag", symmetric=True, layout="padded"),
     SLCase(torch.float32, 70, 45, 17, "mask", layout="transposed", grad_layout="transposed"),
     SLCase(torch.float32, 129, 129, 70, "diag"),
+    SLCase(torch.bfloat16, 50, 130, 24, "diag", diag_offset=-70),
+    SLCase(torch.float32, 100, 30, 12, "diag", diag_offset=75),
     SLCase(torch.float64, 37, 37, 127, "labels"),
     SLCase(torch.float64, 40, 40, 9, "mask", symmetric=True),
 ]
@@ -406,7 +410,8 @@ def _sl_emulate(exe: Path, d: Path, case: SLCase, x, y, kw, t: float, b: float, 
     mask = kw.get("positive_mask")
     ms = mask.stride() if mask is not None else (0, 0)
     vals = [_DTYPE_CODE[case.dtype], case.n, case.m, case.d, *x.stride(), *y.stride(), repr(math.exp(t)), repr(b),
-            int(case.symmetric), _POS_CODE[case.positives], 0, *ms, repr(c), *gx.stride(), *gy.stride(), mode]
+            int(case.symmetric), _POS_CODE[case.positives], case.diag_offset, *ms, repr(c), *gx.stride(),
+            *gy.stride(), mode]
     (d / "params.txt").write_text(" ".join(map(str, vals)))
     _write(d / "x.bin", x)
     _write(d / "y.bin", y)
@@ -441,6 +446,7 @@ def test_emulated_cuda_sigmoid_loss_matches_reference(sl_emulator, tmp_path, cas
     assert lines[-1].startswith("finish"), lines
     loss = torch.frombuffer(bytearray((tmp_path / "loss.bin").read_bytes()), dtype=torch.float64)[0]
     t64, b64 = torch.tensor(t, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    kw = dict(kw, diag_offset=case.diag_offset) if case.diag_offset else kw
     ref = sigmoid_loss_ref(x64, y64, t64, b64, reduction="sum", variant=variant, **kw)
     assert_close("loss", loss.reshape(()), ref, dtype=acc)
 
