@@ -417,6 +417,31 @@ def test_opcheck():
         torch.library.opcheck(wa_ops._cross_window_attention3d_op, pargs)
 
 
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpu", "reference")])
+def test_eager_path_equals_custom_ops(backend, monkeypatch):
+    """Eager calls on plain tensors skip torch.library's Python layers (an autograd.Function over
+    the same _run_fwd / _run_bwd): outputs and every gradient equal the custom ops' bit for bit."""
+    _, _, _, (q, k, v), table, pad = _make(LIGHT, torch.float64, "cpu", layout="contiguous")
+    opts = dict(window=(4, 5, 4), shift=(2, 2, 2), backend=backend)
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, table, pad)]
+        out = window_attention3d(*leaves[:3], rel_bias_table=leaves[3], pad_kv=leaves[4], **opts)
+        oa, ob = cross_window_attention3d_separate(*leaves[:3], leaves[2], leaves[0], leaves[1],
+                                                   rel_bias_table=leaves[3], pad_kv=leaves[4], **opts)
+        grads = torch.autograd.grad((out.sum(), (oa * ob).sum()), leaves)
+        return (out, oa, ob, *grads)
+
+    fast = run()
+    monkeypatch.setattr(wa_ops, "EAGER_FAST_PATH", False)
+    slow = run()
+    for i, (a, b) in enumerate(zip(fast, slow)):
+        assert torch.equal(a, b), f"tensor {i} differs between the eager path and the custom ops"
+    assert wa_ops._eager_ok(q) is False  # the flag is off
+    monkeypatch.setattr(wa_ops, "EAGER_FAST_PATH", True)
+    assert wa_ops._eager_ok(q, None) and not wa_ops._eager_ok(q.to("meta"))
+
+
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
     mod = WindowAttention3d(16, 2, (3, 4, 5), (1, 2, 2), backend="cpu" if "cpu" in CPU_BACKENDS else "reference")

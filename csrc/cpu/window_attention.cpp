@@ -310,6 +310,10 @@ using cpu::wa_detail::RowMask;
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// Below about 2^21 multiply-adds (Swin UNETR's last stage: one 3^3 window) one thread finishes
+// before a team is woken up, and a loaded machine makes the team's barriers far worse.
+inline bool worth_threads(int64_t tasks, int64_t N, int64_t E) { return tasks * N * N * E >= (int64_t(1) << 21); }
+
 // Where each window-local token of each window lives and its shift region.
 struct Geometry {
   int64_t N = 0, nW = 0;
@@ -455,7 +459,7 @@ Status fwd_impl(const WindowAttentionParams& p) {
   const A mv = shifted ? A(p.mask_value) : A(0), scale = A(p.scale);
   const std::unique_ptr<A[]> bias = bias_buffer<A>(p, N, ld);
   A* lse = static_cast<A*>(p.lse);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(tasks, N, E))
   {
     gather_bias<T, A>(p, N, ld, bias.get());
     Window<A> win(N, E);
@@ -539,7 +543,7 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
   const A* lse = static_cast<const A*>(p.lse);
   const A scale = A(p.scale);
   const std::unique_ptr<A[]> bias = bias_buffer<A>(p, N, ld);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(units, N, E))
   {
     gather_bias<T, A>(p, N, ld, bias.get());
     Window<A> win(N, E);
