@@ -152,28 +152,41 @@ __attribute__((always_inline)) inline void pv4_impl(A* __restrict o, const A* __
   }
 }
 
-// y[j] += sum_r a[r] X[r][j] over 16 rows r and j < np (a multiple of 2 L; rows of X: ld): y
-// is read and written once per 16 rows; 8 register chains (rows r mod 4, two vectors of j),
-// summed in a fixed order.
+// Y[e][j] += sum_r a[r][e] X[r][j] over 16 rows r (a: 16 x E row-major, rows of X and Y: ld),
+// j < np (a multiple of 2 L): tiles of 4 e x 2 vectors (8 register accumulators), each Y
+// element summed over r in order and added to Y once per 16 rows.
 template <typename A>
-__attribute__((always_inline)) inline void axpy16_impl(A* __restrict y, const A* __restrict a, const A* __restrict X,
-                                                       int64_t ld, int64_t np) {
+__attribute__((always_inline)) inline void gemm16_impl(A* __restrict Y, int64_t ld, const A* __restrict a, int64_t E,
+                                                       const A* __restrict X, int64_t np) {
   using V = typename Vec<A>::T;
   constexpr int L = Vec<A>::L;
   for (int64_t j = 0; j < np; j += 2 * L) {
-    const A* x = X + j;
-    V p0 = a[0] * vload(x), p1 = a[1] * vload(x + ld), p2 = a[2] * vload(x + 2 * ld), p3 = a[3] * vload(x + 3 * ld);
-    V q0 = a[0] * vload(x + L), q1 = a[1] * vload(x + ld + L), q2 = a[2] * vload(x + 2 * ld + L),
-      q3 = a[3] * vload(x + 3 * ld + L);
-    for (int r = 4; r < 16; r += 4) {
-      const A* xr = x + r * ld;
-      p0 += a[r] * vload(xr), q0 += a[r] * vload(xr + L);
-      p1 += a[r + 1] * vload(xr + ld), q1 += a[r + 1] * vload(xr + ld + L);
-      p2 += a[r + 2] * vload(xr + 2 * ld), q2 += a[r + 2] * vload(xr + 2 * ld + L);
-      p3 += a[r + 3] * vload(xr + 3 * ld), q3 += a[r + 3] * vload(xr + 3 * ld + L);
+    int64_t e = 0;
+    for (; e + 4 <= E; e += 4) {
+      V y00 = {}, y01 = {}, y10 = {}, y11 = {}, y20 = {}, y21 = {}, y30 = {}, y31 = {};
+      for (int r = 0; r < 16; ++r) {
+        const V x0 = vload(X + r * ld + j), x1 = vload(X + r * ld + j + L);
+        const A* ar = a + r * E + e;
+        y00 += ar[0] * x0, y01 += ar[0] * x1;
+        y10 += ar[1] * x0, y11 += ar[1] * x1;
+        y20 += ar[2] * x0, y21 += ar[2] * x1;
+        y30 += ar[3] * x0, y31 += ar[3] * x1;
+      }
+      A* y = Y + e * ld + j;
+      vstore(y, vload(y) + y00), vstore(y + L, vload(y + L) + y01);
+      vstore(y + ld, vload(y + ld) + y10), vstore(y + ld + L, vload(y + ld + L) + y11);
+      vstore(y + 2 * ld, vload(y + 2 * ld) + y20), vstore(y + 2 * ld + L, vload(y + 2 * ld + L) + y21);
+      vstore(y + 3 * ld, vload(y + 3 * ld) + y30), vstore(y + 3 * ld + L, vload(y + 3 * ld + L) + y31);
     }
-    vstore(y + j, vload(y + j) + ((p0 + p1) + (p2 + p3)));
-    vstore(y + j + L, vload(y + j + L) + ((q0 + q1) + (q2 + q3)));
+    for (; e < E; ++e) {
+      V y0 = {}, y1 = {};
+      for (int r = 0; r < 16; ++r) {
+        y0 += a[r * E + e] * vload(X + r * ld + j);
+        y1 += a[r * E + e] * vload(X + r * ld + j + L);
+      }
+      A* y = Y + e * ld + j;
+      vstore(y, vload(y) + y0), vstore(y + L, vload(y + L) + y1);
+    }
   }
 }
 
@@ -253,11 +266,11 @@ __attribute__((always_inline)) inline void dsoftmax_row_impl(A* __restrict s, A*
   ATTR void pv4(double* o, const double* P, int64_t ld, const double* V, int64_t Ep, int64_t n) {                 \
     pv4_impl<double>(o, P, ld, V, Ep, n);                                                                         \
   }                                                                                                               \
-  ATTR void axpy16(float* y, const float* a, const float* X, int64_t ld, int64_t np) {                            \
-    axpy16_impl<float>(y, a, X, ld, np);                                                                          \
+  ATTR void gemm16(float* Y, int64_t ld, const float* a, int64_t E, const float* X, int64_t np) {                \
+    gemm16_impl<float>(Y, ld, a, E, X, np);                                                                       \
   }                                                                                                               \
-  ATTR void axpy16(double* y, const double* a, const double* X, int64_t ld, int64_t np) {                         \
-    axpy16_impl<double>(y, a, X, ld, np);                                                                         \
+  ATTR void gemm16(double* Y, int64_t ld, const double* a, int64_t E, const double* X, int64_t np) {             \
+    gemm16_impl<double>(Y, ld, a, E, X, np);                                                                      \
   }                                                                                                               \
   ATTR void softmax_row(float* s, int64_t ld, const RowMask<float>& m, float* mx, float* sum) {                   \
     softmax_row_impl<float>(s, ld, m, mx, sum);                                                                   \
@@ -621,12 +634,8 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
               for (int64_t e = 0; e < E; ++e) Io<T>::store(dqo + e * bp.dq_strides[5], dq[r * Ep + e] * scale);
             }
           }
-          for (int64_t e = 0; e < E; ++e) {
-            A qa[16], ga[16];
-            for (int r = 0; r < 16; ++r) qa[r] = win.Q[(i0 + r) * E + e], ga[r] = dO[(i0 + r) * E + e];
-            cpu::wa_detail::axpy16(dKT.data() + e * ld, qa, DS.data(), ld, np);
-            cpu::wa_detail::axpy16(dVT.data() + e * ld, ga, S.data(), ld, np);
-          }
+          cpu::wa_detail::gemm16(dKT.data(), ld, win.Q.data() + i0 * E, E, DS.data(), np);  // dk^T += q^T dS
+          cpu::wa_detail::gemm16(dVT.data(), ld, dO.data() + i0 * E, E, S.data(), np);      // dv^T += dO^T P
         }
         for (int64_t j = 0; j < N; ++j) {
           if (win.valid[j]) {
