@@ -211,7 +211,7 @@ def sigmoid_loss(
         reduction: "mean" (global sum / global N), "sum" or "mean_pairs".
         normalize: L2-normalise x and y first.
         exchange: "ring" (P2P, O(local batch d) memory) or "all_gather".
-        backend: the op backend for the blocks ("auto", "triton", "cpu", "reference").
+        backend: the op backend for the blocks ("auto", "cuda", "triton", "cpu", "reference").
         group: the process group (None: the default group).
     """
     if not dist.is_available() or not dist.is_initialized():

@@ -30,7 +30,7 @@ class SigLIPLoss(nn.Module):
         variant: "siglip" or "med3dvlm" (symmetrised logits; not with ``distributed``).
         reduction: "mean" (SigLIP: sum / N), "sum" or "mean_pairs".
         normalize: L2-normalise x and y inside the loss.
-        backend: op backend ("auto", "triton", "cpu", "reference").
+        backend: op backend ("auto", "cuda", "triton", "cpu", "reference").
         exchange: "ring" or "all_gather" (distributed only).
         process_group: the group (None: the default group).
     """
