@@ -218,6 +218,7 @@ def cases(device: torch.device, full: bool):
             yield _case(1, c, h, t, f32, device, note="Swin UNETR stage; issue target: CPU >= 2x reference")
         yield _case(1, 96, 6, 12, f32, device, backward=True, note="Swin UNETR stage 2")
         yield _case(1, 192, 12, 6, f32, device, backward=True, note="Swin UNETR stage 3")
+        yield _case(1, 384, 24, 3, f32, device, backward=True, note="Swin UNETR stage 4")
         for backward in (False, True):
             case = _block_case(1, 96, 6, 12, f32, device, backward=backward)
             if case is not None:

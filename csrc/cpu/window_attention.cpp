@@ -210,6 +210,18 @@ __attribute__((always_inline)) inline typename Vec<A>::T logits_at(const A* s, i
   return x + (reg != m.query_region ? vsplat(m.mask_value) : vsplat(A(0))) + vload(m.kmask + j);
 }
 
+// Max (or sum) of a vector's lanes by halving (log2 L steps, a fixed order): short rows (27
+// keys at Swin UNETR's last stage) would otherwise spend most of their time in a serial chain.
+template <typename A, bool SUM>
+__attribute__((always_inline)) inline A hreduce(typename Vec<A>::T v) {
+  constexpr int L = Vec<A>::L;
+  A a[L];
+  std::memcpy(a, &v, sizeof(a));
+  for (int w = L / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) a[l] = SUM ? a[l] + a[l + w] : (a[l] > a[l + w] ? a[l] : a[l + w]);
+  return a[0];
+}
+
 // Forward row (ld entries): P = exp(logits - max) in place; *mx = max, *sum = sum of P, both
 // over fixed lanes.
 template <typename A>
@@ -223,17 +235,14 @@ __attribute__((always_inline)) inline void softmax_row_impl(A* __restrict s, int
     vstore(s + j, x);
     vm = vm > x ? vm : x;
   }
-  A r = vm[0];
-  for (int l = 1; l < L; ++l) r = r > vm[l] ? r : vm[l];
+  const A r = hreduce<A, false>(vm);
   V acc = {};
   for (int64_t j = 0; j < ld; j += L) {
     const V p = vexp(vload(s + j) - r);
     vstore(s + j, p);
     acc += p;
   }
-  A t = A(0);
-  for (int l = 0; l < L; ++l) t += acc[l];
-  *mx = r, *sum = t;
+  *mx = r, *sum = hreduce<A, true>(acc);
 }
 
 // Backward row (ld entries): P = exp(logits - lse) into s, dS = P (dP - delta) into d, and
