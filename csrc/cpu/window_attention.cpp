@@ -78,7 +78,9 @@ __attribute__((always_inline)) inline typename Vec<A>::T vsplat(A x) {
 
 // exp(t) in float on a vector: 2^k * p(r) with k = round(t / ln 2), r the Cody-Waite reduced
 // argument and p Cephes' expf polynomial (about 1 ulp); below -87.3 (masked logits, -inf
-// included) the result is 0. Doubles use std::exp lane by lane (the float64 test path).
+// included) the result is 0. Doubles use std::exp lane by lane (the float64 test path). The
+// polynomial is detail/fast_math.h's fast_expf written on whole vectors: calling fast_expf per
+// lane, or in a plain loop over the row, measured 1.7-2.4x slower per call here.
 __attribute__((always_inline)) inline Vec<float>::T vexp(Vec<float>::T t) {
   using V = Vec<float>::T;
   const V lo = vsplat(-87.3f);
