@@ -71,6 +71,13 @@ void bind_window_attention(py::module_& m) {
   m.def("window_attention_bwd_cpu", [](const WindowAttentionBwdParams& prm) {
     medkernels_glue::call([&] { return mk::cpu::window_attention_bwd(prm); });
   });
+  m.def("window_attention_table_grad_cpu",
+        [](const WindowAttentionParams& prm, std::uintptr_t pair_grad, std::uintptr_t table_grad) {
+          medkernels_glue::call([&] {
+            return mk::cpu::window_attention_table_grad(prm, reinterpret_cast<const void*>(pair_grad),
+                                                        reinterpret_cast<void*>(table_grad));
+          });
+        });
 #ifdef MEDKERNELS_WITH_CUDA
   m.def("window_attention_fwd_cuda", [](const WindowAttentionParams& prm, std::uintptr_t stream) {
     medkernels_glue::call([&] { return mk::cuda::window_attention_fwd(prm, reinterpret_cast<void*>(stream)); });

@@ -16,6 +16,7 @@ from medkernels.nn import CrossModalSwinBlock3d, CrossModalWindowAttention3d, Sw
 from medkernels.ops import cross_window_attention3d, cross_window_attention3d_separate, window_attention3d
 from medkernels.ops import window_attention as wa_ops
 from medkernels.reference.window_attention import (
+    bias_table_grad,
     cross_window_attention3d_ref,
     relative_position_index,
     shift_region_mask,
@@ -440,6 +441,24 @@ def test_eager_path_equals_custom_ops(backend, monkeypatch):
     assert wa_ops._eager_ok(q) is False  # the flag is off
     monkeypatch.setattr(wa_ops, "EAGER_FAST_PATH", True)
     assert wa_ops._eager_ok(q, None) and not wa_ops._eager_ok(q.to("meta"))
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the C++ extension is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("size, window", [((4, 5, 6), (4, 5, 6)), ((3, 5, 2), (4, 5, 3))], ids=["full", "clamped"])
+def test_cpu_table_grad_equals_bincount(size, window, dtype):
+    """The C++ bias-table gradient (heads in parallel, fixed order) sums pair_grad as the
+    reference's bincount does, for full and clamped windows (Swin's index[:n, :n])."""
+    from medkernels._extension import extension
+
+    geom = window_geometry(size, window, 0)
+    heads, n = 3, geom.tokens
+    pair = torch.randn(heads, n, n, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    q = torch.zeros(1, *size, heads, 8, dtype=dtype)
+    p = wa_ops._cpu_params([q], [q], [q], geom, None, None, 1.0, -100.0, False)
+    out = torch.empty(geom.table_rows, heads, dtype=dtype)
+    extension.module.window_attention_table_grad_cpu(p, pair.data_ptr(), out.data_ptr())
+    assert_close("table grad", out, bias_table_grad(pair.double(), geom.window, n))
 
 
 def test_torch_compile_fullgraph():

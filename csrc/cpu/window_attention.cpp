@@ -692,6 +692,30 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
   return Status::kSuccess;
 }
 
+template <typename A>
+Status table_grad_impl(const WindowAttentionParams& p, const A* pair, A* out) {
+  const int64_t N = p.eff_window[0] * p.eff_window[1] * p.eff_window[2], HEADS = p.heads;
+  const int64_t CWH = p.window[1], CWW = p.window[2];
+  const int64_t sd = (2 * CWH - 1) * (2 * CWW - 1), sh = 2 * CWW - 1;
+  const int64_t base = (p.window[0] - 1) * sd + (CWH - 1) * sh + (CWW - 1);
+  const int64_t rows = (2 * p.window[0] - 1) * sd;
+  std::vector<int64_t> key(N);  // as gather_bias: index(i, j) = base + key[i] - key[j]
+  for (int64_t t = 0; t < N; ++t) key[t] = (t / (CWH * CWW)) * sd + ((t / CWW) % CWH) * sh + t % CWW;
+  std::vector<A> col(HEADS * rows, A(0));  // per head, contiguous: no false sharing
+#pragma omp parallel for schedule(static) if (HEADS * N * N >= (int64_t(1) << 18))
+  for (int64_t h = 0; h < HEADS; ++h) {
+    A* c = col.data() + h * rows;
+    for (int64_t i = 0; i < N; ++i) {
+      A* ci = c + base + key[i];
+      const A* row = pair + (h * N + i) * N;
+      for (int64_t j = 0; j < N; ++j) ci[-key[j]] += row[j];
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < HEADS; ++h) out[r * HEADS + h] = col[h * rows + r];
+  return Status::kSuccess;
+}
+
 }  // namespace
 
 size_t window_attention_bwd_workspace_bytes(const WindowAttentionBwdParams& bp) {
@@ -802,6 +826,17 @@ Status window_attention_fwd(const WindowAttentionParams& p) {
   const Status st = window_attention_check(p);
   if (st != Status::kSuccess) return st;
   MK_DTYPE_SWITCH(p.dtype, T, return fwd_impl<T>(p);)
+}
+
+Status window_attention_table_grad(const WindowAttentionParams& p, const void* pair_grad, void* table_grad) {
+  MK_CHECK_ARG(pair_grad && table_grad, "window_attention_table_grad: pair_grad and table_grad must not be null");
+  MK_CHECK_ARG(p.heads >= 1, "window_attention_table_grad: heads must be >= 1");
+  for (int a = 0; a < 3; ++a)
+    MK_CHECK_ARG(p.window[a] >= 1 && p.eff_window[a] >= 1 && p.eff_window[a] <= p.window[a],
+                 "window_attention_table_grad: need 1 <= eff_window <= window on every axis");
+  if (p.dtype == DType::kFloat64)
+    return table_grad_impl<double>(p, static_cast<const double*>(pair_grad), static_cast<double*>(table_grad));
+  return table_grad_impl<float>(p, static_cast<const float*>(pair_grad), static_cast<float*>(table_grad));
 }
 
 Status window_attention_bwd(const WindowAttentionBwdParams& bp) {

@@ -184,7 +184,12 @@ def _compiled_bwd(kind: str):
         b.pair_grad = pair.data_ptr() if pair is not None else 0
         b.workspace, b.workspace_bytes = scratch.data_ptr() + pair_bytes, scratch.numel() - pair_bytes
         _call(kind, 1, b, qs[0])
-        d_table = bias_table_grad(pair, geom.window, n) if pair is not None else None
+        d_table = None
+        if pair is not None and dev.type == "cpu":  # the C++ fixed-order sum, heads in parallel
+            d_table = torch.empty((geom.table_rows, heads), dtype=acc)
+            C.window_attention_table_grad_cpu(b.fwd, pair.data_ptr(), d_table.data_ptr())
+        elif pair is not None:
+            d_table = bias_table_grad(pair, geom.window, n)
         return d_table, d_pad
 
     return run

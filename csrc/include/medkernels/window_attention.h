@@ -81,6 +81,11 @@ size_t window_attention_cuda_bwd_workspace_bytes(const WindowAttentionBwdParams&
 namespace cpu {
 Status window_attention_fwd(const WindowAttentionParams& p);
 Status window_attention_bwd(const WindowAttentionBwdParams& p);
+// The bias-table gradient (rows, heads) from pair_grad (heads, N, N) of window_attention_bwd:
+// table_grad[r * heads + h] = sum of pair_grad[h][i][j] over the (i, j) whose Swin index is r,
+// in (i, j) order (the same bits on every run); heads in parallel. Both in the accumulation type
+// (double for float64, float otherwise); reads p.dtype, p.heads, p.window and p.eff_window.
+Status window_attention_table_grad(const WindowAttentionParams& p, const void* pair_grad, void* table_grad);
 // The CUDA kernels' per-thread code run over every thread on the host (tests without a GPU).
 Status window_attention_fwd_emulated(const WindowAttentionParams& p);
 Status window_attention_bwd_emulated(const WindowAttentionBwdParams& p);
