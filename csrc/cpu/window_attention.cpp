@@ -334,9 +334,9 @@ using cpu::wa_detail::RowMask;
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// Below about 2^21 multiply-adds (Swin UNETR's last stage: one 3^3 window) one thread finishes
-// before a team is woken up, and a loaded machine makes the team's barriers far worse.
-inline bool worth_threads(int64_t tasks, int64_t N, int64_t E) { return tasks * N * N * E >= (int64_t(1) << 21); }
+// Below about 2^20 multiply-adds (the forward of Swin UNETR's last stage, one 3^3 window of 24 heads)
+// one thread finishes before a team is woken up, and a loaded machine makes the team's barriers worse.
+inline bool worth_threads(int64_t tasks, int64_t N, int64_t E) { return tasks * N * N * E >= (int64_t(1) << 20); }
 
 // Where each window-local token of each window lives and its shift region.
 struct Geometry {
@@ -567,7 +567,7 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
   const A* lse = static_cast<const A*>(p.lse);
   const A scale = A(p.scale);
   const std::unique_ptr<A[]> bias = bias_buffer<A>(p, N, ld);
-#pragma omp parallel if (worth_threads(units, N, E))
+#pragma omp parallel if (worth_threads(4 * units, N, E))  // about 4x the forward's work a task
   {
     gather_bias<T, A>(p, N, ld, bias.get());
     Window<A> win(N, E);
