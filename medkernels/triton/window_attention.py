@@ -101,6 +101,58 @@ def _scores(
 
 
 @triton.jit
+def _kv_tile(
+    k_base, v_base, pad_ptr, b, head, HEADS, HEAD_DIM, offs_n, n_in, offs_e, e_in, wd0, wh0, ww0,
+    D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+    skb, skd, skh, skw, skn, ske,
+    svb, svd, svh, svw, svn, sve,
+    HAS_PAD: tl.constexpr, DOT_LOWP: tl.constexpr,
+):
+    """Keys and values of window-local tokens offs_n (padding tokens: pad_kv), with their
+    coordinates, padding flag and shift region; in the input dtype for DOT_LOWP dots."""
+    kd, kh, kw, valid_k, reg_k = _token(
+        offs_n, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+    )
+    k_ok = n_in & valid_k
+    k_pad = n_in & (valid_k == 0)
+    k = _load_tile(k_base, b * skb + kd * skd + kh * skh + kw * skw + head * skn, ske, offs_e, e_in, k_ok,
+                   pad_ptr + head * HEAD_DIM, k_pad, HAS_PAD)
+    v = _load_tile(v_base, b * svb + kd * svd + kh * svh + kw * svw + head * svn, sve, offs_e, e_in, k_ok,
+                   pad_ptr + (HEADS + head) * HEAD_DIM, k_pad, HAS_PAD)
+    if DOT_LOWP:
+        k = k.to(k_base.dtype.element_ty)
+        v = v.to(k_base.dtype.element_ty)
+    return kd, kh, kw, valid_k, reg_k, k_ok, k_pad, k, v
+
+
+@triton.jit
+def _q_do_tile(
+    q_base, do_base, pad_ptr, lse_ptr, delta_ptr, row0, b, head, HEADS, offs_m, m_in, offs_e, e_in, wd0, wh0, ww0,
+    D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+    sqb, sqd, sqh, sqw, sqn, sqe,
+    sgb, sgd, sgh, sgw, sgn, sge,
+    DOT_LOWP: tl.constexpr,
+):
+    """Queries and output gradients of window-local tokens offs_m with their saved log-sum-exp
+    and delta (row0: the direction's first row), coordinates, padding flag and shift region."""
+    od, oh, ow, valid_q, reg_q = _token(
+        offs_m, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+    )
+    q_ok = m_in & valid_q
+    q = _load_tile(q_base, b * sqb + od * sqd + oh * sqh + ow * sqw + head * sqn, sqe, offs_e, e_in, q_ok,
+                   pad_ptr, q_ok, False)
+    do = _load_tile(do_base, b * sgb + od * sgd + oh * sgh + ow * sgw + head * sgn, sge, offs_e, e_in, q_ok,
+                    pad_ptr, q_ok, False)
+    if DOT_LOWP:
+        q = q.to(q_base.dtype.element_ty)
+        do = do.to(q_base.dtype.element_ty)
+    row = row0 + (((b * D + od) * H + oh) * W + ow) * HEADS + head
+    lse = tl.load(lse_ptr + row, mask=q_ok, other=0.0)
+    delta = tl.load(delta_ptr + row, mask=q_ok, other=0.0)
+    return od, oh, ow, reg_q, q_ok, q, do, lse, delta
+
+
+@triton.jit
 def _window_origin(bw, NW, NWH, NWW, WD, WH, WW):
     """(batch, first d, h, w of the window) of flat window index bw = b * NW + win."""
     b = bw // NW
@@ -157,18 +209,11 @@ def _window_attention_fwd_kernel(
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_in = offs_n < N
-        kd, kh, kw, valid_k, reg_k = _token(
-            offs_n, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+        kd, kh, kw, valid_k, reg_k, k_ok, k_pad, k, v = _kv_tile(
+            k_base, v_base, pad_ptr, b, head, HEADS, HEAD_DIM, offs_n, n_in, offs_e, e_in, wd0, wh0, ww0,
+            D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+            skb, skd, skh, skw, skn, ske, svb, svd, svh, svw, svn, sve, HAS_PAD, DOT_LOWP,
         )
-        k_ok = n_in & valid_k
-        k_pad = n_in & (valid_k == 0)
-        k = _load_tile(k_base, b * skb + kd * skd + kh * skh + kw * skw + head * skn, ske, offs_e, e_in, k_ok,
-                       pad_ptr + head * HEAD_DIM, k_pad, HAS_PAD)
-        v = _load_tile(v_base, b * svb + kd * svd + kh * svh + kw * svw + head * svn, sve, offs_e, e_in, k_ok,
-                       pad_ptr + (HEADS + head) * HEAD_DIM, k_pad, HAS_PAD)
-        if DOT_LOWP:
-            k = k.to(q0.dtype.element_ty)
-            v = v.to(q0.dtype.element_ty)
         s = _scores(q, k, offs_m, offs_n, N, n_in, valid_k, reg_q, reg_k, table_ptr, head, HEADS, CWD, CWH, CWW,
                     scale, mask_value, HAS_TABLE, SHIFTED, MASK_PADDED, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -240,38 +285,22 @@ def _window_attention_bwd_dkdv_kernel(
 
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     n_in = offs_n < N
-    kd, kh, kw, valid_k, reg_k = _token(
-        offs_n, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+    kd, kh, kw, valid_k, reg_k, k_ok, k_pad, k, v = _kv_tile(
+        k_base, v_base, pad_ptr, b, head, HEADS, HEAD_DIM, offs_n, n_in, offs_e, e_in, wd0, wh0, ww0,
+        D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+        skb, skd, skh, skw, skn, ske, svb, svd, svh, svw, svn, sve, HAS_PAD, DOT_LOWP,
     )
-    k_ok = n_in & valid_k
-    k_pad = n_in & (valid_k == 0)
-    k_off = b * skb + kd * skd + kh * skh + kw * skw + head * skn
-    v_off = b * svb + kd * svd + kh * svh + kw * svw + head * svn
-    k = _load_tile(k_base, k_off, ske, offs_e, e_in, k_ok, pad_ptr + head * HEAD_DIM, k_pad, HAS_PAD)
-    v = _load_tile(v_base, v_off, sve, offs_e, e_in, k_ok, pad_ptr + (HEADS + head) * HEAD_DIM, k_pad, HAS_PAD)
-    if DOT_LOWP:
-        k = k.to(q0.dtype.element_ty)
-        v = v.to(q0.dtype.element_ty)
     dk = tl.zeros([BLOCK_N, BLOCK_E], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_E], tl.float32)
     row0 = direction * (B * D * H * W * HEADS)
     for m0 in range(0, N, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_in = offs_m < N
-        od, oh, ow, valid_q, reg_q = _token(
-            offs_m, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+        od, oh, ow, reg_q, q_ok, q, do, lse, delta = _q_do_tile(
+            q_base, do_base, pad_ptr, lse_ptr, delta_ptr, row0, b, head, HEADS, offs_m, m_in, offs_e, e_in,
+            wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+            sqb, sqd, sqh, sqw, sqn, sqe, sgb, sgd, sgh, sgw, sgn, sge, DOT_LOWP,
         )
-        q_ok = m_in & valid_q
-        q = _load_tile(q_base, b * sqb + od * sqd + oh * sqh + ow * sqw + head * sqn, sqe, offs_e, e_in, q_ok,
-                       pad_ptr, q_ok, False)
-        do = _load_tile(do_base, b * sgb + od * sgd + oh * sgh + ow * sgw + head * sgn, sge, offs_e, e_in, q_ok,
-                        pad_ptr, q_ok, False)
-        if DOT_LOWP:
-            q = q.to(q0.dtype.element_ty)
-            do = do.to(q0.dtype.element_ty)
-        row = row0 + (((b * D + od) * H + oh) * W + ow) * HEADS + head
-        lse = tl.load(lse_ptr + row, mask=q_ok, other=0.0)
-        delta = tl.load(delta_ptr + row, mask=q_ok, other=0.0)
         p, ds = _recompute_p(q, k, do, v, lse, delta, q_ok, offs_m, offs_n, N, n_in, valid_k, reg_q, reg_k,
                              table_ptr, head, HEADS, CWD, CWH, CWW, scale, mask_value,
                              HAS_TABLE, SHIFTED, MASK_PADDED, DOT_LOWP, PREC)
@@ -323,36 +352,21 @@ def _window_attention_bwd_dq_kernel(
 
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     m_in = offs_m < N
-    od, oh, ow, valid_q, reg_q = _token(
-        offs_m, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+    row0 = direction * (B * D * H * W * HEADS)
+    od, oh, ow, reg_q, q_ok, q, do, lse, delta = _q_do_tile(
+        q_base, do_base, pad_ptr, lse_ptr, delta_ptr, row0, b, head, HEADS, offs_m, m_in, offs_e, e_in,
+        wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+        sqb, sqd, sqh, sqw, sqn, sqe, sgb, sgd, sgh, sgw, sgn, sge, DOT_LOWP,
     )
-    q_ok = m_in & valid_q
-    q_off = b * sqb + od * sqd + oh * sqh + ow * sqw + head * sqn
-    q = _load_tile(q_base, q_off, sqe, offs_e, e_in, q_ok, pad_ptr, q_ok, False)
-    do = _load_tile(do_base, b * sgb + od * sgd + oh * sgh + ow * sgw + head * sgn, sge, offs_e, e_in, q_ok,
-                    pad_ptr, q_ok, False)
-    if DOT_LOWP:
-        q = q.to(q0.dtype.element_ty)
-        do = do.to(q0.dtype.element_ty)
-    row = direction * (B * D * H * W * HEADS) + (((b * D + od) * H + oh) * W + ow) * HEADS + head
-    lse = tl.load(lse_ptr + row, mask=q_ok, other=0.0)
-    delta = tl.load(delta_ptr + row, mask=q_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_E], tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_in = offs_n < N
-        kd, kh, kw, valid_k, reg_k = _token(
-            offs_n, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+        kd, kh, kw, valid_k, reg_k, k_ok, k_pad, k, v = _kv_tile(
+            k_base, v_base, pad_ptr, b, head, HEADS, HEAD_DIM, offs_n, n_in, offs_e, e_in, wd0, wh0, ww0,
+            D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+            skb, skd, skh, skw, skn, ske, svb, svd, svh, svw, svn, sve, HAS_PAD, DOT_LOWP,
         )
-        k_ok = n_in & valid_k
-        k_pad = n_in & (valid_k == 0)
-        k = _load_tile(k_base, b * skb + kd * skd + kh * skh + kw * skw + head * skn, ske, offs_e, e_in, k_ok,
-                       pad_ptr + head * HEAD_DIM, k_pad, HAS_PAD)
-        v = _load_tile(v_base, b * svb + kd * svd + kh * svh + kw * svw + head * svn, sve, offs_e, e_in, k_ok,
-                       pad_ptr + (HEADS + head) * HEAD_DIM, k_pad, HAS_PAD)
-        if DOT_LOWP:
-            k = k.to(q0.dtype.element_ty)
-            v = v.to(q0.dtype.element_ty)
         p, ds = _recompute_p(q, k, do, v, lse, delta, q_ok, offs_m, offs_n, N, n_in, valid_k, reg_q, reg_k,
                              table_ptr, head, HEADS, CWD, CWH, CWW, scale, mask_value,
                              HAS_TABLE, SHIFTED, MASK_PADDED, DOT_LOWP, PREC)
@@ -403,31 +417,16 @@ def _window_attention_bwd_pair_kernel(
     row0 = direction * (B * D * H * W * HEADS)
     for bw in range(bw0, bw1):
         b, wd0, wh0, ww0 = _window_origin(bw, NW, NWH, NWW, WD, WH, WW)
-        od, oh, ow, valid_q, reg_q = _token(
-            offs_m, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+        od, oh, ow, reg_q, q_ok, q, do, lse, delta = _q_do_tile(
+            q_base, do_base, pad_ptr, lse_ptr, delta_ptr, row0, b, head, HEADS, offs_m, m_in, offs_e, e_in,
+            wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+            sqb, sqd, sqh, sqw, sqn, sqe, sgb, sgd, sgh, sgw, sgn, sge, DOT_LOWP,
         )
-        q_ok = m_in & valid_q
-        q = _load_tile(q_base, b * sqb + od * sqd + oh * sqh + ow * sqw + head * sqn, sqe, offs_e, e_in, q_ok,
-                       pad_ptr, q_ok, False)
-        do = _load_tile(do_base, b * sgb + od * sgd + oh * sgh + ow * sgw + head * sgn, sge, offs_e, e_in, q_ok,
-                        pad_ptr, q_ok, False)
-        kd, kh, kw, valid_k, reg_k = _token(
-            offs_n, wd0, wh0, ww0, D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W
+        kd, kh, kw, valid_k, reg_k, k_ok, k_pad, k, v = _kv_tile(
+            k_base, v_base, pad_ptr, b, head, HEADS, HEAD_DIM, offs_n, n_in, offs_e, e_in, wd0, wh0, ww0,
+            D, H, W, WH, WW, SD, SH, SW, PD, PH, PW, T1D, T2D, T1H, T2H, T1W, T2W,
+            skb, skd, skh, skw, skn, ske, svb, svd, svh, svw, svn, sve, HAS_PAD, DOT_LOWP,
         )
-        k_ok = n_in & valid_k
-        k_pad = n_in & (valid_k == 0)
-        k = _load_tile(k_base, b * skb + kd * skd + kh * skh + kw * skw + head * skn, ske, offs_e, e_in, k_ok,
-                       pad_ptr + head * HEAD_DIM, k_pad, HAS_PAD)
-        v = _load_tile(v_base, b * svb + kd * svd + kh * svh + kw * svw + head * svn, sve, offs_e, e_in, k_ok,
-                       pad_ptr + (HEADS + head) * HEAD_DIM, k_pad, HAS_PAD)
-        if DOT_LOWP:
-            q = q.to(q0.dtype.element_ty)
-            do = do.to(q0.dtype.element_ty)
-            k = k.to(q0.dtype.element_ty)
-            v = v.to(q0.dtype.element_ty)
-        row = row0 + (((b * D + od) * H + oh) * W + ow) * HEADS + head
-        lse = tl.load(lse_ptr + row, mask=q_ok, other=0.0)
-        delta = tl.load(delta_ptr + row, mask=q_ok, other=0.0)
         p, ds = _recompute_p(q, k, do, v, lse, delta, q_ok, offs_m, offs_n, N, n_in, valid_k, reg_q, reg_k,
                              table_ptr, head, HEADS, CWD, CWH, CWW, scale, mask_value,
                              HAS_TABLE, SHIFTED, MASK_PADDED, DOT_LOWP, PREC)
