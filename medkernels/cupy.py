@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 __all__ = ["decomp_conv3d", "q_sample", "ddim_step", "ddpm_step", "window_attention3d", "cross_window_attention3d",
-           "source", "include_dir", "KERNELS"]
+           "cross_window_attention3d_separate", "source", "include_dir", "KERNELS"]
 
 # The headers: the source tree's csrc/include, or the copy setup.py installs into the package.
 _HERE = Path(__file__).resolve().parent
@@ -425,11 +425,36 @@ def window_attention3d(q, k, v, window, shift=0, rel_bias_table=None, mask_value
                              mask_padded)[0]
 
 
-def cross_window_attention3d(q_a, k_a, v_a, q_b, k_b, v_b, window, shift=0, rel_bias_table=None,
-                             mask_value: float = -100.0, scale: Optional[float] = None, pad_kv=None,
-                             mask_padded: bool = False):
-    """SwinCross cross-modal window attention (``medkernels.ops.cross_window_attention3d``), both directions
-    in one launch: ``out_a = attn(q_a, k_b, v_b)``, ``out_b = attn(q_b, k_a, v_a)``. Returns (out_a, out_b)."""
+def cross_window_attention3d_separate(q_a, k_a, v_a, q_b, k_b, v_b, window, shift=0, rel_bias_table=None,
+                                      mask_value: float = -100.0, scale: Optional[float] = None, pad_kv=None,
+                                      mask_padded: bool = False):
+    """SwinCross cross-modal window attention (``medkernels.ops.cross_window_attention3d_separate``) on six
+    (B, D, H, W, heads, head_dim) CuPy arrays, both directions in one launch: ``out_a = attn(q_a, k_b, v_b)``,
+    ``out_b = attn(q_b, k_a, v_a)``. Returns (out_a, out_b)."""
     a, b = _window_attention((q_a, q_b), (k_b, k_a), (v_b, v_a), window, shift, rel_bias_table, pad_kv, scale,
                              mask_value, mask_padded)
     return a, b
+
+
+def cross_window_attention3d(qkv_a, qkv_b, num_heads: int, window, shift=0, rel_bias_table=None,
+                             mask_value: float = -100.0, scale: Optional[float] = None, pad_kv=None,
+                             mask_padded: bool = False):
+    """SwinCross cross-modal window attention (``medkernels.ops.cross_window_attention3d``, forward) on the
+    shared qkv Linear's outputs: qkv_a, qkv_b (B, D, H, W, 3*C) CuPy arrays, last axis (3, heads, head_dim).
+    q, k, v are strided views (splitting the last axis never copies). Returns (out_a, out_b)."""
+    if getattr(num_heads, "shape", None) is not None:
+        raise TypeError("cross_window_attention3d takes (qkv_a, qkv_b, num_heads, window, ...); the six-array "
+                        "form is cross_window_attention3d_separate")
+    views = []
+    for name, qkv in (("qkv_a", qkv_a), ("qkv_b", qkv_b)):
+        c3 = qkv.shape[-1] if qkv.ndim == 5 else 0
+        if qkv.ndim != 5 or c3 == 0 or c3 % (3 * num_heads):
+            raise ValueError(f"{name} must be (B, D, H, W, 3*C) with C divisible by num_heads={num_heads}, "
+                             f"got shape {tuple(qkv.shape)}")
+        split = qkv.reshape(*qkv.shape[:4], 3, num_heads, c3 // (3 * num_heads))
+        views.append([split[..., i, :, :] for i in range(3)])
+    if qkv_a.shape != qkv_b.shape:
+        raise ValueError(f"qkv_b must have the shape of qkv_a {tuple(qkv_a.shape)}, got {tuple(qkv_b.shape)}")
+    (q_a, k_a, v_a), (q_b, k_b, v_b) = views
+    return cross_window_attention3d_separate(q_a, k_a, v_a, q_b, k_b, v_b, window, shift, rel_bias_table,
+                                             mask_value, scale, pad_kv, mask_padded)

@@ -367,7 +367,11 @@ def _dlpack_consistency_cases():
     table = rng.standard_normal((3 * 3 * 3, 2)).astype(np.float32)
     yield "window_attention3d", ops.window_attention3d, (q, k, v, 2), {"shift": 1, "rel_bias_table": table,
                                                                        "backend": "cpu"}
-    yield "cross_window_attention3d", ops.cross_window_attention3d, (q, k, v, v, k, q, 2), {"backend": "cpu"}
+    yield ("cross_window_attention3d_separate", ops.cross_window_attention3d_separate, (q, k, v, v, k, q, 2),
+           {"backend": "cpu"})
+    qkv_a, qkv_b = (rng.standard_normal((1, 3, 4, 5, 3 * 16)).astype(np.float32) for _ in range(2))
+    yield "cross_window_attention3d", ops.cross_window_attention3d, (qkv_a, qkv_b, 2, 2), {"shift": 1,
+                                                                                          "backend": "cpu"}
     sched = FastDDPMSchedule()
     x, e = (rng.standard_normal((2, 1, 4, 4, 4)).astype(np.float32) for _ in range(2))
     t = np.array([3, 700], dtype=np.int64)
@@ -572,8 +576,14 @@ def test_cupy_window_attention_on_gpu(cross):
     tt = lambda a: torch.from_numpy(a).double()
     kw = dict(shift=1, rel_bias_table=table)
     if cross:
-        got = mkc.cross_window_attention3d(*(cupy.asarray(a) for a in arrs), 2, **kw)
-        want = ops.cross_window_attention3d(*map(tt, arrs), 2, shift=1, rel_bias_table=tt(table), backend="reference")
+        got = mkc.cross_window_attention3d_separate(*(cupy.asarray(a) for a in arrs), 2, **kw)
+        want = ops.cross_window_attention3d_separate(*map(tt, arrs), 2, shift=1, rel_bias_table=tt(table),
+                                                     backend="reference")
+        # the packed form on the qkv Linear's outputs: the same numbers from views
+        qkv_a, qkv_b = (np.concatenate([a.reshape(*shape[:4], -1) for a in t], -1) for t in (arrs[:3], arrs[3:]))
+        packed = mkc.cross_window_attention3d(cupy.asarray(qkv_a), cupy.asarray(qkv_b), 2, 2, **kw)
+        for g, p in zip(got, packed):
+            np.testing.assert_array_equal(cupy.asnumpy(g), cupy.asnumpy(p))
     else:
         got = [mkc.window_attention3d(*(cupy.asarray(a) for a in arrs), 2, **kw)]
         want = [ops.window_attention3d(*map(tt, arrs), 2, shift=1, rel_bias_table=tt(table), backend="reference")]

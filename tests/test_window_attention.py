@@ -166,7 +166,8 @@ def test_cross_modal_both_directions(backend):
     pad64 = torch.randn(2, 2, 16, generator=gen, dtype=torch.float64)
     xs = [t.to(device, torch.float32).requires_grad_() for t in (*t64, table64, pad64)]
     opts = _opts(case)
-    out_a, out_b = cross_window_attention3d(*xs[:6], rel_bias_table=xs[6], pad_kv=xs[7], backend=backend, **opts)
+    out_a, out_b = cross_window_attention3d_separate(*xs[:6], rel_bias_table=xs[6], pad_kv=xs[7], backend=backend,
+                                                     **opts)
     ga, gb = (torch.randn(out_a.shape, generator=gen, dtype=torch.float64) for _ in range(2))
     grads = torch.autograd.grad((out_a, out_b), xs, (ga.to(device, torch.float32), gb.to(device, torch.float32)))
     ys = [t.clone().requires_grad_() for t in (*t64, table64, pad64)]
@@ -218,12 +219,11 @@ def test_cross_packed_qkv_form(backend, layout):
     assert_close("out_b", out_b.cpu(), rb)
     for name, g, r in zip(("qkv_a", "qkv_b", "table", "pad_kv"), grads, rgrads):
         assert_close(f"grad {name}", g.cpu(), r)
-    # the six-tensor form under its own name, and the old positional call of the same name
+    # the six-tensor form under its own name
     (sa, ska, sva), (sb, skb, svb) = (t.unflatten(-1, (3, heads, e)).unbind(-3) for t in leaves[:2])
     with torch.no_grad():
-        for fn in (cross_window_attention3d_separate, cross_window_attention3d):
-            six_a, six_b = fn(sa, ska, sva, sb, skb, svb, **opts)
-            assert torch.equal(six_a, out_a.detach()) and torch.equal(six_b, out_b.detach())
+        six_a, six_b = cross_window_attention3d_separate(sa, ska, sva, sb, skb, svb, **opts)
+    assert torch.equal(six_a, out_a.detach()) and torch.equal(six_b, out_b.detach())
 
 
 def test_cross_packed_qkv_form_bad_input():
@@ -234,6 +234,11 @@ def test_cross_packed_qkv_form_bad_input():
         cross_window_attention3d(x, x[:, :2], 2, 2)
     with pytest.raises(ValueError, match="num_heads must be a positive int"):
         cross_window_attention3d(x, x, 0, 2)
+    q = torch.randn(1, 3, 4, 5, 2, 8)  # the six-tensor form has its own name: a clear error, not a shape error
+    with pytest.raises(TypeError, match="call cross_window_attention3d_separate"):
+        cross_window_attention3d(q, q, q, q, q, q, 2)
+    with pytest.raises(TypeError, match="call cross_window_attention3d_separate"):
+        cross_window_attention3d(q.numpy(), q.numpy(), q.numpy(), q.numpy(), q.numpy(), q.numpy(), 2)
 
 
 def test_cross_packed_qkv_form_compiles():

@@ -11,7 +11,6 @@ Triton on GPU tensors and C++ on CPU tensors.
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import List, Optional, Sequence, Tuple
 
@@ -646,20 +645,6 @@ def _split_qkv(name: str, qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tens
     return qkv.unflatten(-1, (3, num_heads, qkv.shape[-1] // (3 * num_heads))).unbind(-3)
 
 
-def _accepts_separate_form(fn):
-    # cross_window_attention3d(q_a, k_a, v_a, q_b, k_b, v_b, window, ...) was the first form of
-    # this function; a third positional tensor routes such calls to the six-tensor function
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        third = args[2] if len(args) > 2 else None
-        if getattr(third, "shape", None):  # an array (torch, NumPy, CuPy...), not num_heads
-            return cross_window_attention3d_separate(*args, **kwargs)
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_accepts_separate_form
 @accepts_dlpack
 def cross_window_attention3d(
     qkv_a: torch.Tensor,
@@ -692,6 +677,12 @@ def cross_window_attention3d(
 
     The six-tensor form is :func:`cross_window_attention3d_separate`.
     """
+    if isinstance(num_heads, torch.Tensor):  # six tensors (q_a, k_a, v_a, q_b, k_b, v_b, ...) passed here
+        raise TypeError(
+            "cross_window_attention3d takes (qkv_a, qkv_b, num_heads, window, ...) with qkv (B, D, H, W, 3*C); "
+            f"got a tensor as num_heads ({describe(num_heads)}): for six (B, D, H, W, heads, head_dim) tensors "
+            "call cross_window_attention3d_separate(q_a, k_a, v_a, q_b, k_b, v_b, window, ...)"
+        )
     q_a, k_a, v_a = _split_qkv("qkv_a", qkv_a, num_heads)
     q_b, k_b, v_b = _split_qkv("qkv_b", qkv_b, num_heads)
     if qkv_a.shape != qkv_b.shape:
