@@ -321,3 +321,21 @@ def test_case_ids_are_unique():
     ids = [_case_id(c) for c in CASES]
     assert len(ids) == len(set(ids))
     assert list(itertools.chain(ids))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_channels_last_output_option(backend):
+    """``channels_last`` picks the output layout whatever x's is (a 1-channel x is ambiguous);
+    values, gradients and the fake tensor agree with the default."""
+    x = torch.randn(1, 1, 9, 8, 11).permute(0, 1, 3, 4, 2)  # DCFormer's permuted 1-channel input
+    ws = [torch.randn(16, 1, 7) for _ in range(3)]
+    want = decomp_conv3d_ref(x.double(), *[w.double() for w in ws], None, 4, 1, None)
+    for cl in (None, True, False):
+        y = decomp_conv3d(x, *ws, stride=4, groups=1, backend=backend, channels_last=cl)
+        assert y.is_contiguous(memory_format=torch.channels_last_3d if cl else torch.contiguous_format)
+        assert_close(f"y-{cl}", y, want)
+    xg = x.detach().requires_grad_(True)
+    decomp_conv3d(xg, *ws, stride=4, groups=1, backend=backend, channels_last=True).sum().backward()
+    assert xg.grad.shape == x.shape and torch.isfinite(xg.grad).all()
+    with pytest.raises(ValueError, match="channels_last must be None, True or False"):
+        decomp_conv3d(x, *ws, stride=4, groups=1, backend=backend, channels_last="yes")

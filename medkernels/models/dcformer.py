@@ -122,13 +122,14 @@ def run_decomp(conv: DecompConv3d, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() or conv.act is not None:
         return conv(x)
     w_d, w_h, w_w, bias = _cached(conv, ("fold", x.dtype), lambda: tuple(t.to(x.dtype) for t in conv.folded()))
-    return decomp_conv3d(x, w_d, w_h, w_w, bias, stride=conv.stride, groups=conv.groups, backend=conv.backend)
+    return decomp_conv3d(x, w_d, w_h, w_w, bias, stride=conv.stride, groups=conv.groups, backend=conv.backend,
+                         channels_last=True)
 
 
 class DecomposedStem(nn.Sequential):
     """DecompConv3d k=7 stride 4, then three k=3 (groups 1, BN, no activation). In eval on CPU
     these dense layers run our register-blocked tap kernel (``backend="auto"`` picks it for
-    groups 1); the output is made channels-last once, after the first layer."""
+    groups 1), each writing channels-last output."""
 
     def __init__(self, inp: int, oup: int, backend: str = "auto") -> None:
         super().__init__(DecompConv3d(inp, oup, 7, stride=4, groups=1, backend=backend),
@@ -136,7 +137,8 @@ class DecomposedStem(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self:
-            x = run_decomp(conv, x).contiguous(memory_format=torch.channels_last_3d)  # no-op after the first
+            # a no-op after our kernels (they wrote channels-last); stock convs in training may not
+            x = run_decomp(conv, x).contiguous(memory_format=torch.channels_last_3d)
         return x
 
 
@@ -201,10 +203,13 @@ class DCFormerEncoder(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 5 or x.shape[1] != self.in_channels:
             got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"DCFormerEncoder expects x of shape (B, {self.in_channels}, D, H, W), got {got}")
-        # NCDHW here: the stem's first layer makes it channels-last. (A 1-channel tensor given
-        # channels-last strides crashes torch 2.13's CPU conv3d for some kernels: keep it plain.)
+        # The official permute. Inference: the permuted view goes straight into the stem's first
+        # layer (the kernels take strides; the reference backend copies 1-channel inputs itself),
+        # which writes channels-last. Training runs stock convs on it: a copy first (NCDHW for one
+        # channel: torch 2.13's CPU conv3d crashes on some 1-channel channels-last inputs).
         x = x.permute(0, 1, 3, 4, 2)
-        x = x.contiguous(memory_format=torch.channels_last_3d if x.shape[1] > 1 else torch.contiguous_format)
+        if torch.is_grad_enabled() or self.training:
+            x = x.contiguous(memory_format=torch.channels_last_3d if x.shape[1] > 1 else torch.contiguous_format)
         out = []
         for s in range(5):
             x = getattr(self, f"s{s}")(x)

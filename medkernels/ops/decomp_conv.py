@@ -156,6 +156,17 @@ def _out_shape(x: torch.Tensor, c_out: int, stride: int):
     return (x.shape[0], c_out, *((s - 1) // stride + 1 for s in x.shape[2:]))
 
 
+_LAYOUTS = {None: 0, True: 1, False: 2}  # out_layout: 0 as x, 1 channels-last, 2 NCDHW
+
+
+def _new_out(x: torch.Tensor, w_d: torch.Tensor, stride: int, out_layout: int) -> torch.Tensor:
+    shape = _out_shape(x, w_d.shape[0], stride)
+    if out_layout == 0:
+        return empty_like_layout(x, shape)
+    fmt = torch.channels_last_3d if out_layout == 1 else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
 # --- the custom ops: the one compile-safe boundary ----------------------------------------
 @torch.library.custom_op("medkernels::decomp_conv3d", mutates_args=())
 def _decomp_conv3d_op(
@@ -168,14 +179,15 @@ def _decomp_conv3d_op(
     groups: int,
     activation: str,
     backend: str,
+    out_layout: int = 0,
 ) -> torch.Tensor:
-    out = empty_like_layout(x, _out_shape(x, w_d.shape[0], stride))
+    out = _new_out(x, w_d, stride, out_layout)
     return _FWD[backend](x, w_d, w_h, w_w, bias, stride, groups, activation or None, out)
 
 
 @_decomp_conv3d_op.register_fake
-def _(x, w_d, w_h, w_w, bias, stride, groups, activation, backend):
-    return empty_like_layout(x, _out_shape(x, w_d.shape[0], stride))
+def _(x, w_d, w_h, w_w, bias, stride, groups, activation, backend, out_layout=0):
+    return _new_out(x, w_d, stride, out_layout)
 
 
 @torch.library.custom_op("medkernels::decomp_conv3d_bwd", mutates_args=())
@@ -203,7 +215,7 @@ def _(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_d, w_h, w_w, bias, stride, groups, activation, backend = inputs
+    x, w_d, w_h, w_w, bias, stride, groups, activation, backend = inputs[:9]
     ctx.save_for_backward(x, w_d, w_h, w_w, bias)
     ctx.options = (stride, groups, activation, backend)
     ctx.has_bias = bias is not None
@@ -213,7 +225,7 @@ def _backward(ctx, grad_y):
     x, w_d, w_h, w_w, bias = ctx.saved_tensors
     stride, groups, activation, backend = ctx.options
     gx, gwd, gwh, gww, gb = _decomp_conv3d_bwd_op(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, backend)
-    return gx, gwd, gwh, gww, (gb if ctx.has_bias else None), None, None, None, None
+    return gx, gwd, gwh, gww, (gb if ctx.has_bias else None), None, None, None, None, None
 
 
 _decomp_conv3d_op.register_autograd(_backward, setup_context=_setup_context)
@@ -251,6 +263,7 @@ def decomp_conv3d(
     groups: Optional[int] = None,
     activation: Optional[str] = None,
     backend: str = "auto",
+    channels_last: Optional[bool] = None,
 ) -> torch.Tensor:
     """Decomposed 3D convolution: ``act(conv_d(x) + conv_h(x) + conv_w(x) + bias)``.
 
@@ -264,9 +277,11 @@ def decomp_conv3d(
         groups: channel groups; None means depthwise (groups = C_in).
         activation: None, "gelu" (exact erf), "relu" or "silu".
         backend: "auto", "cuda", "triton", "cpu" or "reference".
+        channels_last: the output's memory layout: None keeps x's (a 1-channel x counts as
+            NCDHW, as in PyTorch), True NDHWC, False NCDHW. The kernels write either directly.
 
     Returns:
-        (N, C_out, Do, Ho, Wo) in x's dtype and memory layout.
+        (N, C_out, Do, Ho, Wo) in x's dtype.
     """
     check_tensor("x", x, dim=5)
     if x.numel() == 0:
@@ -302,7 +317,9 @@ def decomp_conv3d(
     check_same("x", x, w_d=w_d, w_h=w_h, w_w=w_w, bias=bias)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w_d, w_h, w_w, bias))
     name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out, grad=grad)
-    return _decomp_conv3d_op(x, w_d, w_h, w_w, bias, stride, groups, activation or "", name)
+    if channels_last not in _LAYOUTS:
+        raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
+    return _decomp_conv3d_op(x, w_d, w_h, w_w, bias, stride, groups, activation or "", name, _LAYOUTS[channels_last])
 
 
 def decomp_conv3d_backend(x: torch.Tensor, k: int, groups: int, stride: int = 1, backend: str = "auto",
