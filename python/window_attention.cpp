@@ -52,6 +52,10 @@ void bind_window_attention(py::module_& m) {
   MK_PTR_PROP(b, WindowAttentionBwdParams, pair_grad);
   MK_PTR_PROP(b, WindowAttentionBwdParams, grad_pad_kv);
   MK_PTR_PROP(b, WindowAttentionBwdParams, workspace);
+  MK_PTR_PROP(b, WindowAttentionBwdParams, table_grad);
+  // copy.copy(params): a per-signature template filled once, copied and given pointers per call
+  p.def("__copy__", [](const WindowAttentionParams& s) { return WindowAttentionParams(s); });
+  b.def("__copy__", [](const WindowAttentionBwdParams& s) { return WindowAttentionBwdParams(s); });
   MK_ARRAY_PROP(b, WindowAttentionBwdParams, g_strides);
   MK_ARRAY_PROP(b, WindowAttentionBwdParams, dq_strides);
   MK_ARRAY_PROP(b, WindowAttentionBwdParams, dk_strides);

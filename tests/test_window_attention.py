@@ -390,9 +390,26 @@ def test_bad_input(mutate, exc, pattern):
     case = CASES[0]
     _, _, _, (q, k, v), table, pad = _make(case, torch.float32, "cpu")
     args = dict(q=q, k=k, v=v, window=(3, 4, 5), shift=(1, 2, 2), rel_bias_table=table, pad_kv=pad)
+    window_attention3d(**args, backend="reference")  # a cached plan for the good signature changes nothing
     mutate(args)
-    with pytest.raises(exc, match=pattern):
-        window_attention3d(**args, backend="reference")
+    for _ in range(2):  # nor does a second bad call (bad signatures are never cached)
+        with pytest.raises(exc, match=pattern):
+            window_attention3d(**args, backend="reference")
+
+
+def test_plan_cache_keys_on_exact_options():
+    """The checks run once per signature; a cached plan never answers a call whose options differ
+    only in type (window=True is not window=1) or whose tensors differ in strides."""
+    q = torch.randn(1, 3, 4, 5, 2, 8)
+    window_attention3d(q, q, q, 1)
+    with pytest.raises(ValueError, match="window must be an int or 3 ints"):
+        window_attention3d(q, q, q, True)
+    table = torch.randn(27, 2)
+    a = window_attention3d(q, q, q, 2, rel_bias_table=table)
+    b = window_attention3d(q, q, q, 2, rel_bias_table=table.t().contiguous().t())  # strided: copied, same numbers
+    assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        window_attention3d(q, q, [1.0], 2)
 
 
 def test_triton_refuses_float64_and_says_why():

@@ -544,6 +544,9 @@ void sizes(const WindowAttentionParams& p, int64_t* N, int64_t* nW) {
   for (int a = 0; a < 3; ++a) *nW *= p.padded[a] / std::max<int64_t>(p.eff_window[a], 1);
 }
 
+template <typename A>
+Status table_grad_impl(const WindowAttentionParams& p, const A* pair, A* out);
+
 template <typename T>
 Status bwd_impl(const WindowAttentionBwdParams& bp) {
   using A = typename Io<T>::acc;
@@ -689,6 +692,7 @@ Status bwd_impl(const WindowAttentionBwdParams& bp) {
           out[(kv * HEADS + h) * E + e] = sum;
         }
   }
+  if (want_pair && bp.table_grad) return table_grad_impl<A>(p, pair_out, static_cast<A*>(bp.table_grad));
   return Status::kSuccess;
 }
 
@@ -701,8 +705,22 @@ Status table_grad_impl(const WindowAttentionParams& p, const A* pair, A* out) {
   const int64_t rows = (2 * p.window[0] - 1) * sd;
   std::vector<int64_t> key(N);  // as gather_bias: index(i, j) = base + key[i] - key[j]
   for (int64_t t = 0; t < N; ++t) key[t] = (t / (CWH * CWW)) * sd + ((t / CWW) % CWH) * sh + t % CWW;
+  if (HEADS * N * N < (int64_t(1) << 18)) {
+    // one thread: sum straight into the (rows, heads) output, each entry in the same (i, j) order
+    // as the per-head columns below (the same bits), without a transposing copy of the whole table
+    std::fill(out, out + rows * HEADS, A(0));
+    for (int64_t i = 0; i < N; ++i) {
+      A* oi = out + (base + key[i]) * HEADS;
+      const A* pi = pair + i * N;
+      for (int64_t j = 0; j < N; ++j) {
+        A* o = oi - key[j] * HEADS;
+        for (int64_t h = 0; h < HEADS; ++h) o[h] += pi[h * N * N + j];
+      }
+    }
+    return Status::kSuccess;
+  }
   std::vector<A> col(HEADS * rows, A(0));  // per head, contiguous: no false sharing
-#pragma omp parallel for schedule(static) if (HEADS * N * N >= (int64_t(1) << 18))
+#pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < HEADS; ++h) {
     A* c = col.data() + h * rows;
     for (int64_t i = 0; i < N; ++i) {

@@ -11,12 +11,13 @@ Triton on GPU tensors and C++ on CPU tensors.
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import _dispatch
+from .. import _dispatch, _environment
 from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference.window_attention import (
@@ -86,7 +87,33 @@ def _triton_bwd(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, s
     return d_table, d_pad
 
 
+_PARAMS = {}  # metadata -> a WindowAttentionParams with everything but the data pointers filled
+_PARAMS_MAX = 256
+
+
 def _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded):
+    """The kernels' params for these tensors: a copy of the template of their metadata (shapes,
+    strides, dtype, geometry, options: one per distinct call signature) given the data pointers."""
+    q0, k0, v0 = qs[0], ks[0], vs[0]
+    key = (q0.dtype, len(qs), q0.shape, q0.stride(), k0.stride(), v0.stride(), geom, table is None,
+           pad_kv is None, scale, mask_value, mask_padded)
+    tmpl = _PARAMS.get(key)
+    if tmpl is None:
+        if len(_PARAMS) >= _PARAMS_MAX:
+            _PARAMS.clear()
+        tmpl = _PARAMS[key] = _params_template(qs, ks, vs, geom, scale, mask_value, mask_padded)
+    p = copy.copy(tmpl)
+    p.q0, p.k0, p.v0 = q0.data_ptr(), k0.data_ptr(), v0.data_ptr()
+    if len(qs) > 1:
+        p.q1, p.k1, p.v1 = qs[-1].data_ptr(), ks[-1].data_ptr(), vs[-1].data_ptr()
+    if table is not None:
+        p.table = table.data_ptr()
+    if pad_kv is not None:
+        p.pad_kv = pad_kv.data_ptr()
+    return p
+
+
+def _params_template(qs, ks, vs, geom, scale, mask_value, mask_padded):
     C = extension.module
     p = C.WindowAttentionParams()
     p.dtype = {
@@ -94,15 +121,12 @@ def _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
         torch.bfloat16: C.DType.bfloat16, torch.float64: C.DType.float64,
     }[qs[0].dtype]
     p.directions = len(qs)
-    p.q0, p.k0, p.v0 = qs[0].data_ptr(), ks[0].data_ptr(), vs[0].data_ptr()
-    p.q1, p.k1, p.v1 = qs[-1].data_ptr(), ks[-1].data_ptr(), vs[-1].data_ptr()
-    p.table = table.data_ptr() if table is not None else 0
-    p.pad_kv = pad_kv.data_ptr() if pad_kv is not None else 0
     p.batch, p.heads, p.head_dim = qs[0].shape[0], qs[0].shape[4], qs[0].shape[5]
     p.size, p.window, p.eff_window = list(geom.size), list(geom.window), list(geom.eff_window)
     p.shift, p.padded = list(geom.shift), list(geom.padded)
     p.scale, p.mask_value, p.mask_padded = float(scale), float(mask_value), bool(mask_padded)
     p.q_strides, p.k_strides, p.v_strides = list(qs[0].stride()), list(ks[0].stride()), list(vs[0].stride())
+    p.o_strides = list(torch.empty(qs[0].shape, device="meta").stride())  # outputs: contiguous
     return p
 
 
@@ -132,8 +156,7 @@ def _compiled_fwd(kind: str):
     def run(qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded):
         p = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
         lse = torch.empty((len(qs), *qs[0].shape[:5]), dtype=_acc_dtype(qs[0].dtype), device=qs[0].device)
-        p.o0, p.o1, p.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
-        p.lse = lse.data_ptr()
+        p.o0, p.o1, p.lse = outs[0].data_ptr(), outs[-1].data_ptr(), lse.data_ptr()
         _call(kind, 0, p, qs[0])
         return lse
 
@@ -164,13 +187,15 @@ def _compiled_bwd(kind: str):
         dev = qs[0].device
         acc = _acc_dtype(qs[0].dtype)
         b = C.WindowAttentionBwdParams()
-        b.fwd = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
-        b.fwd.o0, b.fwd.o1, b.fwd.o_strides = outs[0].data_ptr(), outs[-1].data_ptr(), list(outs[0].stride())
-        b.fwd.lse = lse.data_ptr()
-        b.g0, b.g1, b.g_strides = gs[0].data_ptr(), gs[-1].data_ptr(), list(gs[0].stride())
-        b.dq0, b.dq1, b.dq_strides = dqs[0].data_ptr(), dqs[-1].data_ptr(), list(dqs[0].stride())
-        b.dk0, b.dk1, b.dk_strides = dks[0].data_ptr(), dks[-1].data_ptr(), list(dks[0].stride())
-        b.dv0, b.dv1, b.dv_strides = dvs[0].data_ptr(), dvs[-1].data_ptr(), list(dvs[0].stride())
+        p = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
+        p.o0, p.o1, p.lse = outs[0].data_ptr(), outs[-1].data_ptr(), lse.data_ptr()
+        b.fwd = p
+        b.g0, b.g1, b.g_strides = gs[0].data_ptr(), gs[-1].data_ptr(), gs[0].stride()
+        # dq, dk, dv are fresh contiguous tensors of the inputs' shape: the outputs' strides
+        b.dq_strides = b.dk_strides = b.dv_strides = p.o_strides
+        b.dq0, b.dq1 = dqs[0].data_ptr(), dqs[-1].data_ptr()
+        b.dk0, b.dk1 = dks[0].data_ptr(), dks[-1].data_ptr()
+        b.dv0, b.dv1 = dvs[0].data_ptr(), dvs[-1].data_ptr()
         n, heads = geom.tokens, qs[0].shape[4]
         d_pad = torch.empty((2, heads, qs[0].shape[5]), dtype=acc, device=dev) if pad_kv is not None else None
         b.grad_pad_kv = d_pad.data_ptr() if d_pad is not None else 0
@@ -182,12 +207,15 @@ def _compiled_bwd(kind: str):
         pair = scratch[:pair_bytes].view(acc).view(heads, n, n) if need_table else None
         b.pair_grad = pair.data_ptr() if pair is not None else 0
         b.workspace, b.workspace_bytes = scratch.data_ptr() + pair_bytes, scratch.numel() - pair_bytes
-        _call(kind, 1, b, qs[0])
         d_table = None
-        if pair is not None and dev.type == "cpu":  # the C++ fixed-order sum, heads in parallel
+        if pair is not None and kind == "cpu":  # the C++ fixed-order sum of pair, in the same call
+            d_table = torch.empty((geom.table_rows, heads), dtype=acc)
+            b.table_grad = d_table.data_ptr()
+        _call(kind, 1, b, qs[0])
+        if pair is not None and d_table is None and dev.type == "cpu":  # cuda-emulated: the same C++ sum
             d_table = torch.empty((geom.table_rows, heads), dtype=acc)
             C.window_attention_table_grad_cpu(b.fwd, pair.data_ptr(), d_table.data_ptr())
-        elif pair is not None:
+        elif pair is not None and d_table is None:
             d_table = bias_table_grad(pair, geom.window, n)
         return d_table, d_pad
 
@@ -241,16 +269,18 @@ def _lse_dtype(q: torch.Tensor, backend: str):
     return torch.float64 if (backend in _ENTRY and q.dtype == torch.float64) else torch.float32
 
 
-def _run_fwd(qs, ks, vs, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend):
-    geom = window_geometry(qs[0].shape[1:4], window, shift)
+def _run_fwd(qs, ks, vs, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend, geom=None):
+    if geom is None:
+        geom = window_geometry(qs[0].shape[1:4], window, shift)
     outs = [torch.empty(q.shape, dtype=q.dtype, device=q.device) for q in qs]
     lse = _FWD[backend](qs, ks, vs, outs, geom, table, pad_kv, scale, mask_value, mask_padded)
     return outs, lse
 
 
 def _run_bwd(gs, qs, ks, vs, outs, lse, table, pad_kv, window, shift, mask_value, scale, mask_padded,
-             need_table, backend):
-    geom = window_geometry(qs[0].shape[1:4], window, shift)
+             need_table, backend, geom=None):
+    if geom is None:
+        geom = window_geometry(qs[0].shape[1:4], window, shift)
     if len(gs) == 2 and gs[0].stride() != gs[1].stride():  # the kernels share one set of strides
         gs = [g.contiguous() for g in gs]
     dqs = [torch.empty(q.shape, dtype=q.dtype, device=q.device) for q in qs]
@@ -472,23 +502,23 @@ class _EagerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, opts, table, pad_kv, *qkv):
-        window, shift, mask_value, scale, mask_padded, backend = opts
+        window, shift, mask_value, scale, mask_padded, backend, geom = opts
         qs, ks, vs = _directions(qkv)
-        outs, lse = _run_fwd(qs, ks, vs, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend)
+        outs, lse = _run_fwd(qs, ks, vs, table, pad_kv, window, shift, mask_value, scale, mask_padded, backend, geom)
         ctx.opts, ctx.n_qkv, ctx.has_table, ctx.has_pad = opts, len(qkv), table is not None, pad_kv is not None
         ctx.save_for_backward(table, pad_kv, lse, *qkv, *outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):
-        window, shift, mask_value, scale, mask_padded, backend = ctx.opts
+        window, shift, mask_value, scale, mask_padded, backend, geom = ctx.opts
         table, pad_kv, lse, *rest = ctx.saved_tensors
         qkv, outs = rest[:ctx.n_qkv], rest[ctx.n_qkv:]
         qs, ks, vs = _directions(qkv)
         gs = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)]
         need_table = ctx.has_table and ctx.needs_input_grad[1]
         dqs, dks, dvs, d_table, d_pad = _run_bwd(gs, qs, ks, vs, outs, lse, table, pad_kv, window, shift,
-                                                 mask_value, scale, mask_padded, need_table, backend)
+                                                 mask_value, scale, mask_padded, need_table, backend, geom)
         if len(qs) == 1:
             d_qkv = (dqs[0], dks[0], dvs[0])
         else:  # dks[0] / dvs[0] are the gradients of k_b / v_b (direction 0 reads them)
@@ -498,6 +528,53 @@ class _EagerFunction(torch.autograd.Function):
 
 
 # --- argument checks and the public functions ---------------------------------------------
+# The checks, the geometry and the backend choice depend only on the call's metadata: they run
+# once per distinct signature (shapes, strides, dtypes, devices and options); later calls with
+# the same signature reuse the plan (about 40 us a call at Swin UNETR's last stage).
+_PLANS = {}  # signature -> (geom, rel_bias_table needs .contiguous(), pad_kv needs it, opts)
+_PLANS_MAX = 256
+
+
+def _meta(t):
+    if t is None:
+        return None
+    if type(t) is not torch.Tensor:
+        raise TypeError  # no plan: the full checks say what is wrong
+    return t.shape, t.stride(), t.dtype, t.device
+
+
+def _opt_key(x):
+    # exact types too: a cached plan for window=1 must not answer window=True
+    if isinstance(x, (list, tuple)):
+        return (type(x), *(_opt_key(i) for i in x))
+    hash(x)
+    return type(x), x
+
+
+def _signature(tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend):
+    """The plan cache's key for a call, or None (unhashable or non-tensor arguments: no caching)."""
+    try:
+        return (tuple(_meta(t) for t in tensors), _meta(rel_bias_table), _meta(pad_kv), _opt_key(window),
+                _opt_key(shift), _opt_key(mask_value), _opt_key(scale), _opt_key(mask_padded), _opt_key(backend),
+                _environment.DEFAULT_BACKEND)
+    except TypeError:
+        return None
+
+
+def _remember(key, plan):
+    if key is not None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _prepared(plan, rel_bias_table, pad_kv):
+    _, table_copy, pad_copy, _ = plan
+    return (rel_bias_table.contiguous() if table_copy else rel_bias_table,
+            pad_kv.contiguous() if pad_copy else pad_kv)
+
+
 def _check_qkv(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
     for name, t in zip(names, tensors):
         check_tensor(name, t, dim=6)
@@ -545,6 +622,16 @@ def _geometry(q: torch.Tensor, window, shift) -> WindowGeometry:
     return window_geometry(q.shape[1:4], window, shift)
 
 
+def _plan(q, window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padded, backend):
+    """Checks the options against q (already checked), picks the backend: (geom, table needs a
+    contiguous copy, pad_kv needs one, the ops' options incl. geom)."""
+    geom = _geometry(q, window, shift)
+    table_c, pad_c, scale, mask_value = _check_extras(q, geom, rel_bias_table, pad_kv, scale, mask_value)
+    name = _DISPATCH.select(backend, q.device, q.dtype, head_dim=q.shape[5])
+    opts = (list(geom.window), list(geom.shift), mask_value, scale, bool(mask_padded), name, geom)
+    return geom, table_c is not rel_bias_table, pad_c is not pad_kv, opts
+
+
 @accepts_dlpack
 def window_attention3d(
     q: torch.Tensor,
@@ -581,15 +668,17 @@ def window_attention3d(
     Returns:
         (B, D, H, W, heads, head_dim), contiguous, q's dtype.
     """
-    _check_qkv(("q", "k", "v"), (q, k, v))
-    geom = _geometry(q, window, shift)
-    rel_bias_table, pad_kv, scale, mask_value = _check_extras(q, geom, rel_bias_table, pad_kv, scale, mask_value)
-    name = _DISPATCH.select(backend, q.device, q.dtype, head_dim=q.shape[5])
+    key = _signature((q, k, v), window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        _check_qkv(("q", "k", "v"), (q, k, v))
+        plan = _remember(key, _plan(q, window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padded,
+                                    backend))
+    rel_bias_table, pad_kv = _prepared(plan, rel_bias_table, pad_kv)
+    opts = plan[3]
     if _eager_ok(q, k, v, rel_bias_table, pad_kv):
-        opts = (list(geom.window), list(geom.shift), mask_value, scale, bool(mask_padded), name)
         return _EagerFunction.apply(opts, rel_bias_table, pad_kv, q, k, v)
-    out, _ = _window_attention3d_op(q, k, v, rel_bias_table, pad_kv, list(geom.window), list(geom.shift),
-                                    mask_value, scale, bool(mask_padded), name)
+    out, _ = _window_attention3d_op(q, k, v, rel_bias_table, pad_kv, *opts[:6])
     return out
 
 
@@ -614,20 +703,21 @@ def cross_window_attention3d_separate(
     (any strides; q_a/q_b, k_a/k_b and v_a/v_b are copied to contiguous when their strides
     differ, since the kernels address both directions with one set of strides per role).
     Returns (out_a, out_b)."""
-    names = ("q_a", "k_a", "v_a", "q_b", "k_b", "v_b")
     tensors = [q_a, k_a, v_a, q_b, k_b, v_b]
-    _check_qkv(names, tensors)
+    key = _signature(tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        _check_qkv(("q_a", "k_a", "v_a", "q_b", "k_b", "v_b"), tensors)
+        plan = _remember(key, _plan(q_a, window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padded,
+                                    backend))
     for i in range(3):
         if tensors[i].stride() != tensors[i + 3].stride():
             tensors[i], tensors[i + 3] = tensors[i].contiguous(), tensors[i + 3].contiguous()
-    geom = _geometry(q_a, window, shift)
-    rel_bias_table, pad_kv, scale, mask_value = _check_extras(q_a, geom, rel_bias_table, pad_kv, scale, mask_value)
-    name = _DISPATCH.select(backend, q_a.device, q_a.dtype, head_dim=q_a.shape[5])
+    rel_bias_table, pad_kv = _prepared(plan, rel_bias_table, pad_kv)
+    opts = plan[3]
     if _eager_ok(*tensors, rel_bias_table, pad_kv):
-        opts = (list(geom.window), list(geom.shift), mask_value, scale, bool(mask_padded), name)
         return _EagerFunction.apply(opts, rel_bias_table, pad_kv, *tensors)
-    out_a, out_b, _ = _cross_window_attention3d_op(*tensors, rel_bias_table, pad_kv, list(geom.window),
-                                                   list(geom.shift), mask_value, scale, bool(mask_padded), name)
+    out_a, out_b, _ = _cross_window_attention3d_op(*tensors, rel_bias_table, pad_kv, *opts[:6])
     return out_a, out_b
 
 

@@ -72,6 +72,9 @@ struct WindowAttentionBwdParams {
   void* grad_pad_kv = nullptr;
   void* workspace = nullptr;  // window_attention_bwd_workspace_bytes() bytes
   size_t workspace_bytes = 0;
+  // cpu:: only: when set (with pair_grad), the bias-table gradient (rows, heads) in the
+  // accumulation type, as window_attention_table_grad writes it from pair_grad, in the same call
+  void* table_grad = nullptr;
 };
 
 Status window_attention_check(const WindowAttentionParams& p);
