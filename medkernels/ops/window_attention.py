@@ -94,23 +94,31 @@ _PARAMS_MAX = 256
 def _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded):
     """The kernels' params for these tensors: a copy of the template of their metadata (shapes,
     strides, dtype, geometry, options: one per distinct call signature) given the data pointers."""
-    q0, k0, v0 = qs[0], ks[0], vs[0]
-    key = (q0.dtype, len(qs), q0.shape, q0.stride(), k0.stride(), v0.stride(), geom, table is None,
-           pad_kv is None, scale, mask_value, mask_padded)
+    key = _params_key(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
     tmpl = _PARAMS.get(key)
     if tmpl is None:
         if len(_PARAMS) >= _PARAMS_MAX:
             _PARAMS.clear()
         tmpl = _PARAMS[key] = _params_template(qs, ks, vs, geom, scale, mask_value, mask_padded)
     p = copy.copy(tmpl)
-    p.q0, p.k0, p.v0 = q0.data_ptr(), k0.data_ptr(), v0.data_ptr()
+    _set_inputs(p, qs, ks, vs, table, pad_kv)
+    return p
+
+
+def _params_key(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded):
+    q0 = qs[0]
+    return (q0.dtype, len(qs), q0.shape, q0.stride(), ks[0].stride(), vs[0].stride(), geom, table is None,
+            pad_kv is None, scale, mask_value, mask_padded)
+
+
+def _set_inputs(p, qs, ks, vs, table, pad_kv):
+    p.q0, p.k0, p.v0 = qs[0].data_ptr(), ks[0].data_ptr(), vs[0].data_ptr()
     if len(qs) > 1:
         p.q1, p.k1, p.v1 = qs[-1].data_ptr(), ks[-1].data_ptr(), vs[-1].data_ptr()
     if table is not None:
         p.table = table.data_ptr()
     if pad_kv is not None:
         p.pad_kv = pad_kv.data_ptr()
-    return p
 
 
 def _params_template(qs, ks, vs, geom, scale, mask_value, mask_padded):
@@ -180,43 +188,71 @@ def _scratch(nbytes: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
+_BWD_PARAMS = {}  # (kind, metadata) -> (WindowAttentionBwdParams without data pointers, pair bytes, workspace)
+
+
+def _bwd_template(kind, gs, qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded, need_table):
+    C = extension.module
+    b = C.WindowAttentionBwdParams()
+    b.fwd = p = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
+    b.g_strides = gs[0].stride()
+    # dq, dk, dv are fresh contiguous tensors of the inputs' shape: the outputs' strides
+    b.dq_strides = b.dk_strides = b.dv_strides = p.o_strides
+    b.grad_pad_kv = 1 if pad_kv is not None else 0  # non-null: the workspace size counts the pad partials
+    b.pair_grad = 1 if need_table else 0  # and the pair partials
+    acc = _acc_dtype(qs[0].dtype)
+    pair_bytes = qs[0].shape[4] * geom.tokens**2 * acc.itemsize if need_table else 0
+    ws_bytes = getattr(C, _ENTRY[kind][2])(b)
+    b.grad_pad_kv = b.pair_grad = 0
+    return b, pair_bytes, ws_bytes
+
+
 def _compiled_bwd(kind: str):
     def run(gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale, mask_value, mask_padded,
             need_table):
         C = extension.module
         dev = qs[0].device
         acc = _acc_dtype(qs[0].dtype)
-        b = C.WindowAttentionBwdParams()
-        p = _cpu_params(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded)
+        key = (kind, _params_key(qs, ks, vs, geom, table, pad_kv, scale, mask_value, mask_padded), len(gs),
+               gs[0].stride(), need_table)
+        entry = _BWD_PARAMS.get(key)
+        if entry is None:
+            if len(_BWD_PARAMS) >= _PARAMS_MAX:
+                _BWD_PARAMS.clear()
+            entry = _BWD_PARAMS[key] = _bwd_template(kind, gs, qs, ks, vs, geom, table, pad_kv, scale, mask_value,
+                                                     mask_padded, need_table)
+        tmpl, pair_bytes, ws_bytes = entry
+        b = copy.copy(tmpl)
+        p = b.fwd  # a reference into b
+        _set_inputs(p, qs, ks, vs, table, pad_kv)
         p.o0, p.o1, p.lse = outs[0].data_ptr(), outs[-1].data_ptr(), lse.data_ptr()
-        b.fwd = p
-        b.g0, b.g1, b.g_strides = gs[0].data_ptr(), gs[-1].data_ptr(), gs[0].stride()
-        # dq, dk, dv are fresh contiguous tensors of the inputs' shape: the outputs' strides
-        b.dq_strides = b.dk_strides = b.dv_strides = p.o_strides
+        b.g0, b.g1 = gs[0].data_ptr(), gs[-1].data_ptr()
         b.dq0, b.dq1 = dqs[0].data_ptr(), dqs[-1].data_ptr()
         b.dk0, b.dk1 = dks[0].data_ptr(), dks[-1].data_ptr()
         b.dv0, b.dv1 = dvs[0].data_ptr(), dvs[-1].data_ptr()
         n, heads = geom.tokens, qs[0].shape[4]
-        d_pad = torch.empty((2, heads, qs[0].shape[5]), dtype=acc, device=dev) if pad_kv is not None else None
-        b.grad_pad_kv = d_pad.data_ptr() if d_pad is not None else 0
-        b.pair_grad = 1 if need_table else 0  # non-null: the workspace size counts the pair partials
-        pair_bytes = heads * n * n * acc.itemsize if need_table else 0
-        ws_bytes = getattr(C, _ENTRY[kind][2])(b)
+        d_pad = None
+        if pad_kv is not None:
+            d_pad = torch.empty((2, heads, qs[0].shape[5]), dtype=acc, device=dev)
+            b.grad_pad_kv = d_pad.data_ptr()
         # pair_grad and the workspace are consumed before this returns: one scratch buffer
         scratch = _scratch(pair_bytes + ws_bytes, dev)
-        pair = scratch[:pair_bytes].view(acc).view(heads, n, n) if need_table else None
-        b.pair_grad = pair.data_ptr() if pair is not None else 0
-        b.workspace, b.workspace_bytes = scratch.data_ptr() + pair_bytes, scratch.numel() - pair_bytes
+        base = scratch.data_ptr()
+        b.workspace, b.workspace_bytes = base + pair_bytes, scratch.numel() - pair_bytes
         d_table = None
-        if pair is not None and kind == "cpu":  # the C++ fixed-order sum of pair, in the same call
-            d_table = torch.empty((geom.table_rows, heads), dtype=acc)
-            b.table_grad = d_table.data_ptr()
+        if need_table:
+            b.pair_grad = base
+            if kind == "cpu":  # the C++ fixed-order sum of pair, in the same call
+                d_table = torch.empty((geom.table_rows, heads), dtype=acc)
+                b.table_grad = d_table.data_ptr()
         _call(kind, 1, b, qs[0])
-        if pair is not None and d_table is None and dev.type == "cpu":  # cuda-emulated: the same C++ sum
-            d_table = torch.empty((geom.table_rows, heads), dtype=acc)
-            C.window_attention_table_grad_cpu(b.fwd, pair.data_ptr(), d_table.data_ptr())
-        elif pair is not None and d_table is None:
-            d_table = bias_table_grad(pair, geom.window, n)
+        if need_table and d_table is None:
+            pair = scratch[:pair_bytes].view(acc).view(heads, n, n)
+            if dev.type == "cpu":  # cuda-emulated: the same C++ sum
+                d_table = torch.empty((geom.table_rows, heads), dtype=acc)
+                C.window_attention_table_grad_cpu(b.fwd, pair.data_ptr(), d_table.data_ptr())
+            else:
+                d_table = bias_table_grad(pair, geom.window, n)
         return d_table, d_pad
 
     return run
@@ -278,14 +314,17 @@ def _run_fwd(qs, ks, vs, table, pad_kv, window, shift, mask_value, scale, mask_p
 
 
 def _run_bwd(gs, qs, ks, vs, outs, lse, table, pad_kv, window, shift, mask_value, scale, mask_padded,
-             need_table, backend, geom=None):
+             need_table, backend, geom=None, one_buffer=False):
     if geom is None:
         geom = window_geometry(qs[0].shape[1:4], window, shift)
     if len(gs) == 2 and gs[0].stride() != gs[1].stride():  # the kernels share one set of strides
         gs = [g.contiguous() for g in gs]
-    dqs = [torch.empty(q.shape, dtype=q.dtype, device=q.device) for q in qs]
-    dks = [torch.empty(k.shape, dtype=k.dtype, device=k.device) for k in ks]
-    dvs = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in vs]
+    q = qs[0]
+    if one_buffer:  # eager: views of one allocation (a custom op's outputs must not alias each other)
+        grads = torch.empty((3 * len(qs), *q.shape), dtype=q.dtype, device=q.device).unbind(0)
+    else:
+        grads = [torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3 * len(qs))]
+    dqs, dks, dvs = grads[0::3], grads[1::3], grads[2::3]
     d_table, d_pad = _BWD[backend](gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale,
                                    mask_value, mask_padded, need_table and table is not None)
     d_table = d_table.to(table.dtype) if d_table is not None else qs[0].new_empty((0,))
@@ -518,7 +557,8 @@ class _EagerFunction(torch.autograd.Function):
         gs = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)]
         need_table = ctx.has_table and ctx.needs_input_grad[1]
         dqs, dks, dvs, d_table, d_pad = _run_bwd(gs, qs, ks, vs, outs, lse, table, pad_kv, window, shift,
-                                                 mask_value, scale, mask_padded, need_table, backend, geom)
+                                                 mask_value, scale, mask_padded, need_table, backend, geom,
+                                                 one_buffer=True)
         if len(qs) == 1:
             d_qkv = (dqs[0], dks[0], dvs[0])
         else:  # dks[0] / dvs[0] are the gradients of k_b / v_b (direction 0 reads them)
