@@ -432,15 +432,16 @@ void gather_bias(const WindowAttentionParams& p, int64_t N, int64_t ld, A* out) 
   const int64_t sd = (2 * CWH - 1) * (2 * CWW - 1), sh = 2 * CWW - 1;
   const int64_t base = (p.window[0] - 1) * sd + (CWH - 1) * sh + (CWW - 1);
   const T* table = static_cast<const T*>(p.table);
-  std::vector<int64_t> key(N);  // the key's part of the index, subtracted from the query's
-  for (int64_t t = 0; t < N; ++t) key[t] = (t / (CWH * CWW)) * sd + ((t / CWW) % CWH) * sh + t % CWW;
+  std::vector<int64_t> key(N);  // the key's part of the index, subtracted from the query's (in table elements)
+  for (int64_t t = 0; t < N; ++t) key[t] = ((t / (CWH * CWW)) * sd + ((t / CWW) % CWH) * sh + t % CWW) * HEADS;
 #pragma omp for schedule(static)
   for (int64_t hi = 0; hi < HEADS * N; ++hi) {
     const int64_t h = hi / N, i = hi % N;
     A* row = out + hi * ld;
     if (table) {
-      const T* col = table + (base + key[i]) * HEADS + h;
-      for (int64_t j = 0; j < N; ++j) row[j] = Io<T>::load(col - key[j] * HEADS);
+      const T* col = table + base * HEADS + key[i] + h;
+      const int64_t* kj = key.data();
+      for (int64_t j = 0; j < N; ++j) row[j] = Io<T>::load(col - kj[j]);
     } else {
       std::fill(row, row + N, A(0));
     }
@@ -473,6 +474,7 @@ void gather(const WindowAttentionParams& p, const Geometry& g, int64_t b, int64_
   const int64_t N = g.N, E = p.head_dim, ld = win.ld, Ep = win.Ep;
   const T* pad = static_cast<const T*>(p.pad_kv);
   const A pad_mask = p.mask_padded ? -std::numeric_limits<A>::infinity() : A(0);
+  const bool unit = p.q_strides[5] == 1 && p.k_strides[5] == 1 && p.v_strides[5] == 1;
   for (int64_t t = 0; t < N; ++t) {
     const int64_t i = w * N + t;
     const bool ok = g.coord[i] >= 0;
@@ -481,7 +483,15 @@ void gather(const WindowAttentionParams& p, const Geometry& g, int64_t b, int64_
     win.kmask[t] = ok ? A(0) : pad_mask;
     A* kr = win.K.data() + t * Ep;
     A* vr = win.V.data() + t * Ep;
-    if (ok) {
+    if (ok && unit) {  // channels contiguous (the usual layout): plain copies the compiler vectorises
+      const T* __restrict qp = q + offset(p.q_strides, b, g, i, h);
+      const T* __restrict kp = k + offset(p.k_strides, b, g, i, h);
+      const T* __restrict vp = v + offset(p.v_strides, b, g, i, h);
+      A* __restrict qr = win.Q.data() + t * E;
+      for (int64_t e = 0; e < E; ++e) qr[e] = Io<T>::load(qp + e);
+      for (int64_t e = 0; e < E; ++e) kr[e] = Io<T>::load(kp + e);
+      for (int64_t e = 0; e < E; ++e) vr[e] = Io<T>::load(vp + e);
+    } else if (ok) {
       const T* qp = q + offset(p.q_strides, b, g, i, h);
       const T* kp = k + offset(p.k_strides, b, g, i, h);
       const T* vp = v + offset(p.v_strides, b, g, i, h);

@@ -12,6 +12,7 @@ Triton on GPU tensors and C++ on CPU tensors.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from typing import List, Optional, Sequence, Tuple
 
@@ -658,6 +659,25 @@ def _check_extras(q, geom, rel_bias_table, pad_kv, scale, mask_value):
     return rel_bias_table, pad_kv, scale, mask_value
 
 
+_PLAIN_TYPES = frozenset((torch.Tensor, int, float, bool, str, tuple, list, type(None)))
+
+
+def _torch_fast_lane(fn):
+    """accepts_dlpack(fn), except that calls whose arguments are all plain torch tensors and
+    Python values go straight to fn: accepts_dlpack's per-argument isinstance checks through
+    torch.Tensor's metaclass cost about 10 us a call (a tenth of the forward at 3^3 x 24 heads)."""
+    slow = accepts_dlpack(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        plain = _PLAIN_TYPES
+        if all(type(a) in plain for a in args) and all(type(a) in plain for a in kwargs.values()):
+            return fn(*args, **kwargs)
+        return slow(*args, **kwargs)
+
+    return wrapper
+
+
 def _geometry(q: torch.Tensor, window, shift) -> WindowGeometry:
     return window_geometry(q.shape[1:4], window, shift)
 
@@ -672,7 +692,7 @@ def _plan(q, window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padd
     return geom, table_c is not rel_bias_table, pad_c is not pad_kv, opts
 
 
-@accepts_dlpack
+@_torch_fast_lane
 def window_attention3d(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -722,7 +742,7 @@ def window_attention3d(
     return out
 
 
-@accepts_dlpack
+@_torch_fast_lane
 def cross_window_attention3d_separate(
     q_a: torch.Tensor,
     k_a: torch.Tensor,
@@ -775,7 +795,7 @@ def _split_qkv(name: str, qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tens
     return qkv.unflatten(-1, (3, num_heads, qkv.shape[-1] // (3 * num_heads))).unbind(-3)
 
 
-@accepts_dlpack
+@_torch_fast_lane
 def cross_window_attention3d(
     qkv_a: torch.Tensor,
     qkv_b: torch.Tensor,
