@@ -328,10 +328,16 @@ def _run_bwd(gs, qs, ks, vs, outs, lse, table, pad_kv, window, shift, mask_value
     dqs, dks, dvs = grads[0::3], grads[1::3], grads[2::3]
     d_table, d_pad = _BWD[backend](gs, qs, ks, vs, outs, lse, dqs, dks, dvs, geom, table, pad_kv, scale,
                                    mask_value, mask_padded, need_table and table is not None)
-    d_table = d_table.to(table.dtype) if d_table is not None else qs[0].new_empty((0,))
+    if d_table is None:
+        d_table = qs[0].new_empty((0,))
+    elif d_table.dtype != table.dtype:  # accumulated in float32 for half tables
+        d_table = d_table.to(table.dtype)
     if d_pad is None and pad_kv is not None:  # no padding token in this volume (or all masked)
         d_pad = torch.zeros_like(pad_kv)
-    d_pad = d_pad.to(pad_kv.dtype) if d_pad is not None else qs[0].new_empty((0,))
+    if d_pad is None:
+        d_pad = qs[0].new_empty((0,))
+    elif d_pad.dtype != pad_kv.dtype:
+        d_pad = d_pad.to(pad_kv.dtype)
     return dqs, dks, dvs, d_table, d_pad
 
 
@@ -526,7 +532,7 @@ def _eager_ok(*tensors: Optional[torch.Tensor]) -> bool:
     if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
         return False
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return all(t is None or (type(t) is torch.Tensor and t.device.type in ("cpu", "cuda") and not wrapped(t))
+    return all(t is None or (type(t) is torch.Tensor and (t.is_cpu or t.is_cuda) and not wrapped(t))
                for t in tensors)
 
 
