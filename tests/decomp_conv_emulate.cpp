@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "emulate_io.h"
 #include "medkernels/detail/decomp_conv_kernels.h"
 
 namespace mk = medkernels;
@@ -108,17 +109,7 @@ static int64_t span(const int64_t* size, const int64_t* st) {
   return s;
 }
 
-static bool read_into(const std::string& path, Buf& b) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return false;
-  f.read(reinterpret_cast<char*>(b.p), static_cast<std::streamsize>(b.n));
-  return static_cast<size_t>(f.gcount()) == b.n;
-}
-
-static void write_from(const std::string& path, const void* p, size_t n) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
-}
+static bool read_into(const std::string& path, Buf& b) { return emulate::read_into(path, b.p, b.n); }
 
 template <typename T>
 static int run(const std::string& dir, mk::DecompConvParams p, const int64_t* gys, const int64_t* gxs, int mode,
@@ -145,7 +136,7 @@ static int run(const std::string& dir, mk::DecompConvParams p, const int64_t* gy
     p.y = y.p;
     HostExec ex;
     if (md::decomp_conv_fwd_run<T>(p, ex)) return 3;
-    write_from(dir + "/y.bin", y.p, y.n);
+    emulate::write_file(dir + "/y.bin", y.p, y.n);
     return 0;
   }
   mk::DecompConvBwdParams b;
@@ -166,27 +157,18 @@ static int run(const std::string& dir, mk::DecompConvParams p, const int64_t* gy
   b.workspace_bytes = L.total_bytes;
   HostExec ex;
   if (md::decomp_conv_bwd_run<T>(b, ex)) return 3;
-  write_from(dir + "/gx.bin", gx.p, gx.n);
-  write_from(dir + "/gwd.bin", gw0.p, gw0.n);
-  write_from(dir + "/gwh.bin", gw1.p, gw1.n);
-  write_from(dir + "/gww.bin", gw2.p, gw2.n);
-  write_from(dir + "/gb.bin", gb.p, gb.n);
+  emulate::write_file(dir + "/gx.bin", gx.p, gx.n);
+  emulate::write_file(dir + "/gwd.bin", gw0.p, gw0.n);
+  emulate::write_file(dir + "/gwh.bin", gw1.p, gw1.n);
+  emulate::write_file(dir + "/gww.bin", gw2.p, gw2.n);
+  emulate::write_file(dir + "/gb.bin", gb.p, gb.n);
   return 0;
 }
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DIR\n", argv[0]);
-    return 2;
-  }
-  const std::string dir = argv[1];
-  std::ifstream f(dir + "/params.txt");
+  std::string dir;
   long long v[13 + 20 + 1];
-  for (auto& e : v)
-    if (!(f >> e)) {
-      std::fprintf(stderr, "bad params.txt\n");
-      return 2;
-    }
+  if (!emulate::read_case(argc, argv, &dir, v, sizeof(v) / sizeof(v[0]))) return 2;
   mk::DecompConvParams p;
   p.dtype = static_cast<mk::DType>(v[0]);
   p.batch = v[1]; p.in_channels = v[2]; p.out_channels = v[3];

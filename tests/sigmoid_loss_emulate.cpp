@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "emulate_io.h"
 #include "medkernels/detail/sigmoid_loss.h"
 
 namespace mk = medkernels;
@@ -102,15 +103,8 @@ struct HostExec {
   }
 };
 
-static std::vector<unsigned char> read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::vector<unsigned char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-static void write_file(const std::string& path, const void* p, size_t n) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
-}
+using emulate::read_file;
+using emulate::write_file;
 
 static int64_t span(int64_t rows, int64_t cols, int64_t s0, int64_t s1) { return 1 + (rows - 1) * s0 + (cols - 1) * s1; }
 
@@ -169,18 +163,9 @@ static int run(const std::string& dir, mk::SigmoidLossParams p, double grad_scal
 }
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DIR\n", argv[0]);
-    return 2;
-  }
-  const std::string dir = argv[1];
-  std::ifstream f(dir + "/params.txt");
+  std::string dir;
   double v[21];
-  for (auto& e : v)
-    if (!(f >> e)) {
-      std::fprintf(stderr, "bad params.txt\n");
-      return 2;
-    }
+  if (!emulate::read_case(argc, argv, &dir, v, 21)) return 2;
   auto i64 = [](double d) { return static_cast<int64_t>(d); };
   mk::SigmoidLossParams p;
   p.dtype = static_cast<mk::DType>(i64(v[0]));
