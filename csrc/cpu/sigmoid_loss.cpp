@@ -34,6 +34,7 @@
 #include "medkernels/detail/error.h"
 #include "medkernels/detail/sigmoid_loss.h"
 #include "medkernels/sigmoid_loss.h"
+#include "vec_math.h"
 
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
@@ -233,24 +234,7 @@ MK_SL_INLINE To bitcast(const From& f) {
   return t;
 }
 
-MK_SL_INLINE fvec vexp(const fvec& xin) {
-  fvec x = xin;
-  x = x < fb(-87.0f) ? fb(-87.0f) : x;
-  x = x > fb(88.0f) ? fb(88.0f) : x;
-  const fvec t = x * 1.44269504088896341f + 0.5f;
-  ivec ki = __builtin_convertvector(t, ivec);  // truncates: one too high for negative t
-  ki += (__builtin_convertvector(ki, fvec) > t);  // a true comparison is -1
-  const fvec k = __builtin_convertvector(ki, fvec);
-  const fvec r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  fvec q = fb(1.9875691500e-4f);
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  const fvec y = q * r * r + r + 1.0f;
-  return y * bitcast<fvec>(ivec((ki + 127) << 23));
-}
+MK_SL_INLINE fvec vexp(const fvec& x) { return vmath::exp(x); }  // 0 below -87.3
 
 MK_SL_INLINE fvec vlog_1_2(const fvec& u) {
   ivec bits = bitcast<ivec>(u);

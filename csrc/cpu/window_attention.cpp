@@ -23,6 +23,7 @@
 #include "medkernels/detail/error.h"
 #include "medkernels/detail/window_attention_kernels.h"
 #include "medkernels/window_attention.h"
+#include "vec_math.h"
 
 // Every O(N^2) and O(N^2 E) loop is one of a few row primitives with fixed lanes (the same
 // summation order on every run), built per x86 ISA level (AVX-512, AVX2+FMA, baseline) by GCC
@@ -76,28 +77,9 @@ __attribute__((always_inline)) inline typename Vec<A>::T vsplat(A x) {
   return v + x;
 }
 
-// exp(t) in float on a vector: 2^k * p(r) with k = round(t / ln 2), r the Cody-Waite reduced
-// argument and p Cephes' expf polynomial (about 1 ulp); below -87.3 (masked logits, -inf
-// included) the result is 0. Doubles use std::exp lane by lane (the float64 test path). The
-// polynomial is detail/fast_math.h's fast_expf written on whole vectors: calling fast_expf per
-// lane, or in a plain loop over the row, measured 1.7-2.4x slower per call here.
-__attribute__((always_inline)) inline Vec<float>::T vexp(Vec<float>::T t) {
-  using V = Vec<float>::T;
-  const V lo = vsplat(-87.3f);
-  const V tc = t < lo ? lo : t;
-  const V kf = (tc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const V r = (tc - kf * 0.693359375f) - kf * -2.12194440e-4f;
-  V q = vsplat(1.9875691500e-4f);
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  const V p = q * r * r + r + 1.0f;
-  const Vec<float>::I kb = (__builtin_convertvector(kf, Vec<float>::I) + 127) << 23;
-  const V scale = reinterpret_cast<const V&>(kb);
-  return t < lo ? vsplat(0.0f) : p * scale;
-}
+// exp(t) in float on a vector: vec_math.h (0 below -87.3, so masked logits, -inf included,
+// vanish). Doubles use std::exp lane by lane (the float64 test path).
+__attribute__((always_inline)) inline Vec<float>::T vexp(Vec<float>::T t) { return vmath::exp(t); }
 __attribute__((always_inline)) inline Vec<double>::T vexp(Vec<double>::T t) {
   for (int l = 0; l < 8; ++l) t[l] = std::exp(t[l]);
   return t;
