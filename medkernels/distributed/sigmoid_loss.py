@@ -74,6 +74,21 @@ class _Ring:
         works += [dist.irecv(t, self.prev, group=self.group) for t in recv]
         return works
 
+    def pass_text_block(self, k: int, cur_y, cur_l, m_sizes: List[int]):
+        """Step k of the ring: unless it is the last, send this rank's current text block (and
+        its labels, when given) on and post the receive of the one ``k + 1`` ranks back.
+        Returns (works, next_y, next_labels); the works overlap the caller's loss on cur_y."""
+        if k == self.world - 1:
+            return [], None, None
+        src = (self.rank - k - 1) % self.world
+        nxt_y = cur_y.new_empty((m_sizes[src], cur_y.shape[1]))
+        send, recv, nxt_l = [cur_y], [nxt_y], None
+        if cur_l is not None:
+            nxt_l = cur_l.new_empty((m_sizes[src],))
+            send.append(cur_l)
+            recv.append(nxt_l)
+        return self.exchange(send, recv), nxt_y, nxt_l
+
 
 class _RingSigmoidLoss(torch.autograd.Function):
     @staticmethod
@@ -86,16 +101,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
         cur_y, cur_l = y.contiguous(), labels_y
         for k in range(w):
             c = (r - k) % w
-            works, nxt_y, nxt_l = [], None, None
-            if k < w - 1:
-                src = (r - k - 1) % w
-                nxt_y = y.new_empty((m_sizes[src], y.shape[1]))
-                send, recv = [cur_y], [nxt_y]
-                if labels_x is not None:
-                    nxt_l = labels_y.new_empty((m_sizes[src],))
-                    send.append(cur_l)
-                    recv.append(nxt_l)
-                works = ring.exchange(send, recv)  # overlaps the loss of the current block
+            works, nxt_y, nxt_l = ring.pass_text_block(k, cur_y, cur_l, m_sizes)
             total = total + sigmoid_loss_sum_fwd(
                 backend, x, cur_y, t_prime, bias, labels_x, cur_l, None, off_m[c] - off_n[r], False
             )
@@ -122,16 +128,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
         dy_works, dy_next, sent = [], None, None
         for k in range(w):
             c = (r - k) % w
-            works, nxt_y, nxt_l = [], None, None
-            if k < w - 1:
-                src = (r - k - 1) % w
-                nxt_y = y.new_empty((m_sizes[src], y.shape[1]))
-                send, recv = [cur_y], [nxt_y]
-                if labels_x is not None:
-                    nxt_l = labels_y.new_empty((m_sizes[src],))
-                    send.append(cur_l)
-                    recv.append(nxt_l)
-                works = ring.exchange(send, recv)
+            works, nxt_y, nxt_l = ring.pass_text_block(k, cur_y, cur_l, m_sizes)
             gx, gy, gt, gb = sigmoid_loss_sum_bwd(
                 backend, c_scale, x, cur_y, t_prime, bias, labels_x, cur_l, None, off_m[c] - off_n[r], False
             )
