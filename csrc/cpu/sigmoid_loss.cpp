@@ -36,15 +36,6 @@
 #include "medkernels/sigmoid_loss.h"
 #include "vec_math.h"
 
-
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define MK_SL_VERSIONS(DEFINE)                               \
-  DEFINE(__attribute__((target("avx512f,avx512vl,fma"))))    \
-  DEFINE(__attribute__((target("avx2,fma"))))                \
-  DEFINE(__attribute__((target("default"))))
-#else
-#define MK_SL_VERSIONS(DEFINE) DEFINE()
-#endif
 #define MK_SL_INLINE __attribute__((always_inline)) inline
 
 namespace medkernels {
@@ -358,7 +349,7 @@ MK_SL_INLINE void grad_tile_f(const float* s, const uint8_t* pos, const uint8_t*
                       int64_t nr, int64_t nc, double* g, double* sums) {                                     \
     grad_tile_impl(s, p, pt, sc, b, c, nr, nc, g, sums);                                                     \
   }
-MK_SL_VERSIONS(MK_SL_DEFINE)
+MK_CPU_VERSIONS(MK_SL_DEFINE)
 #undef MK_SL_DEFINE
 
 // --- drivers --------------------------------------------------------------------------------

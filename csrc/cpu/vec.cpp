@@ -6,24 +6,9 @@
 #include <cstring>
 
 #include "medkernels/detail/fast_math.h"
+#include "vec_math.h"
 
-// GCC function multiversioning by feature (not by "arch=", whose resolver checks the CPU
-// model and so never picks the AVX-512 copy on an AMD EPYC that has AVX-512).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define MK_MULTIVERSION 1
-#define MK_VERSIONS(DEFINE)                                     \
-  DEFINE(__attribute__((target("avx512f,avx512vl,fma"))))       \
-  DEFINE(__attribute__((target("avx2,fma"))))                   \
-  DEFINE(__attribute__((target("default"))))
-#else
-#define MK_VERSIONS(DEFINE) DEFINE()
-#endif
 #define MK_ALWAYS_INLINE __attribute__((always_inline)) inline
-#if defined(MK_MULTIVERSION)
-#define MK_DEFAULT_VERSION __attribute__((target("default")))
-#else
-#define MK_DEFAULT_VERSION
-#endif
 
 namespace medkernels {
 namespace cpu {
@@ -196,12 +181,12 @@ namespace mv {
                   const double* init) {                                                                          \
     taps_vec_impl<d8v, double>(out, src, w, ntaps, n, init);                                                     \
   }
-MK_VERSIONS(MK_DEFINE_TAPS)
+MK_CPU_VERSIONS(MK_DEFINE_TAPS)
 #undef MK_DEFINE_TAPS
 
 // 6 rows x 64 channels = 24 AVX-512 accumulators; the narrower targets use 8-lane vectors
 // (6 x 16 channels = 12 AVX2 accumulators).
-#if defined(MK_MULTIVERSION)
+#if defined(MK_CPU_MULTIVERSION)
 __attribute__((target("avx512f,avx512vl,fma"))) void dense_f(float* out, const float* const* src, int64_t src_rs,
                                                              const float* w, int ntaps, int64_t ci_n, int64_t co_n,
                                                              int64_t rows, const float* init) {
@@ -213,7 +198,7 @@ __attribute__((target("avx2,fma"))) void dense_f(float* out, const float* const*
   dense_taps_impl<f8v, 6, 2>(out, src, src_rs, w, ntaps, ci_n, co_n, rows, init);
 }
 #endif
-MK_DEFAULT_VERSION void dense_f(float* out, const float* const* src, int64_t src_rs, const float* w, int ntaps,
+MK_CPU_DEFAULT_VERSION void dense_f(float* out, const float* const* src, int64_t src_rs, const float* w, int ntaps,
                                 int64_t ci_n, int64_t co_n, int64_t rows, const float* init) {
   dense_taps_impl<f8v, 4, 2>(out, src, src_rs, w, ntaps, ci_n, co_n, rows, init);
 }
@@ -235,7 +220,7 @@ MK_DEFAULT_VERSION void dense_f(float* out, const float* const* src, int64_t src
       dst[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded); \
     }                                                                               \
   }
-MK_VERSIONS(MK_DEFINE_BF16)
+MK_CPU_VERSIONS(MK_DEFINE_BF16)
 #undef MK_DEFINE_BF16
 
 // act codes as medkernels::Activation: 1 gelu, 2 relu, 3 silu
@@ -250,7 +235,7 @@ MK_VERSIONS(MK_DEFINE_BF16)
       for (int64_t i = 0; i < n; ++i) row[i] = row[i] / (1.0f + detail::fast_expf(-row[i])); \
     }                                                                                        \
   }
-MK_VERSIONS(MK_DEFINE_ACT)
+MK_CPU_VERSIONS(MK_DEFINE_ACT)
 #undef MK_DEFINE_ACT
 }  // namespace mv
 

@@ -1,9 +1,26 @@
-// Math on whole GCC vectors of 16 floats, shared by the CPU kernels (window attention's
-// softmax, the sigmoid loss's softplus). Each kernel's multiversioned loops inline these, so
-// every ISA build lowers them to its own registers.
+// What the CPU kernels share for their vector code: the ISA versions every hot loop is built
+// in, and math on whole GCC vectors of 16 floats (window attention's softmax, the sigmoid
+// loss's softplus). The multiversioned loops inline the math, so every ISA build lowers it to
+// its own registers.
 #pragma once
 
 #include <cstdint>
+
+// GCC function multiversioning by feature (not by "arch=", whose resolver checks the CPU
+// model and so never picks the AVX-512 copy on an AMD EPYC that has AVX-512):
+// MK_CPU_VERSIONS(DEFINE) expands DEFINE(attribute) once per version; elsewhere one plain
+// version. MK_CPU_DEFAULT_VERSION marks the fallback of a hand-written set of versions.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define MK_CPU_MULTIVERSION 1
+#define MK_CPU_VERSIONS(DEFINE)                              \
+  DEFINE(__attribute__((target("avx512f,avx512vl,fma"))))    \
+  DEFINE(__attribute__((target("avx2,fma"))))                \
+  DEFINE(__attribute__((target("default"))))
+#define MK_CPU_DEFAULT_VERSION __attribute__((target("default")))
+#else
+#define MK_CPU_VERSIONS(DEFINE) DEFINE()
+#define MK_CPU_DEFAULT_VERSION
+#endif
 
 namespace medkernels {
 namespace cpu {

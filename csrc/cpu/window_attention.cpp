@@ -27,15 +27,7 @@
 
 // Every O(N^2) and O(N^2 E) loop is one of a few row primitives with fixed lanes (the same
 // summation order on every run), built per x86 ISA level (AVX-512, AVX2+FMA, baseline) by GCC
-// function multiversioning, as csrc/cpu/vec.cpp.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define MK_WA_VERSIONS(DEFINE)                              \
-  DEFINE(__attribute__((target("avx512f,avx512vl,fma")))) \
-  DEFINE(__attribute__((target("avx2,fma"))))             \
-  DEFINE(__attribute__((target("default"))))
-#else
-#define MK_WA_VERSIONS(DEFINE) DEFINE()
-#endif
+// function multiversioning (MK_CPU_VERSIONS, vec_math.h).
 
 namespace medkernels {
 namespace cpu {
@@ -318,7 +310,7 @@ __attribute__((always_inline)) inline void dsoftmax_row_impl(A* __restrict s, A*
     dsoftmax_row_impl<double>(s, d, ld, n, m, lse, delta, pair);                                                  \
   }
 
-MK_WA_VERSIONS(MK_WA_DEFINE)
+MK_CPU_VERSIONS(MK_WA_DEFINE)
 #undef MK_WA_DEFINE
 
 }  // namespace wa_detail
