@@ -795,10 +795,7 @@ Status bwd_emulated(const WindowAttentionBwdParams& bp) {
   using A = typename Io<T>::acc;
   const detail::WaGeo g = detail::wa_geo(bp.fwd);
   const detail::WaBwdLayout L = detail::wa_bwd_layout(bp);
-  A* ws = static_cast<A*>(bp.workspace);
-  A* delta = ws + L.delta;
-  A* pair = bp.pair_grad ? ws + L.pair : nullptr;
-  A* slots = bp.grad_pad_kv ? ws + L.pad : nullptr;
+  const auto [delta, pair, slots] = detail::wa_bwd_work<A>(bp, L);
   const int dirs = bp.fwd.directions;
   const int64_t tokens = g.batch * g.vol * g.heads, items = g.batch * g.nW * g.heads * g.N;
   for (int dir = 0; dir < dirs; ++dir) {

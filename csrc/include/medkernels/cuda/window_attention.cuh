@@ -84,10 +84,7 @@ cudaError_t bwd_e(const WindowAttentionBwdParams& bp, cudaStream_t s) {
   using A = typename Io<T>::acc;
   const detail::WaGeo g = detail::wa_geo(bp.fwd);
   const detail::WaBwdLayout L = detail::wa_bwd_layout(bp);
-  A* ws = static_cast<A*>(bp.workspace);
-  A* delta = ws + L.delta;
-  A* pair = bp.pair_grad ? ws + L.pair : nullptr;
-  A* slots = bp.grad_pad_kv ? ws + L.pad : nullptr;
+  const auto [delta, pair, slots] = detail::wa_bwd_work<A>(bp, L);
   const unsigned dirs = unsigned(bp.fwd.directions);
   const int64_t tokens = g.batch * g.vol * g.heads;
   wa_delta_kernel<T, A><<<dim3(blocks(tokens), dirs), kThreads, 0, s>>>(bp, g, tokens, delta);

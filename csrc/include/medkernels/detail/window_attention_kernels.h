@@ -172,6 +172,21 @@ MK_HD WaBwdLayout wa_bwd_layout(const WindowAttentionBwdParams& bp) {
   return L;
 }
 
+// The backward's workspace carved by wa_bwd_layout: row deltas, then the per-chunk pair
+// gradients and the padding key/value slots (null when not asked for).
+template <typename A>
+struct WaBwdWork {
+  A* delta;
+  A* pair;
+  A* slots;
+};
+
+template <typename A>
+MK_HD WaBwdWork<A> wa_bwd_work(const WindowAttentionBwdParams& bp, const WaBwdLayout& L) {
+  A* ws = static_cast<A*>(bp.workspace);
+  return {ws + L.delta, bp.pair_grad ? ws + L.pair : nullptr, bp.grad_pad_kv ? ws + L.pad : nullptr};
+}
+
 template <typename T, typename A>
 MK_HD void wa_delta_item(const WindowAttentionBwdParams& bp, const WaGeo& g, int dir, int64_t item, A* delta) {
   const WindowAttentionParams& p = bp.fwd;
