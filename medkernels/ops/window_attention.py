@@ -608,11 +608,18 @@ def _signature(tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale
         return None
 
 
-def _remember(key, plan):
-    if key is not None:
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        _PLANS[key] = plan
+def _cached_plan(names, tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend):
+    """The call's plan: the cached one for a signature seen before, else the q/k/v checks and
+    :func:`_plan` (cached when the signature is hashable; a bad call raises before caching)."""
+    key = _signature(tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        _check_qkv(names, tensors)
+        plan = _plan(tensors[0], window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padded, backend)
+        if key is not None:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            _PLANS[key] = plan
     return plan
 
 
@@ -734,12 +741,8 @@ def window_attention3d(
     Returns:
         (B, D, H, W, heads, head_dim), contiguous, q's dtype.
     """
-    key = _signature((q, k, v), window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend)
-    plan = _PLANS.get(key) if key is not None else None
-    if plan is None:
-        _check_qkv(("q", "k", "v"), (q, k, v))
-        plan = _remember(key, _plan(q, window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padded,
-                                    backend))
+    plan = _cached_plan(("q", "k", "v"), (q, k, v), window, shift, rel_bias_table, pad_kv, mask_value, scale,
+                        mask_padded, backend)
     rel_bias_table, pad_kv = _prepared(plan, rel_bias_table, pad_kv)
     opts = plan[3]
     if _eager_ok(q, k, v, rel_bias_table, pad_kv):
@@ -770,12 +773,8 @@ def cross_window_attention3d_separate(
     differ, since the kernels address both directions with one set of strides per role).
     Returns (out_a, out_b)."""
     tensors = [q_a, k_a, v_a, q_b, k_b, v_b]
-    key = _signature(tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend)
-    plan = _PLANS.get(key) if key is not None else None
-    if plan is None:
-        _check_qkv(("q_a", "k_a", "v_a", "q_b", "k_b", "v_b"), tensors)
-        plan = _remember(key, _plan(q_a, window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padded,
-                                    backend))
+    plan = _cached_plan(("q_a", "k_a", "v_a", "q_b", "k_b", "v_b"), tensors, window, shift, rel_bias_table, pad_kv,
+                        mask_value, scale, mask_padded, backend)
     for i in range(3):
         if tensors[i].stride() != tensors[i + 3].stride():
             tensors[i], tensors[i + 3] = tensors[i].contiguous(), tensors[i + 3].contiguous()
