@@ -107,6 +107,30 @@ def _sigmoid_loss_fwd_kernel(
 
 
 @triton.jit
+def _grad_tile(a_ptr, b_ptr, la_ptr, lb_ptr, mask_ptr, rows, cols, row_m, col_m, D,
+               sa0, sa1, sb0, sb1, smr, smc, diag_offset, s, bias, c,
+               POS: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+               UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One recomputed tile of the backward: (dots, G) with dots = a_i . b_j (symmetrised for
+    med3dvlm) and G = dloss/dlogit scaled by c, -c z sigmoid(-z L) (for med3dvlm the mean of G
+    and G^T, whose (i, j) uses the positive flag of the pair (j, i)); zero outside the tile."""
+    dots = _dots(a_ptr, b_ptr, rows, cols, row_m, col_m, D, sa0, sa1, sb0, sb1,
+                 ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    if SYMMETRIC:
+        dots = 0.5 * (dots + _dots(b_ptr, a_ptr, rows, cols, row_m, col_m, D, sb0, sb1, sa0, sa1,
+                                   ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K))
+    logits = s * dots + bias
+    pos = _positives(rows, cols, row_m, col_m, la_ptr, lb_ptr, mask_ptr, smr, smc, diag_offset, POS)
+    z = tl.where(pos, 1.0, -1.0)
+    g = -c * z / (1.0 + tl.exp(z * logits))
+    if SYMMETRIC:
+        pos_t = tl.trans(_positives(cols, rows, col_m, row_m, la_ptr, lb_ptr, mask_ptr, smr, smc, diag_offset, POS))
+        z_t = tl.where(pos_t, 1.0, -1.0)
+        g = 0.5 * (g - c * z_t / (1.0 + tl.exp(z_t * logits)))
+    return dots, tl.where(row_m[:, None] & col_m[None, :], g, 0.0)
+
+
+@triton.jit
 def _sigmoid_loss_bwd_kernel(
     a_ptr, b_ptr, tp_ptr, bias_ptr, c_ptr, la_ptr, lb_ptr, mask_ptr, da_ptr, db_ptr, part_ptr,
     NA, NB, D, diag_offset,
@@ -132,23 +156,9 @@ def _sigmoid_loss_bwd_kernel(
     for c0 in range(0, NB, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
         col_m = cols < NB
-        tile_m = row_m[:, None] & col_m[None, :]
-        dots = _dots(a_ptr, b_ptr, rows, cols, row_m, col_m, D, sa0, sa1, sb0, sb1,
-                     ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
-        if SYMMETRIC:
-            dots = 0.5 * (dots + _dots(b_ptr, a_ptr, rows, cols, row_m, col_m, D, sb0, sb1, sa0, sa1,
-                                       ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K))
-        logits = s * dots + bias
-        pos = _positives(rows, cols, row_m, col_m, la_ptr, lb_ptr, mask_ptr, smr, smc, diag_offset, POS)
-        z = tl.where(pos, 1.0, -1.0)
-        g = -c * z / (1.0 + tl.exp(z * logits))  # -c z sigmoid(-z L)
-        if SYMMETRIC:
-            # G^T at (i, j) uses the positive flag of the pair (j, i)
-            pos_t = _positives(cols, rows, col_m, row_m, la_ptr, lb_ptr, mask_ptr, smr, smc, diag_offset, POS)
-            pos_t = tl.trans(pos_t)
-            z_t = tl.where(pos_t, 1.0, -1.0)
-            g = 0.5 * (g - c * z_t / (1.0 + tl.exp(z_t * logits)))
-        g = tl.where(tile_m, g, 0.0)
+        dots, g = _grad_tile(a_ptr, b_ptr, la_ptr, lb_ptr, mask_ptr, rows, cols, row_m, col_m, D,
+                             sa0, sa1, sb0, sb1, smr, smc, diag_offset, s, bias, c,
+                             POS, SYMMETRIC, ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
         if PARTIALS:
             g_sum += tl.sum(g, axis=1)
             gd_sum += tl.sum(g * dots, axis=1)
@@ -197,20 +207,9 @@ def _sigmoid_loss_bwd_stripe_kernel(
     s = tl.exp(tl.load(tp_ptr).to(ACC))
     bias = tl.load(b_ptr).to(ACC)
     c = tl.load(c_ptr).to(ACC)
-    dots = _dots(x_ptr, y_ptr, rows, cols, row_m, col_m, D, sxn, sxd, syn, syd,
-                 ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
-    if SYMMETRIC:
-        dots = 0.5 * (dots + _dots(y_ptr, x_ptr, rows, cols, row_m, col_m, D, syn, syd, sxn, sxd,
-                                   ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K))
-    logits = s * dots + bias
-    pos = _positives(rows, cols, row_m, col_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, diag_offset, POS)
-    z = tl.where(pos, 1.0, -1.0)
-    g = -c * z / (1.0 + tl.exp(z * logits))
-    if SYMMETRIC:
-        pos_t = tl.trans(_positives(cols, rows, col_m, row_m, lx_ptr, ly_ptr, mask_ptr, smr, smc, diag_offset, POS))
-        z_t = tl.where(pos_t, 1.0, -1.0)
-        g = 0.5 * (g - c * z_t / (1.0 + tl.exp(z_t * logits)))
-    g = tl.where(tile_m, g, 0.0)
+    dots, g = _grad_tile(x_ptr, y_ptr, lx_ptr, ly_ptr, mask_ptr, rows, cols, row_m, col_m, D,
+                         sxn, sxd, syn, syd, smr, smc, diag_offset, s, bias, c,
+                         POS, SYMMETRIC, ACC, PREC, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
     tl.store(g_ptr + local[:, None] * sgr + cols[None, :] * sgc, (s * g).to(g_ptr.dtype.element_ty), mask=tile_m)
     slot = (pid_m * tl.num_programs(1) + pid_n) * 2
     tl.store(part_ptr + slot, tl.sum(tl.sum(g, axis=1), axis=0))
