@@ -240,13 +240,13 @@ _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
 
 @torch.library.custom_op("medkernels::diffusion_normal", mutates_args=())
 def _normal_op(like: torch.Tensor, seed: int, offset: int, backend: str) -> torch.Tensor:
-    out = torch.empty_like(like)
+    out = like.new_empty(like.shape)  # contiguous: the kernels fill memory order, which must be logical order
     return _RUN[backend](OP_NORMAL, out, out, seed=seed, offset=offset)
 
 
 @_normal_op.register_fake
 def _(like, seed, offset, backend):
-    return torch.empty_like(like)
+    return like.new_empty(like.shape)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -469,7 +469,11 @@ def diffusion_loss(eps_pred, x0, t, seed: int, *, schedule, offset: int = 0, red
 
 
 def randn(like: torch.Tensor, seed: int, offset: int = 0, backend: str = "auto") -> torch.Tensor:
-    """The contract's standard normal noise for a tensor like ``like`` (B, ...), in its dtype."""
+    """The contract's standard normal noise for a tensor like ``like`` (B, ...), in its dtype.
+
+    The noise is indexed by logical position, so a channels-last, permuted or strided ``like``
+    gets the same values as a contiguous one of its shape; the result is contiguous on every
+    backend."""
     _check_x("like", like)
     name = _select("q_sample", backend, like)
     return _normal_op(like, ref.check_seed("seed", seed), ref.check_seed("offset", offset), name)
