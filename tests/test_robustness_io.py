@@ -4,12 +4,15 @@ notice."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import medkernels  # noqa: F401  (sets the Triton interpreter before kernels load)
-from medkernels.diffusion import randn
+from medkernels.diffusion import FastDDPMSchedule, ddim_step, ddpm_step, randn
+from medkernels.diffusion import schedule as schedule_mod
 from medkernels.ops.diffusion import _DISPATCH
 from medkernels.reference import diffusion as ref
 
@@ -134,3 +137,76 @@ def test_load_volume_refuses_non_integer_sizes(tmp_path, nib, arg, bad):
         load_volume(src, **{arg: bad})
     x, _ = load_volume(src, shape=(np.int64(4), 5, 3))  # numpy ints are ints
     assert x.shape == (1, 4, 5, 3)
+
+
+# --- C: schedule and step arguments, differentiable steps, the trainer/sampler docstring -------
+@pytest.mark.parametrize("kw,arg", [({"beta_start": -0.5}, "beta_start"), ({"beta_start": float("nan")}, "beta_start"),
+                                    ({"beta_end": 1.5}, "beta_end"), ({"beta_end": float("inf")}, "beta_end"),
+                                    ({"beta_start": 0.0}, "beta_start"), ({"beta_start": True}, "beta_start"),
+                                    ({"beta_start": 0.3, "beta_end": 0.1}, "beta_start must be <= beta_end"),
+                                    ({"beta_start": -0.5, "beta_end": 1.5, "beta_schedule": "cosine"}, "beta_start")])
+def test_schedule_refuses_bad_betas(kw, arg):
+    with pytest.raises(ValueError, match=arg):
+        FastDDPMSchedule(**kw)
+
+
+def test_schedule_accepts_numpy_betas():
+    s = FastDDPMSchedule(beta_start=np.float32(1e-4), beta_end=np.float64(0.02))
+    assert torch.isfinite(s.alphas_cumprod).all()
+
+
+@pytest.mark.parametrize("eta", [float("nan"), float("inf"), -0.1])
+def test_ddim_step_refuses_bad_eta(eta):
+    x = torch.randn(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+        ddim_step(x, x, 999, 899, schedule=FastDDPMSchedule(), eta=eta, seed=0)
+
+
+def _trainer_timesteps(S):
+    """The official trainer's non-uniform list (float32 torch.linspace), as its training loop has it."""
+    n1, n2 = int(S * 0.4), int(S * 0.6)
+    a = torch.ceil(torch.linspace(0, 699, n1 + 1)[:-1])
+    b = torch.ceil(torch.linspace(699, 999, n2))
+    return torch.cat((a, b)).long()
+
+
+def test_schedule_docstring_lists_where_trainer_and_sampler_differ():
+    differ = {S for S in range(2, 1001) if S != 10 and not torch.equal(
+        schedule_mod.fast_ddpm_timesteps("non-uniform", S, 1000), _trainer_timesteps(S))}
+    assert len(differ) == 45 and 203 in differ
+    doc = " ".join(schedule_mod.__doc__.split())
+    m = re.search(r"differ for (\d+) values of S: \{([\d, ]+)\}", doc)
+    assert m, "the schedule docstring no longer states where the trainer and sampler lists differ"
+    assert int(m.group(1)) == len(differ) and {int(v) for v in m.group(2).split(",")} == differ
+
+
+def _step_backends():
+    return [b for b in _backends("ddim_step") if b != "auto"]
+
+
+@pytest.mark.parametrize("backend", _step_backends())
+def test_steps_are_differentiable(backend):
+    sched = FastDDPMSchedule()
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 2, 3, 5)
+    x, e, z = (torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    t, tn = torch.tensor([999, 500]), torch.tensor([899, -1])
+
+    def ddim(x, e, z):
+        return ddim_step(x, e, t, tn, schedule=sched, eta=0.7, noise=z, return_x0=True, backend=backend)
+
+    def ddpm(x, e, z):  # x * 3: some x0 fall outside the clip, where the gradient is 0
+        return ddpm_step(x * 3, e, t, tn, schedule=sched, noise=z, clip=1.0, return_x0=True, backend=backend)
+
+    assert torch.autograd.gradcheck(ddim, (x, e, z))
+    assert torch.autograd.gradcheck(ddpm, (x, e, z))
+    # seeded noise and float32: backward runs and matches the reference chain's autograd
+    xf, ef = (v.detach().float().requires_grad_() for v in (x, e))
+    out = ddim_step(xf, ef, t, tn, schedule=sched, eta=0.5, seed=3, backend=backend)
+    out.square().sum().backward()
+    xr, er = (v.detach().double().requires_grad_() for v in (x, e))
+    zr = ref.normal_ref(shape, 3, 0).double()
+    want, _ = ref.ddim_step_ref(xr, er, t, tn, sched.alpha_table(), 0.5, zr)
+    want.square().sum().backward()
+    assert (xf.grad.double() - xr.grad).abs().max().item() <= 1e-5 * xr.grad.abs().max().item()
+    assert (ef.grad.double() - er.grad).abs().max().item() <= 1e-5 * er.grad.abs().max().item()
