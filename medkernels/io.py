@@ -243,3 +243,86 @@ def save_volume(tensor: torch.Tensor, meta, path) -> None:
         arr = t.numpy()
     # an explicit dtype: nibabel otherwise refuses int64 and may narrow what it stores
     nib.save(nib.Nifti1Image(arr, affine, dtype=arr.dtype), path)
+
+
+# --- intensity normalisation per modality (the embed command's preprocessing) ------------------
+MODALITIES = ("ct", "mr", "pet")
+CT_WINDOW = (-1000.0, 1000.0)
+MR_PERCENTILES = (0.5, 99.5)
+SUV_MAX = 20.0
+
+
+def _percentiles(x: torch.Tensor, qs) -> list:
+    """NaN-ignoring percentiles of a volume, from at most ~2M evenly strided voxels."""
+    flat = x.detach().reshape(-1).float()
+    step = max(1, flat.numel() // 2_000_000)
+    vals = flat[::step].cpu().numpy()
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return [float("nan")] * len(qs)
+    return [float(v) for v in np.percentile(vals, qs)]
+
+
+def modality_warning(x: torch.Tensor, modality: str, suv_factor: float = 1.0) -> Optional[str]:
+    """A sentence when raw intensities do not look like ``modality`` (None when they do).
+
+    CT should be in HU, with air near -1000: warned when the 1st percentile is above -500 HU or
+    the 99th above 4000 HU. MR has arbitrary non-negative units: warned when the 1st percentile is
+    below -500 (CT-like HU). PET (times ``suv_factor``) should be SUV: warned when the 1st
+    percentile is below -100 or the 99.9th above 100."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    p1, p99, p999 = _percentiles(x, (1, 99, 99.9))
+    if not math.isfinite(p1):
+        return "the volume has no finite voxel"
+    if modality == "ct":
+        if p1 > -500:
+            return (f"intensities do not look like CT in HU: the 1st percentile is {p1:.4g} (CT air is about "
+                    f"-1000 HU); if this is MR or PET pass --modality mr or --modality pet")
+        if p99 > 4000:
+            return f"intensities do not look like CT in HU: the 99th percentile is {p99:.4g} HU (bone is < 3000 HU)"
+    elif modality == "mr":
+        if p1 < -500:
+            return (f"intensities do not look like MR: the 1st percentile is {p1:.4g}, negative like CT in HU; "
+                    f"if this is CT pass --modality ct")
+    else:
+        p1, p999 = p1 * suv_factor, p999 * suv_factor
+        if p1 < -100:
+            return (f"intensities do not look like PET SUV: the 1st percentile is {p1:.4g}, negative like CT in HU; "
+                    f"if this is CT pass --modality ct")
+        if p999 > 100:
+            return (f"intensities do not look like PET SUV: the 99.9th percentile is {p999:.4g} (SUV rarely "
+                    f"exceeds 50); for a volume in Bq/mL give the patient weight and injected dose")
+    return None
+
+
+def normalize_intensity(x: torch.Tensor, modality: str, *, suv_factor: float = 1.0,
+                        suv_max: float = SUV_MAX) -> Tuple[torch.Tensor, str]:
+    """Scale a raw volume's intensities for the model; returns (tensor, a description of the step).
+
+    * ``ct``: clip to the HU window -1000..1000 and scale it to [0, 1] (Med3DVLM's CT input).
+    * ``mr``: clip to the volume's own 0.5th..99.5th percentiles (of its finite voxels), then
+      z-score: subtract the mean and divide by the standard deviation of the clipped volume.
+    * ``pet``: SUV = value * ``suv_factor`` (1: the volume is already SUV; for Bq/mL use
+      weight [g] / injected dose [Bq], decay-corrected), clip to 0..``suv_max`` and scale to [0, 1].
+
+    NaN voxels stay NaN (they are left out of the percentiles and moments)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if modality == "ct":
+        lo, hi = CT_WINDOW
+        return (x.clamp(lo, hi) - lo) / (hi - lo), f"ct_window({lo:g},{hi:g})"
+    if modality == "mr":
+        lo, hi = _percentiles(x, MR_PERCENTILES)
+        if not math.isfinite(lo):
+            return x.clone(), "mr_zscore(no finite voxel)"
+        y = x.clamp(lo, hi)
+        finite = y[torch.isfinite(y)].double()
+        mean, std = float(finite.mean()), float(finite.std(unbiased=False))
+        y = (y - mean) / std if std > 0 else y - mean
+        return y, f"mr_clip_p{MR_PERCENTILES[0]:g}-p{MR_PERCENTILES[1]:g}({lo:.4g},{hi:.4g})_zscore"
+    if not (math.isfinite(suv_factor) and suv_factor > 0):
+        raise ValueError(f"suv_factor must be a finite number > 0, got {suv_factor!r}")
+    if not (math.isfinite(suv_max) and suv_max > 0):
+        raise ValueError(f"suv_max must be a finite number > 0, got {suv_max!r}")
+    return (x * suv_factor).clamp(0.0, suv_max) / suv_max, f"pet_suv(x{suv_factor:.4g},0..{suv_max:g})"

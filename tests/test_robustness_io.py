@@ -210,3 +210,125 @@ def test_steps_are_differentiable(backend):
     want.square().sum().backward()
     assert (xf.grad.double() - xr.grad).abs().max().item() <= 1e-5 * xr.grad.abs().max().item()
     assert (ef.grad.double() - er.grad).abs().max().item() <= 1e-5 * er.grad.abs().max().item()
+
+
+# --- D: the embed command ----------------------------------------------------------------------
+_TINY = ["--model", "dcformer-nano", "--input-size", "16", "16", "16", "--hidden-size", "16"]
+
+
+@pytest.fixture
+def volumes(tmp_path, nib):
+    rng = np.random.default_rng(0)
+    ct = rng.normal(size=(12, 14, 10)).astype(np.float32) * 300 - 300
+    ct[:2] = -1000.0  # air
+    mr = (rng.random((12, 14, 10)) * 800).astype(np.float32)
+    pet = (rng.random((12, 14, 10)) * 8).astype(np.float32)  # SUV
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    out = {}
+    for name, data in (("ct", ct), ("mr", mr), ("pet", pet)):
+        out[name] = _write(nib, folder / f"{name}.nii.gz", data, np.diag([0.8, 0.8, 2.0, 1.0]))
+    out["folder"] = folder
+    return out
+
+
+def _embed(argv):
+    from medkernels.__main__ import main
+
+    try:
+        return main(["embed", *[str(a) for a in argv]])
+    except SystemExit as e:
+        return e.code
+
+
+def test_embed_help_lists_models_backends_and_preprocessing(capsys):
+    assert _embed(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for word in ("dcformer-nano", "dcformer-small", "dcformer-base", "triton", "cpu", "reference", "--modality",
+                 "HU window -1000..1000", "z-score", "SUV", "--seed", "--output", "RAS", "resample"):
+        assert word in out, word
+
+
+@pytest.mark.parametrize("argv,arg", [(["--model", "foo"], "--model"), (["--backend", "bogus"], "--backend"),
+                                      (["--hidden-size", "0"], "--hidden-size"),
+                                      (["--input-size", "0", "16", "16"], "--input-size"),
+                                      (["--weights", "missing.pt"], "--weights"),
+                                      (["--output", "emb.csv"], "--output"), (["--modality", "xray"], "--modality"),
+                                      (["--seed", "-1"], "--seed"), (["--pet-weight", "70"], "--pet-dose")])
+def test_embed_bad_arguments_end_in_one_line_and_exit_2(volumes, capsys, argv, arg):
+    assert _embed([volumes["ct"], *_TINY, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and arg in err, err
+
+
+def test_embed_unreadable_weights(volumes, tmp_path, capsys):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert _embed([volumes["ct"], *_TINY, "--weights", tmp_path / "junk.pt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "cannot read --weights" in err
+
+
+@pytest.mark.parametrize("modality,wrong", [("ct", "mr"), ("mr", "ct"), ("pet", "ct")])
+def test_embed_warns_when_intensities_do_not_fit_the_modality(volumes, capsys, modality, wrong):
+    assert _embed([volumes[modality], *_TINY, "--modality", modality]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert _embed([volumes[modality], *_TINY, "--modality", wrong]) == 0
+    err = capsys.readouterr().err
+    assert f"do not look like {wrong.upper()}" in err and "--modality" in err
+
+
+def test_embed_pet_weight_and_dose(volumes, tmp_path, nib, capsys):
+    raw = _write(nib, tmp_path / "bq.nii", (np.asarray(nib.load(str(volumes["pet"])).dataobj) * 4000).astype(
+        np.float32), np.eye(4))  # Bq/mL for 350 MBq into 70 kg: SUV = value * 70000 / 3.5e8 = value / 5000
+    assert _embed([raw, *_TINY, "--modality", "pet"]) == 0
+    assert "do not look like PET SUV" in capsys.readouterr().err
+    assert _embed([raw, *_TINY, "--modality", "pet", "--pet-weight", "70", "--pet-dose", "350"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_normalize_intensity_per_modality():
+    from medkernels.io import normalize_intensity
+
+    x = torch.linspace(-2000, 3000, 1001).reshape(1, 7, 11, 13)
+    ct, _ = normalize_intensity(x, "ct")
+    assert float(ct.min()) == 0.0 and float(ct.max()) == 1.0
+    assert torch.allclose(ct[(x > -1000) & (x < 1000)], (x[(x > -1000) & (x < 1000)] + 1000) / 2000)
+    mr, step = normalize_intensity(x, "mr")
+    assert abs(float(mr.double().mean())) < 1e-5 and abs(float(mr.double().std(unbiased=False)) - 1) < 1e-5
+    assert "zscore" in step
+    pet, _ = normalize_intensity(torch.tensor([-1.0, 0.0, 5.0, 10.0, 50.0]), "pet", suv_factor=2.0)
+    assert torch.allclose(pet, torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    nan = x.clone()
+    nan.view(-1)[5] = float("nan")
+    for modality in ("ct", "mr", "pet"):
+        y, _ = normalize_intensity(nan, modality)
+        assert torch.isnan(y).sum() == 1 and torch.isfinite(y).sum() == y.numel() - 1
+
+
+def test_embed_seed_and_output(volumes, tmp_path):
+    outs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert _embed([volumes["ct"], *_TINY, "--seed", seed, "--output", tmp_path / f"{name}.pt"]) == 0
+        outs[name] = torch.load(tmp_path / f"{name}.pt")
+    assert outs["a"]["embeddings"].shape == (1, 16)
+    assert torch.equal(outs["a"]["embeddings"], outs["b"]["embeddings"])
+    assert not torch.equal(outs["a"]["embeddings"], outs["c"]["embeddings"])
+    assert outs["a"]["seed"] == 1 and outs["a"]["trained"] is False and outs["a"]["files"] == [str(volumes["ct"])]
+    assert _embed([volumes["ct"], *_TINY, "--seed", 1, "--output", tmp_path / "sub" / "a.npy"]) == 0
+    arr = np.load(tmp_path / "sub" / "a.npy")
+    assert arr.dtype == np.float32 and np.array_equal(arr, outs["a"]["embeddings"].numpy())
+
+
+def test_embed_folder_batch_with_progress_bar(volumes, tmp_path, capsys):
+    assert _embed([volumes["folder"], *_TINY, "--modality", "mr", "--output", tmp_path / "all.npy"]) == 0
+    err = capsys.readouterr().err
+    assert "embed" in err and "3/3" in err  # the tqdm bar
+    arr = np.load(tmp_path / "all.npy")
+    files = (tmp_path / "all.npy.files.txt").read_text().split()
+    assert arr.shape == (3, 16) and [f.split("/")[-1] for f in files] == ["ct.nii.gz", "mr.nii.gz", "pet.nii.gz"]
+    assert _embed([volumes["mr"], *_TINY, "--modality", "mr", "--output", tmp_path / "mr.npy"]) == 0
+    assert np.allclose(np.load(tmp_path / "mr.npy")[0], arr[1], atol=1e-6)
+    (volumes["folder"] / "broken.nii").write_bytes(b"junk" * 20)
+    assert _embed([volumes["folder"], *_TINY, "--output", tmp_path / "some.pt"]) == 2
+    assert "1 of 4 volumes could not be read" in capsys.readouterr().err
+    assert torch.load(tmp_path / "some.pt")["embeddings"].shape == (3, 16)
