@@ -5,6 +5,7 @@ notice."""
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -332,3 +333,38 @@ def test_embed_folder_batch_with_progress_bar(volumes, tmp_path, capsys):
     assert _embed([volumes["folder"], *_TINY, "--output", tmp_path / "some.pt"]) == 2
     assert "1 of 4 volumes could not be read" in capsys.readouterr().err
     assert torch.load(tmp_path / "some.pt")["embeddings"].shape == (3, 16)
+
+
+# --- E: the benchmark suite says how to get its chart --------------------------------------------
+@pytest.fixture
+def quick_bench(monkeypatch):
+    """python -m medkernels.bench with no cases and a canned roofline: the reporting path only."""
+    from medkernels.bench import __main__ as bench_main
+    from medkernels.bench import harness
+
+    monkeypatch.setattr(harness, "measure_roofline",
+                        lambda device: harness.Roofline("cpu (test)", 1.0, 1.0, {"flops_dtype": "fp32"}))
+    return bench_main
+
+
+def test_bench_says_how_to_get_the_chart_without_matplotlib(quick_bench, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    assert quick_bench.main(["--only", "none", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "cpu-default.json").is_file() and not (tmp_path / "cpu-default.png").exists()
+    assert "no chart: matplotlib is not installed" in out and "pip install matplotlib" in out
+    assert f"--plot {tmp_path / 'cpu-default.json'}" in out
+    assert quick_bench.main(["--plot", str(tmp_path / "cpu-default.json")]) == 1
+    assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_bench_plot_draws_a_past_run(quick_bench, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from medkernels.bench import harness
+
+    rows = [{"op": "q_sample", "shape": "2x1x8x8", "dtype": "float32", "provider": "cpu", "speedup": 3.0, "ms": 1.0}]
+    path = harness.write_results(rows, harness.Roofline("cpu (test)", 1.0, 1.0), tmp_path, "run")
+    assert quick_bench.main(["--plot", str(path)]) == 0
+    assert (tmp_path / "run.png").stat().st_size > 0 and "chart:" in capsys.readouterr().out
+    assert quick_bench.main(["--plot", str(tmp_path / "missing.json")]) == 2
