@@ -103,8 +103,6 @@ def _volumes(path: str) -> List[str]:
 
 def _load_weights(model, args) -> Optional[str]:
     """Loads --weights into the model; returns the error message, or None when it loaded."""
-    if not os.path.isfile(args.weights):
-        return f"--weights file not found: {args.weights}"
     try:
         sd = torch.load(args.weights, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -184,6 +182,8 @@ def _embed(args) -> int:
         why = backends("cpu")["decomp_conv3d"].get(args.backend)
         if why:
             return _fail(f"--backend {args.backend} cannot run here: {why}")
+    if args.weights and not os.path.isfile(args.weights):
+        return _fail(f"--weights file not found: {args.weights}")
     if not os.path.exists(args.volume):
         return _fail(f"volume file not found: {args.volume}")
     files = _volumes(args.volume)

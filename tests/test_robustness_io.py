@@ -368,3 +368,13 @@ def test_bench_plot_draws_a_past_run(quick_bench, tmp_path, capsys):
     assert quick_bench.main(["--plot", str(path)]) == 0
     assert (tmp_path / "run.png").stat().st_size > 0 and "chart:" in capsys.readouterr().out
     assert quick_bench.main(["--plot", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize("kw,arg", [({"eta": float("nan")}, "eta"), ({"eta": -0.5}, "eta"),
+                                    ({"clip": float("nan")}, "clip"), ({"clip": 0.0}, "clip")])
+def test_sampler_refuses_bad_eta_and_clip(kw, arg):
+    from medkernels.diffusion import FastDDPMSampler
+
+    with pytest.raises(ValueError, match=f"{arg} must be"):
+        FastDDPMSampler(lambda x, t: x, FastDDPMSchedule(), **kw)
+    FastDDPMSampler(lambda x, t: x, FastDDPMSchedule(), eta=np.float32(0.5), clip=np.float32(1.0))

@@ -16,7 +16,7 @@ Everything here follows mirthAI/Fast-DDPM (``runners/diffusion.py``):
   (the official trainer uses float32 ``torch.linspace``; for S in 2..1000 the two lists differ
   for 45 values of S: {83, 84, 165, 166, 167, 203, 204, 218, 219, 323, 324, 330, 331, 332, 405,
   406, 407, 428, 429, 435, 436, 437, 645, 646, 647, 660, 661, 662, 668, 669, 728, 729, 758, 759,
-  810, 811, 812, 855, 856, 857, 863, 864, 870, 871, 872}, each by a few indices one apart).
+  810, 811, 812, 855, 856, 857, 863, 864, 870, 871, 872}, in at most two indices, each by 1).
 * ``beta_start`` and ``beta_end`` must be finite with ``0 < beta_start <= beta_end < 1`` (checked
   for both beta schedules, though ``cosine`` does not use them).
 
