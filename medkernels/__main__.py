@@ -57,34 +57,24 @@ def _model_name(value: str) -> str:
     return key
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
+def _number(convert, ok, expected: str):
+    """An argparse type: ``convert`` the text, keep it if ``ok``, else say what was expected."""
+
+    def parse(value: str):
+        try:
+            v = convert(value)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return v
+
+    return parse
 
 
-def _positive_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        v = float("nan")
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value!r}")
-    return v
-
-
-def _seed(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if not 0 <= n < 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in 0..2^63-1, got {value!r}")
-    return n
+_positive_int = _number(int, lambda n: n >= 1, "a positive integer")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
+_seed = _number(int, lambda n: 0 <= n < 2**63, "an integer in 0..2^63-1")
 
 
 def _fail(message: str) -> int:

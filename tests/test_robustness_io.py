@@ -10,21 +10,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_diffusion import _backends as _diffusion_backends  # tests/ is on sys.path under pytest
 
 import medkernels  # noqa: F401  (sets the Triton interpreter before kernels load)
 from medkernels.diffusion import FastDDPMSchedule, ddim_step, ddpm_step, randn
 from medkernels.diffusion import schedule as schedule_mod
-from medkernels.ops.diffusion import _DISPATCH
 from medkernels.reference import diffusion as ref
 
 
 def _backends(op="q_sample"):
-    out = []
-    for name in ("triton", "cpu", "reference"):
-        b = _DISPATCH[op]._by_name[name]
-        why = b.not_supported_reasons(torch.device("cpu"), torch.float32)
-        out.append(pytest.param(name, marks=pytest.mark.skip(reason="; ".join(why))) if why else name)
-    return out + ["auto"]
+    return _diffusion_backends(op) + ["auto"]
 
 
 # --- A: randn follows logical order whatever the layout of `like` -----------------------------
