@@ -180,9 +180,10 @@ def step_vjp_ref(kind: str, x_t, eps, t, t_next, alpha_table, noise, grad_out, g
     """Gradients of one DDIM (``kind="ddim"``) or DDPM step wrt (x_t, eps, noise), by autograd
     through :func:`ddim_step_ref` / :func:`ddpm_step_ref` in float32 (float64 for float64 input).
 
-    ``grad_out`` is the gradient of x_next, ``grad_x0`` that of the x0 prediction (or None). The
-    step is linear in x_t, eps and noise (DDPM: up to the clamp of x0, whose gradient is 0 outside
-    [-clip, clip]), so seeded noise (``noise=None``) does not enter the gradients. Returns
+    ``grad_out`` is the gradient of x_next, ``grad_x0`` that of the x0 prediction (either may be
+    None, not both). The step is linear in x_t, eps and noise (DDPM: up to the clamp of x0, whose
+    gradient is 0 outside [-clip, clip]), so seeded noise (``noise=None``) does not enter the
+    gradients. Returns
     (grad_x_t, grad_eps, grad_noise or None), each in its input's dtype."""
     acc = torch.float64 if x_t.dtype == torch.float64 else torch.float32
     x = x_t.detach().to(acc).requires_grad_()
@@ -193,7 +194,7 @@ def step_vjp_ref(kind: str, x_t, eps, t, t_next, alpha_table, noise, grad_out, g
             out, x0 = ddim_step_ref(x, e, t, t_next, alpha_table, eta, z, upcast=False)
         else:
             out, x0 = ddpm_step_ref(x, e, t, t_next, alpha_table, z, clip, upcast=False)
-        outs, grads = [out], [grad_out.to(acc)]
+        outs, grads = ([out], [grad_out.to(acc)]) if grad_out is not None else ([], [])
         if grad_x0 is not None:
             outs.append(x0)
             grads.append(grad_x0.to(acc))
