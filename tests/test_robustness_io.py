@@ -373,3 +373,15 @@ def test_sampler_refuses_bad_eta_and_clip(kw, arg):
     with pytest.raises(ValueError, match=f"{arg} must be"):
         FastDDPMSampler(lambda x, t: x, FastDDPMSchedule(), **kw)
     FastDDPMSampler(lambda x, t: x, FastDDPMSchedule(), eta=np.float32(0.5), clip=np.float32(1.0))
+
+
+def test_io_and_embed_help_do_not_import_nibabel():
+    import subprocess
+
+    code = ("import sys; sys.modules['nibabel'] = None\n"
+            "import medkernels.io, medkernels.__main__ as m\n"
+            "try:\n    m.main(['embed', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "try:\n    medkernels.io.load_volume('x.nii')\nexcept ImportError as e:\n    print('LAZY', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "LAZY reading and writing NIfTI needs nibabel" in out.stdout
