@@ -3,6 +3,10 @@
     python -m medkernels.bench                 # default cases (minutes on a 2-core CPU)
     python -m medkernels.bench --full          # the large shapes too
     python -m medkernels.bench --only decomp_conv --compare old.json
+    python -m medkernels.bench --plot benchmarks/results/cpu-default.json   # the chart of a past run
+
+The chart needs matplotlib (the bench extra: pip install -e ".[bench]"); without it the suite
+still writes the table and the JSON and says how to draw the chart later.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ def _suites(only):
             yield fam, mod
 
 
+def _plot(json_path: Path) -> int:
+    if not json_path.is_file():
+        print(f"error: --plot: no such results file: {json_path}", file=sys.stderr)
+        return 2
+    png = harness.plot_results(json_path, json_path.with_suffix(".png"))
+    print(f"chart: {png}" if png else harness.chart_hint(json_path))
+    return 0 if png else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medkernels.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default=None, help="file name stem (default: device and mode)")
     ap.add_argument("--compare", default=None, help="a previous JSON: mark regressions")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--plot", default=None, metavar="JSON", help="only draw the PNG chart of a results JSON")
     args = ap.parse_args(argv)
+    if args.plot:
+        return _plot(Path(args.plot))
 
     from tqdm import tqdm
 
@@ -66,6 +82,8 @@ def main(argv=None) -> int:
     path = harness.write_results(rows, roof, Path(args.out), tag)
     png = harness.plot_results(path, path.with_suffix(".png"))
     print(f"results: {path}" + (f", chart: {png}" if png else ""))
+    if not png:
+        print(harness.chart_hint(path))
     failures = [r for r in rows if r.get("failure")]
     if args.compare:
         for line in harness.compare(rows, Path(args.compare)):

@@ -269,6 +269,19 @@ def plot_results(json_path: Path, png_path: Path) -> Optional[Path]:
     return png_path
 
 
+CHART_INSTALL = 'pip install matplotlib (it is in the bench extra: pip install -e ".[bench]")'
+
+
+def chart_hint(json_path: Path) -> str:
+    """Why :func:`plot_results` drew no chart for ``json_path``, and how to get one."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return (f"no chart: matplotlib is not installed. To draw it from these results: {CHART_INSTALL}, "
+                f"then python -m medkernels.bench --plot {json_path}")
+    return "no chart: no case has a speed-up over the reference to draw"
+
+
 def compare(rows: List[dict], old_json: Path, threshold: float = 0.9) -> List[str]:
     """Lines naming every (op, shape, dtype, provider) now slower than ``threshold`` x before."""
     old_rows = json.loads(Path(old_json).read_text())["rows"]

@@ -15,6 +15,8 @@ offset.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -47,6 +49,10 @@ class FastDDPMSampler:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if not isinstance(schedule, FastDDPMSchedule):
             raise TypeError(f"schedule must be a FastDDPMSchedule, got {type(schedule).__name__}")
+        if not (isinstance(eta, numbers.Real) and not isinstance(eta, bool) and math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        if clip is not None and not (isinstance(clip, numbers.Real) and not isinstance(clip, bool) and clip > 0):
+            raise ValueError(f"clip must be a number > 0 or None, got {clip!r}")
         if cuda_graph not in ("auto", True, False):
             raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
         self.model, self.schedule, self.kind = model, schedule, kind

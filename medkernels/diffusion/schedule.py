@@ -13,8 +13,12 @@ Everything here follows mirthAI/Fast-DDPM (``runners/diffusion.py``):
 * ``non-uniform`` indices: for S = 10 the fixed list 0, 199, 399, 599, 699, 799, 849, 899, 949, 999;
   otherwise ``ceil(linspace(0, 699, n1 + 1)[:-1])`` then ``ceil(linspace(699, 999, n2))`` with
   ``n1 = int(0.4 S)``, ``n2 = int(0.6 S)``, in float64 as the official sampler computes it
-  (the official trainer uses float32 ``torch.linspace``; the two lists differ only for
-  S in {83, 84, 165, 166, 167}).
+  (the official trainer uses float32 ``torch.linspace``; for S in 2..1000 the two lists differ
+  for 45 values of S: {83, 84, 165, 166, 167, 203, 204, 218, 219, 323, 324, 330, 331, 332, 405,
+  406, 407, 428, 429, 435, 436, 437, 645, 646, 647, 660, 661, 662, 668, 669, 728, 729, 758, 759,
+  810, 811, 812, 855, 856, 857, 863, 864, 870, 871, 872}, in at most two indices, each by 1).
+* ``beta_start`` and ``beta_end`` must be finite with ``0 < beta_start <= beta_end < 1`` (checked
+  for both beta schedules, though ``cosine`` does not use them).
 
 Tables are float64 on the CPU; :meth:`FastDDPMSchedule.alpha_table` moves them to a device once
 and caches them there.
@@ -23,6 +27,7 @@ and caches them there.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, Optional
 
 import torch
@@ -42,8 +47,17 @@ def _linspace64(start: float, stop: float, num: int) -> torch.Tensor:
     return y
 
 
+def _check_betas(beta_start, beta_end) -> None:
+    for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not 0 < v < 1:
+            raise ValueError(f"{name} must be a finite number in (0, 1), got {v!r}")
+    if beta_start > beta_end:
+        raise ValueError(f"beta_start must be <= beta_end, got beta_start={beta_start!r} > beta_end={beta_end!r}")
+
+
 def make_betas(kind: str, num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """The (T,) float64 betas of the official ``get_beta_schedule``."""
+    _check_betas(beta_start, beta_end)
     T = num_train_timesteps
     if kind == "linear":
         return _linspace64(beta_start, beta_end, T)

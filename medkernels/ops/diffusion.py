@@ -198,6 +198,28 @@ def _(x_t, eps, t, t_next, table, noise, seed, offset, clip, return_x0, backend)
     return torch.empty_like(x_t), (torch.empty_like(x_t) if return_x0 else _empty0(x_t))
 
 
+def _step_setup_context(ctx, inputs, output):
+    x_t, eps, t, t_next, table, noise = inputs[:6]
+    ctx.save_for_backward(x_t, eps, t, t_next, table, noise)
+    ctx.coef = inputs[8]  # eta (DDIM) or clip (DDPM)
+
+
+def _step_backward(kind):
+    def backward(ctx, grad_out, grad_x0):
+        x_t, eps, t, t_next, table, noise = ctx.saved_tensors
+        gx0 = grad_x0 if grad_x0 is not None and grad_x0.shape == x_t.shape else None
+        coef = {"eta": ctx.coef} if kind == "ddim" else {"clip": ctx.coef}
+        gx, ge, gz = ref.step_vjp_ref(kind, x_t, eps, t, t_next, table, noise, grad_out, gx0, **coef)
+        return gx, ge, None, None, None, gz, None, None, None, None, None
+
+    return backward
+
+
+# the steps are linear in x_t, eps and noise: their gradients are the reference chain's (eager)
+_ddim_step_op.register_autograd(_step_backward("ddim"), setup_context=_step_setup_context)
+_ddpm_step_op.register_autograd(_step_backward("ddpm"), setup_context=_step_setup_context)
+
+
 def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -240,13 +262,13 @@ _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
 
 @torch.library.custom_op("medkernels::diffusion_normal", mutates_args=())
 def _normal_op(like: torch.Tensor, seed: int, offset: int, backend: str) -> torch.Tensor:
-    out = torch.empty_like(like)
+    out = like.new_empty(like.shape)  # contiguous: the kernels fill memory order, which must be logical order
     return _RUN[backend](OP_NORMAL, out, out, seed=seed, offset=offset)
 
 
 @_normal_op.register_fake
 def _(like, seed, offset, backend):
-    return torch.empty_like(like)
+    return like.new_empty(like.shape)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -397,12 +419,13 @@ def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, se
             whose timesteps are valid by construction (the sampler) may turn it off.
 
     Returns:
-        x_next, or (x_next, x0_pred) with ``return_x0``; contiguous, in x_t's dtype.
+        x_next, or (x_next, x0_pred) with ``return_x0``; contiguous, in x_t's dtype;
+        differentiable wrt x_t, eps (and ``noise``); the backward is the reference chain's.
     """
     table, t, t_next = _step_inputs(x_t, eps, t, t_next, schedule, check_timesteps)
     eta = float(eta)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     noise, seed, offset = _seed_args(noise, seed, offset, x_t, eta != 0.0)
     if noise is None and eta != 0.0 and seed is None:
         raise ValueError("eta > 0 needs seed= or noise=")
@@ -422,7 +445,8 @@ def ddpm_step(x_t, eps, t, t_next, *, schedule, noise=None, seed=None, offset: i
     ``clip=None`` leaves x0 unclamped. Noise from ``seed``/``offset`` or ``noise``.
 
     Returns:
-        x_next, or (x_next, x0_pred) with ``return_x0``.
+        x_next, or (x_next, x0_pred) with ``return_x0``; differentiable wrt x_t, eps (and
+        ``noise``; 0 where x0 is clipped); the backward is the reference chain's.
     """
     table, t, t_next = _step_inputs(x_t, eps, t, t_next, schedule, check_timesteps)
     if clip is not None:
@@ -469,7 +493,11 @@ def diffusion_loss(eps_pred, x0, t, seed: int, *, schedule, offset: int = 0, red
 
 
 def randn(like: torch.Tensor, seed: int, offset: int = 0, backend: str = "auto") -> torch.Tensor:
-    """The contract's standard normal noise for a tensor like ``like`` (B, ...), in its dtype."""
+    """The contract's standard normal noise for a tensor like ``like`` (B, ...), in its dtype.
+
+    The noise is indexed by logical position, so a channels-last, permuted or strided ``like``
+    gets the same values as a contiguous one of its shape; the result is contiguous on every
+    backend."""
     _check_x("like", like)
     name = _select("q_sample", backend, like)
     return _normal_op(like, ref.check_seed("seed", seed), ref.check_seed("offset", offset), name)

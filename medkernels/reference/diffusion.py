@@ -175,6 +175,36 @@ def diffusion_loss_grad_ref(eps_pred, noise, reduction: str = "sum_mean", upcast
     return (eps_pred.to(dt) - noise.to(dt)) * (2.0 / den)
 
 
+def step_vjp_ref(kind: str, x_t, eps, t, t_next, alpha_table, noise, grad_out, grad_x0=None, *, eta: float = 0.0,
+                 clip: Optional[float] = 1.0):
+    """Gradients of one DDIM (``kind="ddim"``) or DDPM step wrt (x_t, eps, noise), by autograd
+    through :func:`ddim_step_ref` / :func:`ddpm_step_ref` in float32 (float64 for float64 input).
+
+    ``grad_out`` is the gradient of x_next, ``grad_x0`` that of the x0 prediction (either may be
+    None, not both). The step is linear in x_t, eps and noise (DDPM: up to the clamp of x0, whose
+    gradient is 0 outside [-clip, clip]), so seeded noise (``noise=None``) does not enter the
+    gradients. Returns
+    (grad_x_t, grad_eps, grad_noise or None), each in its input's dtype."""
+    acc = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    x = x_t.detach().to(acc).requires_grad_()
+    e = eps.detach().to(acc).requires_grad_()
+    z = noise.detach().to(acc).requires_grad_() if noise is not None else x.new_zeros(())
+    with torch.enable_grad():
+        if kind == "ddim":
+            out, x0 = ddim_step_ref(x, e, t, t_next, alpha_table, eta, z, upcast=False)
+        else:
+            out, x0 = ddpm_step_ref(x, e, t, t_next, alpha_table, z, clip, upcast=False)
+        outs, grads = ([out], [grad_out.to(acc)]) if grad_out is not None else ([], [])
+        if grad_x0 is not None:
+            outs.append(x0)
+            grads.append(grad_x0.to(acc))
+        inputs = [x, e] + ([z] if noise is not None else [])
+        g = torch.autograd.grad(outs, inputs, grads, allow_unused=True)
+    g = [torch.zeros_like(v) if gi is None else gi for gi, v in zip(g, inputs)]
+    gz = g[2].to(noise.dtype) if noise is not None else None
+    return g[0].to(x_t.dtype), g[1].to(eps.dtype), gz
+
+
 def fast_ddpm_sample_ref(model, x_T, cond, schedule, kind: str = "ddim", eta: float = 0.0, seed: int = 0,
                          offset: int = 0, clip: Optional[float] = 1.0, upcast: bool = False, noise_fn=None):
     """The official sampling loop (``sg_generalized_steps`` / ``sg_ddpm_steps``) with the
