@@ -63,6 +63,12 @@ def assert_close(
     if not torch.isfinite(actual).all():
         n = int((~torch.isfinite(actual)).sum())
         raise AssertionError(f"{name}: {n} of {actual.numel()} elements are not finite (poisoned output left?)")
+    for what, ref in (("float64 oracle", expected64), ("low-precision reference", lowp_reference)):
+        if ref is not None and not torch.isfinite(ref).all():
+            n = int((~torch.isfinite(ref)).sum())
+            raise AssertionError(
+                f"{name}: the {what} has {n} non-finite of {ref.numel()} elements; a non-finite reference is a "
+                "test failure (the input overflows it, or the reference is wrong), not a NaN tolerance")
     err = rel_err(actual, expected64)
     if lowp_reference is not None and dtype in (torch.float16, torch.bfloat16):
         tol = 2 * rel_err(lowp_reference, expected64) + LOWP_FLOOR[dtype]

@@ -230,7 +230,7 @@ MK_CPU_VERSIONS(MK_DEFINE_BF16)
       for (int64_t i = 0; i < n; ++i)                                                        \
         row[i] = 0.5f * row[i] * (1.0f + detail::fast_erff(row[i] * 0.70710678118654752f)); \
     } else if (act == 2) {                                                                   \
-      for (int64_t i = 0; i < n; ++i) row[i] = row[i] > 0.0f ? row[i] : 0.0f;                \
+      for (int64_t i = 0; i < n; ++i) row[i] = row[i] < 0.0f ? 0.0f : row[i]; /* NaN kept */ \
     } else if (act == 3) {                                                                   \
       for (int64_t i = 0; i < n; ++i) row[i] = row[i] / (1.0f + detail::fast_expf(-row[i])); \
     }                                                                                        \

@@ -73,7 +73,7 @@ def _act_grad(z: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
     if activation == "gelu":
         return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
     if activation == "relu":
-        return (z > 0).to(z.dtype)
+        return (~(z <= 0)).to(z.dtype)  # torch.relu's backward (threshold_backward): a NaN z passes the gradient
     if activation == "silu":
         sig = torch.sigmoid(z)
         return sig * (1 + z * (1 - sig))

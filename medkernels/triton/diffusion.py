@@ -165,7 +165,8 @@ def _diffusion_fwd_kernel(
                 beta = 1.0 - at / an
                 x0 = tl.sqrt(1.0 / at).to(ACC) * x - tl.sqrt(1.0 / at - 1.0).to(ACC) * e
                 if HAS_CLIP:
-                    x0 = tl.minimum(tl.maximum(x0, -clip), clip)
+                    # a clamp by comparisons: NaN stays NaN (tl.minimum/maximum may drop it)
+                    x0 = tl.where(x0 < -clip, -clip, tl.where(x0 > clip, clip, x0))
                 ca = (tl.sqrt(an) * beta / (1.0 - at)).to(ACC)
                 cb = (tl.sqrt(1.0 - beta) * (1.0 - an) / (1.0 - at)).to(ACC)
                 sigma = (tl.sqrt(beta) * (t != 0).to(tl.float64)).to(ACC)

@@ -14,7 +14,7 @@ MK_HD A act_fwd(Activation act, A z) {
     case Activation::kGelu:  // exact (erf) GELU, as torch.nn.GELU()
       return A(0.5) * z * (A(1) + erf(z * A(0.70710678118654752440)));
     case Activation::kRelu:
-      return z > A(0) ? z : A(0);
+      return z < A(0) ? A(0) : z;  // NaN stays NaN, as torch.relu
     case Activation::kSilu:
       return z / (A(1) + exp(-z));
     case Activation::kNone:
@@ -33,7 +33,7 @@ MK_HD A act_grad(Activation act, A z) {
       return cdf + z * pdf;
     }
     case Activation::kRelu:
-      return z > A(0) ? A(1) : A(0);
+      return z <= A(0) ? A(0) : A(1);  // torch's threshold_backward: NaN z passes the gradient
     case Activation::kSilu: {
       const A sig = A(1) / (A(1) + exp(-z));
       return sig * (A(1) + z * (A(1) - sig));
