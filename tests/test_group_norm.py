@@ -103,3 +103,155 @@ def test_reference_backward_gradcheck(activation):
         assert torch.allclose(g, e, rtol=0, atol=1e-14)
     absent = group_norm_act_bwd_ref(gy, x.detach(), 2, None, None, 1e-5, None, None, None, activation)
     assert absent[1:] == (None,) * 5 and absent[0].shape == x.shape
+
+
+# --- the op: every backend against the float64 oracle ----------------------------------------
+from medkernels import testing  # noqa: E402
+from medkernels.ops import group_norm as gn_ops  # noqa: E402
+from medkernels.ops import group_norm_act  # noqa: E402
+
+BACKENDS = [b.name for b in gn_ops._DISPATCH.backends
+            if not b.not_supported_reasons(torch.device("cpu"), torch.float32)]
+CASES = [((2, 6, 5, 3, 7), 3, "ncdhw"), ((2, 6, 5, 3, 7), 2, "cl"), ((1, 4, 9, 10), 2, "ncdhw"),
+         ((3, 8, 2, 3, 1), 8, "cl"), ((2, 5, 7), 1, "ncdhw"), ((1, 3, 4, 4, 4), 3, "permuted")]
+
+
+def _layout(t, layout):
+    if layout == "cl":
+        return t.to(memory_format=torch.channels_last_3d if t.dim() == 5 else torch.channels_last)
+    if layout == "permuted":  # neither layout: the op copies to contiguous
+        return t.transpose(2, 4).contiguous().transpose(2, 4)
+    return t
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,G,layout", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("activation,film,add", [("silu", True, True), (None, False, True), ("gelu", True, False),
+                                                 ("silu", False, False)])
+def test_forward_and_grads(backend, shape, G, layout, dtype, activation, film, add):
+    x64, w64, b64, sc64, sh64, ad64 = _inputs(shape, G, mean=2.0, with_film=film, with_add=add, seed=1)
+    inputs64 = [x64, w64, b64, sc64, sh64, ad64]
+    leaves = [None if t is None else t.to(dtype).requires_grad_(True) for t in inputs64]
+    leaves[0] = _layout(leaves[0].detach(), layout).requires_grad_(True)
+    y = group_norm_act(leaves[0], G, leaves[1], leaves[2], eps=1e-5, scale=leaves[3], shift=leaves[4],
+                       add=leaves[5], activation=activation, backend=backend)
+    assert y.dtype == dtype and y.shape == x64.shape
+    if layout == "cl":
+        assert _ncm(y) == _ncm(leaves[0]), "the output keeps x's layout"
+    # oracle: the reference in float64 on the same (rounded) inputs; low precision is judged
+    # against the reference's own error
+    exact = [None if t is None else t.detach().double().requires_grad_(True) for t in leaves]
+    want = group_norm_act_ref(exact[0], G, exact[1], exact[2], 1e-5, *exact[3:], activation)
+    lowp = group_norm_act_ref(*(t.detach() if t is not None else None for t in leaves[:1]), G,
+                              *(None if t is None else t.detach() for t in leaves[1:3]), 1e-5,
+                              *(None if t is None else t.detach() for t in leaves[3:]), activation)
+    testing.assert_close("y", y, want, lowp_reference=lowp)
+    gy = torch.randn(x64.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    present = [t for t in leaves if t is not None]
+    got = torch.autograd.grad(y, present, gy.to(dtype))
+    exp = torch.autograd.grad(want, [t for t in exact if t is not None], gy)
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    names = [n for n, t in zip(["x", "weight", "bias", "scale", "shift", "add"], leaves) if t is not None]
+    for name, g, e in zip(names, got, exp):
+        assert g.dtype == dtype
+        # relative to the larger of its own and dx's scale: d add sums dx over a group and is 0
+        # in exact arithmetic when a group has one channel
+        den = max(e.abs().max().item(), exp[0].abs().max().item())
+        err = (g.double() - e).abs().max().item() / den
+        assert err <= tol, f"grad {name}: relative error {err:.2e} > {tol:.0e}"
+
+
+def _ncm(t):
+    return gn_ops._ncm_strides(t)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stride0_and_noncontiguous_gradients(backend):
+    x, w, b, sc, sh, ad = _inputs((2, 4, 3, 4, 5), 2)
+    leaves = [t.requires_grad_(True) for t in (x, w, b, sc, sh, ad)]
+    y = group_norm_act(leaves[0], 2, leaves[1], leaves[2], scale=leaves[3], shift=leaves[4], add=leaves[5],
+                       activation="silu", backend=backend)
+    got = torch.autograd.grad(y.sum(), leaves)  # an expanded stride-0 gradient
+    exact = [t.detach().clone().requires_grad_(True) for t in leaves]
+    exp = torch.autograd.grad(group_norm_act_ref(exact[0], 2, exact[1], exact[2], 1e-5, *exact[3:], "silu").sum(),
+                              exact)
+    for g, e in zip(got, exp):
+        assert testing.rel_err(g, e) <= 1e-10
+    gy = torch.randn(2, 4, 5, 4, 3, dtype=torch.float64).transpose(2, 4)  # a non-contiguous gradient
+    got = torch.autograd.grad(group_norm_act(leaves[0], 2, leaves[1], leaves[2], activation="gelu",
+                                             backend=backend), leaves[:3], gy)
+    exp = torch.autograd.grad(group_norm_act_ref(exact[0], 2, exact[1], exact[2], 1e-5, activation="gelu"),
+                              exact[:3], gy)
+    for g, e in zip(got, exp):
+        assert testing.rel_err(g, e) <= 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck(backend):
+    x, w, b, sc, sh, ad = _inputs((2, 4, 3, 2, 3), 2)
+    args = [t.requires_grad_(True) for t in (x, w, b, sc, sh, ad)]
+    assert torch.autograd.gradcheck(
+        lambda *a: group_norm_act(a[0], 2, a[1], a[2], scale=a[3], shift=a[4], add=a[5], activation="silu",
+                                  backend=backend), args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_stays_in_its_group(backend):
+    x, w, b, sc, sh, ad = _inputs((2, 6, 3, 3, 3), 3, dtype=torch.float32)
+    x[1, 2, 0, 1, 2] = float("nan")
+    y = group_norm_act(x, 3, w, b, scale=sc, shift=sh, add=ad, activation="silu", backend=backend)
+    nan = torch.isnan(y)
+    assert nan[1, 2:4].all() and int(nan.sum()) == 2 * 27
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_bits_whatever_the_thread_count(backend):
+    x, w, b, sc, sh, ad = _inputs((2, 8, 9, 10, 11), 4, dtype=torch.float32)
+    xs = x.requires_grad_(True)
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            y = group_norm_act(xs, 4, w, b, scale=sc, add=ad, activation="silu", backend=backend)
+            outs.append((y.detach(), torch.autograd.grad(y.square().sum(), xs)[0]))
+    finally:
+        torch.set_num_threads(before)
+    for y, g in outs[1:]:
+        assert torch.equal(y, outs[0][0]) and torch.equal(g, outs[0][1])
+
+
+def test_bad_input_is_named():
+    x = torch.randn(2, 6, 3, 3, 3)
+    with pytest.raises(ValueError, match="num_groups=4 must divide the 6 channels"):
+        group_norm_act(x, 4)
+    with pytest.raises(ValueError, match=r"scale must be per \(sample, channel\): \(2, 6\)"):
+        group_norm_act(x, 3, scale=torch.randn(6))
+    with pytest.raises(ValueError, match=r"weight must be \(6,\)"):
+        group_norm_act(x, 3, torch.randn(5))
+    with pytest.raises(TypeError, match="shift has dtype float64 but x has float32"):
+        group_norm_act(x, 3, shift=torch.randn(2, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        group_norm_act(x, 3, activation="relu6")
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        group_norm_act(x, 3, eps=float("nan"))
+    with pytest.raises(TypeError, match="num_groups must be an int"):
+        group_norm_act(x, 2.0)
+    with pytest.raises(ValueError, match="1 to 3 spatial axes"):
+        group_norm_act(torch.randn(2, 6), 3)
+    with pytest.raises(RuntimeError, match="backend 'triton' is not implemented for this op"):
+        group_norm_act(x, 3, backend="triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_and_compile(backend):
+    x, w, b, sc, sh, ad = _inputs((2, 4, 3, 2, 3), 2, dtype=torch.float32)
+    args = (x.requires_grad_(True), w.requires_grad_(True), b, sc, None, ad, 2, 1e-5, "silu", backend)
+    torch.library.opcheck(gn_ops._group_norm_act_op, args)
+
+    def f(x, w, b, sc, ad):
+        return group_norm_act(x, 2, w, b, scale=sc, add=ad, activation="silu", backend=backend)
+
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(x, w, b, sc, ad), f(x, w, b, sc, ad), rtol=0, atol=0)

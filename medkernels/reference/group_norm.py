@@ -67,15 +67,51 @@ def group_norm_act_ref(
     return _ACT[activation](h).to(x.dtype)
 
 
+def _act_grad(z: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
+    if activation == "silu":
+        sig = torch.sigmoid(z)
+        return sig * (1 + z * (1 - sig))
+    if activation == "gelu":
+        return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
+    return torch.ones_like(z)
+
+
 def group_norm_act_bwd_ref(grad_y, x, num_groups, weight, bias, eps, scale, shift, add, activation):
-    """Gradients of ``group_norm_act_ref`` (autograd through it, in its precision), in the order
-    (x, weight, bias, scale, shift, add), None for an absent input; each in its input's dtype
-    and shape."""
-    inputs = [x, weight, bias, scale, shift, add]
-    leaves = [None if t is None else t.detach().requires_grad_(True) for t in inputs]
-    with torch.enable_grad():
-        y = group_norm_act_ref(leaves[0], num_groups, leaves[1], leaves[2], eps, *leaves[3:], activation)
-        present = [t for t in leaves if t is not None]
-        grads = torch.autograd.grad(y, present, grad_y.to(y.dtype))
-    it = iter(grads)
-    return tuple(None if t is None else next(it).to(t.dtype) for t in leaves)
+    """Gradients of ``group_norm_act_ref`` written out (no autograd, so it runs inside a custom
+    op), in its precision, in the order (x, weight, bias, scale, shift, add), None for an absent
+    input; each in its input's dtype and shape::
+
+        dz = dy act'(z);  dshift = sum_m dz;  dscale = sum_m dz y0;  dy0 = dz (1 + scale)
+        dweight = sum_{n,m} dy0 xhat;  dbias = sum_{n,m} dy0;  dxhat = dy0 weight
+        dx = rstd (dxhat - mean_g(dxhat) - xhat mean_g(dxhat xhat));  dadd = sum_m dx
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    N, C = x.shape[:2]
+    spatial = tuple(range(2, x.dim()))
+    h = x.to(dtype)
+    if add is not None:
+        h = h + _per_channel(add, x, dtype)
+    hg = h.reshape(N, num_groups, -1)
+    var, mean = torch.var_mean(hg, dim=-1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    xhat = ((hg - mean) * rstd).reshape(h.shape)
+    ones = [1] * len(spatial)
+    w = weight.to(dtype).reshape(1, C, *ones) if weight is not None else torch.ones((), dtype=dtype)
+    y0 = xhat * w + (bias.to(dtype).reshape(1, C, *ones) if bias is not None else 0)
+    s1 = 1 + _per_channel(scale, x, dtype) if scale is not None else torch.ones((), dtype=dtype)
+    z = y0 * s1 + (_per_channel(shift, x, dtype) if shift is not None else 0)
+    dz = grad_y.to(dtype) * _act_grad(z, activation)
+    dy0 = dz * s1
+    dxhat = (dy0 * w).reshape(N, num_groups, -1)
+    xg = xhat.reshape(N, num_groups, -1)
+    dx = (rstd * (dxhat - dxhat.mean(-1, keepdim=True) - xg * (dxhat * xg).mean(-1, keepdim=True))).reshape(x.shape)
+    per_nc = lambda t: t.sum(dim=spatial)  # noqa: E731
+    grads = (
+        dx,
+        None if weight is None else (dy0 * xhat).sum(dim=(0, *spatial)),
+        None if bias is None else dy0.sum(dim=(0, *spatial)),
+        None if scale is None else per_nc(dz * y0).reshape(scale.shape),
+        None if shift is None else per_nc(dz).reshape(shift.shape),
+        None if add is None else per_nc(dx).reshape(add.shape),
+    )
+    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (x, weight, bias, scale, shift, add)))

@@ -1,0 +1,64 @@
+// GroupNorm + per-(sample, channel) add / FiLM scale-shift + activation (the diffusion UNets'
+// ResBlock norm), plain C++ API.
+//
+//   h = x[n, c, m] + add[n, c]
+//   mean, rstd over (c in group g, all m) of h, per n     (biased variance, rstd = 1/sqrt(var + eps))
+//   y[n, c, m] = act( ((h - mean) * rstd * weight[c] + bias[c]) * (1 + scale[n, c]) + shift[n, c] )
+//
+// x and y are addressed as (N, C, M) through element strides (N, C, M): NCDHW/NCHW contiguous
+// has stride_m = 1, channels-last stride_c = 1; M is the product of the spatial sizes. weight,
+// bias are (C,), scale/shift/add contiguous (N, C); each may be null. Statistics run in double
+// (per block of the channel, combined in a fixed order: the same bits whatever the thread
+// count); arithmetic in float (double for float64). mean/rstd (N, groups) are written in the
+// accumulation type (float, double for float64) for the backward.
+#pragma once
+
+#include <cstdint>
+
+#include "medkernels/common.h"
+
+namespace medkernels {
+
+struct GroupNormParams {
+  DType dtype = DType::kFloat32;
+  const void* x = nullptr;
+  void* y = nullptr;
+  const void* weight = nullptr;  // (C,) in x's dtype, or null (1)
+  const void* bias = nullptr;    // (C,) or null (0)
+  const void* scale = nullptr;   // (N, C) or null (0)
+  const void* shift = nullptr;   // (N, C) or null (0)
+  const void* add = nullptr;     // (N, C) or null (0)
+  void* mean = nullptr;          // (N, groups) accumulation type, written
+  void* rstd = nullptr;          // (N, groups) accumulation type, written
+  int64_t batch = 0, channels = 0, groups = 1, spatial = 0;
+  int64_t x_strides[3] = {0, 0, 0};  // elements: N, C, M
+  int64_t y_strides[3] = {0, 0, 0};
+  double eps = 1e-5;
+  Activation activation = Activation::kNone;
+};
+
+// Backward from the forward's saved mean/rstd. grad_x has x's dtype and its own strides;
+// grad_weight, grad_bias (C,) and grad_scale, grad_shift, grad_add (N, C) are written in the
+// accumulation type; any may be null to skip it. Fixed-order reductions.
+struct GroupNormBwdParams {
+  GroupNormParams fwd;  // x, weight, bias, scale, shift, add, mean, rstd (read), sizes, options
+  const void* grad_y = nullptr;
+  int64_t grad_y_strides[3] = {0, 0, 0};
+  void* grad_x = nullptr;
+  int64_t grad_x_strides[3] = {0, 0, 0};
+  void* grad_weight = nullptr;
+  void* grad_bias = nullptr;
+  void* grad_scale = nullptr;
+  void* grad_shift = nullptr;
+  void* grad_add = nullptr;
+};
+
+// Checks sizes, strides and options; on failure returns kInvalidArgument and sets last_error().
+Status group_norm_check(const GroupNormParams& p);
+
+namespace cpu {
+Status group_norm_fwd(const GroupNormParams& p);
+Status group_norm_bwd(const GroupNormBwdParams& p);
+}  // namespace cpu
+
+}  // namespace medkernels
