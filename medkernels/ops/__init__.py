@@ -1,8 +1,8 @@
 """Public ops: torch custom ops with autograd and backend dispatch."""
 
 from .decomp_conv import decomp_conv3d
-from .group_norm import group_norm_act
 from .diffusion import ddim_step, ddpm_step, diffusion_loss, q_sample
+from .group_norm import group_norm_act
 from .sigmoid_loss import sigmoid_loss
 from .window_attention import cross_window_attention3d, cross_window_attention3d_separate, window_attention3d
 
