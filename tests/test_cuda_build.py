@@ -47,6 +47,30 @@ def test_nvcc_compiles_decomp_conv_cu(tmp_path):
     _nvcc(ROOT / "csrc" / "cuda" / "decomp_conv.cu", tmp_path / "decomp_conv.o")
 
 
+_ALL_CUH = ("decomp_conv", "sigmoid_loss", "window_attention", "diffusion")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
+def test_every_cuh_links_from_two_translation_units(tmp_path):
+    """A header-only .cuh defines nothing with external linkage that is not inline or a template:
+    two .cu files that each include all four link into one program (regression: window_attention's
+    non-inline blocks() and sigmoid_loss's non-template sl_finish_kernel were multiply defined)."""
+    includes = "".join(f'#include "medkernels/cuda/{f}.cuh"\n' for f in _ALL_CUH)
+    objs = []
+    for i in (1, 2):
+        src = tmp_path / f"tu{i}.cu"
+        src.write_text(includes + f"int mk_tu{i}() {{ return {i}; }}\n")
+        objs.append(tmp_path / f"tu{i}.o")
+        _nvcc(src, objs[-1])
+    main = tmp_path / "main.cu"
+    main.write_text("int mk_tu1();\nint mk_tu2();\nint main() { return mk_tu1() + mk_tu2() == 3 ? 0 : 1; }\n")
+    objs.append(tmp_path / "main.o")
+    _nvcc(main, objs[-1])
+    cmd = [NVCC, "-arch=sm_90", *map(str, objs), "-o", str(tmp_path / "linked")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"nvcc link failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}"
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
 def test_nvcc_compiles_header_only_cuh_standalone(tmp_path):
     src = tmp_path / "standalone.cu"

@@ -75,6 +75,8 @@ __global__ void __launch_bounds__(detail::kSlThreads) sl_bwd_kernel(const detail
   detail::sl_bwd_block<T, SYM>(DeviceBlock{}, g, blockIdx.x, blockIdx.y, mk_sl_smem);
 }
 
+// A template (instantiated once, as <0>) so that two translation units including this header link.
+template <int = 0>
 __global__ void __launch_bounds__(detail::kSlThreads) sl_finish_kernel(const detail::SlFinish f) {
   __shared__ double red[2 * detail::kSlThreads];
   detail::sl_finish_block(DeviceBlock{}, f, red);
@@ -103,7 +105,7 @@ struct CudaExec {
     return static_cast<int>(launch(sl_bwd_kernel<T, SYM>, gx, gy, detail::SlSmem<T>::bwd_bytes, stream, g));
   }
   int finish(const detail::SlFinish& f) {
-    sl_finish_kernel<<<1, detail::kSlThreads, 0, stream>>>(f);
+    sl_finish_kernel<><<<1, detail::kSlThreads, 0, stream>>>(f);
     return static_cast<int>(cudaGetLastError());
   }
 };

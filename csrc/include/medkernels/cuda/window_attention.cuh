@@ -23,7 +23,7 @@ namespace wa_impl {
 
 constexpr int kThreads = 128;
 
-unsigned blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+inline unsigned blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 template <typename T, typename A, int EMAX>
 __global__ void wa_fwd_kernel(WindowAttentionParams p, detail::WaGeo g, int64_t items) {
