@@ -53,3 +53,22 @@ def test_triton_ops_work_whatever_the_import_order(order):
     r = subprocess.run([sys.executable, "-c", _TRITON_ORDER_SCRIPT, order], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+# --- 5: distributed ranks that disagree on d, dtype or labels -----------------------------------
+@pytest.mark.parametrize("exchange", ["ring", "all_gather"])
+@pytest.mark.parametrize("what,message", [("d", r"same d \(the embedding width\), got rank 0: 8, rank 1: 12"),
+                                          ("dtype", r"same dtype, got rank 0: torch.float64, rank 1: torch.float32"),
+                                          ("labels", r"same labels, got rank 0: None, rank 1: given")])
+def test_distributed_ranks_that_disagree_raise_on_every_rank(what, message, exchange):
+    import re
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from medkernels.distributed._launch import mismatch_worker, run_gloo
+
+    per_rank = run_gloo(2, mismatch_worker, what, exchange, timeout=120)
+    for rank, got in enumerate(per_rank):
+        assert re.search(message, got), f"rank {rank}: {got}"
