@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from medkernels import _environment
 
@@ -72,3 +73,47 @@ def test_distributed_ranks_that_disagree_raise_on_every_rank(what, message, exch
     per_rank = run_gloo(2, mismatch_worker, what, exchange, timeout=120)
     for rank, got in enumerate(per_rank):
         assert re.search(message, got), f"rank {rank}: {got}"
+
+
+# --- argument checks in the modules --------------------------------------------------------------
+def test_decomp_conv_module_groups_must_be_positive():
+    from medkernels.nn import DecompConv3d
+
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=r"groups must be a positive int, got"):
+            DecompConv3d(4, 4, 3, groups=bad)
+
+
+def test_window_attention_module_num_heads_must_be_positive():
+    from medkernels.nn import WindowAttention3d
+
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=r"num_heads must be a positive int, got"):
+            WindowAttention3d(8, bad, 2)
+
+
+def test_med3dvlm_encode_images_names_input_size():
+    from medkernels.models import Med3DVLM
+
+    vlm = Med3DVLM("nano", input_size=(64, 64, 64), llm_dim=16).eval()
+    want = r"images must be \(B, C, 64, 64, 64\) \(the input_size .*got \(1, 1, 64, 64, 128\)"
+    with pytest.raises(ValueError, match=want):
+        vlm.encode_images(torch.randn(1, 1, 64, 64, 128))
+
+
+# --- medkernels.testing: the low-precision rule needs a finite reference ---------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_assert_close_rejects_a_non_finite_low_precision_reference(bad):
+    from medkernels.testing import assert_close
+
+    expected = torch.linspace(-1, 1, 65, dtype=torch.float64)
+    actual = expected.to(torch.bfloat16)
+    assert_close("x", actual, expected, lowp_reference=actual.clone())  # the finite case passes
+    lowp = actual.clone()
+    lowp[3] = bad
+    with pytest.raises(AssertionError, match=r"lowp_reference.*must be finite.*1 non-finite"):
+        assert_close("x", actual, expected, lowp_reference=lowp)
+    oracle = expected.clone()
+    oracle[0] = bad
+    with pytest.raises(AssertionError, match="the float64 oracle has 1 of 65 non-finite"):
+        assert_close("x", actual, oracle)
