@@ -6,6 +6,9 @@ Runtime variables (build-time ones are read by ``setup.py``):
 ``MEDKERNELS_TRITON_INTERPRET`` ``auto`` (default): run Triton kernels in the interpreter when no
                                GPU is present; ``1`` always; ``0`` never.
 ``MEDKERNELS_DEFAULT_BACKEND`` the backend ``backend="auto"`` resolves through (default ``auto``).
+``MEDKERNELS_EXPECT_COMPILED`` ``1``: a compiled ``medkernels._C`` is expected (CI sets it after
+                               ``pip install -e .``); the test suite then fails instead of dropping
+                               the compiled backends from its generated cases.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ def _flag(name: str, default: str = "0") -> bool:
 EXTENDED_TESTS: bool = _flag("MEDKERNELS_EXTENDED_TESTS")
 TRITON_INTERPRET_MODE: str = os.environ.get("MEDKERNELS_TRITON_INTERPRET", "auto").strip().lower()
 DEFAULT_BACKEND: str = os.environ.get("MEDKERNELS_DEFAULT_BACKEND", "auto").strip().lower()
+EXPECT_COMPILED: bool = _flag("MEDKERNELS_EXPECT_COMPILED")
 
 
 def _gpu_present() -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import medkernels
 from medkernels import _environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +118,24 @@ def test_assert_close_rejects_a_non_finite_low_precision_reference(bad):
     oracle[0] = bad
     with pytest.raises(AssertionError, match="the float64 oracle has 1 of 65 non-finite"):
         assert_close("x", actual, oracle)
+
+
+# --- the compiled build is loaded when one is expected ------------------------------------------
+def _built_here() -> list:
+    return sorted(p.name for p in (ROOT / "medkernels").glob("_C*.so")) + sorted(
+        p.name for p in (ROOT / "medkernels").glob("_C*.pyd"))
+
+
+def test_compiled_extension_loaded_when_expected():
+    """With MEDKERNELS_EXPECT_COMPILED=1 (set by .ci/run) or a built ``_C`` in the source tree,
+    ``_C`` must load and give every family its cpu backend; otherwise the compiled backends
+    would drop out of the capability-generated tests without a word."""
+    from medkernels._extension import extension
+
+    built = _built_here()
+    if not (_environment.EXPECT_COMPILED or built):
+        pytest.skip("no compiled build expected (MEDKERNELS_EXPECT_COMPILED unset, no medkernels/_C*.so)")
+    why = "MEDKERNELS_EXPECT_COMPILED=1" if _environment.EXPECT_COMPILED else f"built {built}"
+    assert extension.unavailable_reason is None, f"{why}, but {extension.unavailable_reason}"
+    missing = {op: reasons["cpu"] for op, reasons in medkernels.backends().items() if reasons.get("cpu")}
+    assert not missing, f"{why}, but the compiled cpu backend is unavailable for {missing}"
