@@ -71,6 +71,13 @@ def assert_close(
                 "test failure (the input overflows it, or the reference is wrong), not a NaN tolerance")
     err = rel_err(actual, expected64)
     if lowp_reference is not None and dtype in (torch.float16, torch.bfloat16):
+        if lowp_reference.shape != expected64.shape or not torch.isfinite(lowp_reference).all():
+            n = int((~torch.isfinite(lowp_reference)).sum())
+            raise AssertionError(
+                f"{name}: the {dtype} reference (lowp_reference, shape {tuple(lowp_reference.shape)}) must be finite "
+                f"and shaped like the oracle {tuple(expected64.shape)}, got {n} non-finite elements; the rule "
+                f"'2 x the reference's own error' needs a finite reference (did it overflow in {dtype}?)"
+            )
         tol = 2 * rel_err(lowp_reference, expected64) + LOWP_FLOOR[dtype]
     else:
         tol = RTOL[dtype]

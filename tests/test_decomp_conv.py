@@ -3,7 +3,7 @@ gradient, across layouts, odd sizes, strides, groups, activations and dtypes."""
 
 from __future__ import annotations
 
-import itertools
+import re
 
 import pytest
 import torch
@@ -319,8 +319,10 @@ def test_random_sweep(backend, seed):
 
 def test_case_ids_are_unique():
     ids = [_case_id(c) for c in CASES]
-    assert len(ids) == len(set(ids))
-    assert list(itertools.chain(ids))
+    assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
+    pattern = re.compile(r"\d+x\d+to\d+x\d+x\d+x\d+-k\d+-s\d+-g(dw|\d+)-(None|gelu|relu|silu)-(ncdhw|ndhwc|strided)")
+    bad = [i for i in ids if not pattern.fullmatch(i)]
+    assert ids and not bad, f"unreadable case ids: {bad}"
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

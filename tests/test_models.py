@@ -214,8 +214,18 @@ def test_load_official_state_dict_prefixes():
     _, ref = _pair()
     clip_sd = {"vision_encoder." + k: v for k, v in ref.state_dict().items()}
     clip_sd["mm_vision_proj.weight"] = torch.zeros(4, 4)
-    dcformer("nano").load_official_state_dict(clip_sd)
-    dcformer("nano").load_official_state_dict(ref.encoder.state_dict())
+    want = ref.state_dict()
+    for what, sd in {"CLIP (vision_encoder.*)": clip_sd, "DecompModel (encoder.*)": want,
+                     "bare encoder (s0.*)": ref.encoder.state_dict()}.items():
+        model = dcformer("nano")
+        assert any(not torch.equal(v, want[k]) for k, v in model.state_dict().items()), "fresh model equals ref"
+        model.load_official_state_dict(sd)
+        got = model.state_dict()
+        assert got.keys() == want.keys(), what
+        bad = [k for k in want if not torch.equal(got[k], want[k])]
+        assert not bad, f"{what}: {len(bad)} tensors not loaded, e.g. {bad[:3]}"
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        dcformer("nano").load_official_state_dict({**want, "encoder.extra.weight": torch.zeros(1)})
 
 
 # --- Med3DVLM projector ---------------------------------------------------------------------------

@@ -168,3 +168,20 @@ def peak_memory_worker(rank: int, world: int, n_local: int, d: int, exchange: st
     t = torch.tensor(math.log(10.0), requires_grad=True)
     b = torch.tensor(-10.0, requires_grad=True)
     return cpu_peak_bytes(lambda: sigmoid_loss(x, y, t, b, exchange=exchange, backend=backend).backward())
+
+
+def mismatch_worker(rank: int, world: int, what: str, exchange: str) -> str:
+    """Rank 1 differs from the others in ``what`` ("d", "dtype" or "labels"); returns the error
+    this rank's call raised (or "no error")."""
+    from medkernels.distributed import sigmoid_loss
+
+    d = 8 + (4 if what == "d" and rank == 1 else 0)
+    dtype = torch.float32 if what == "dtype" and rank == 1 else torch.float64
+    g = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(3, d, generator=g, dtype=dtype), torch.randn(3, d, generator=g, dtype=dtype)
+    labels = torch.arange(3) if what == "labels" and rank == 1 else None
+    try:
+        sigmoid_loss(x, y, 1.0, -1.0, labels=labels, labels_y=labels, exchange=exchange, backend="reference")
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+    return "no error"

@@ -50,6 +50,38 @@ def _sizes(n: int, m: int, device, group) -> Tuple[List[int], List[int]]:
     return [int(t[0]) for t in out], [int(t[1]) for t in out]
 
 
+# dtype / device codes for the handshake; an unknown one gets a code of its own below
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _handshake(x: torch.Tensor, y: torch.Tensor, labels_x, group) -> Tuple[List[int], List[int]]:
+    """Exchange (N_r, M_r, d, dtype, device type, labels given) across the group; every rank
+    raises the same ValueError when the ranks disagree on anything but the batch sizes, before a
+    mismatched exchange can abort gloo or fill a buffer half. Returns (n_sizes, m_sizes)."""
+    dtype_code = _DTYPES.index(x.dtype) if x.dtype in _DTYPES else len(_DTYPES)
+    dev = x.device.type
+    dev_code = _DEVICE_TYPES.index(dev) if dev in _DEVICE_TYPES else len(_DEVICE_TYPES)
+    local = torch.tensor([x.shape[0], y.shape[0], x.shape[1], dtype_code, dev_code, labels_x is not None],
+                         dtype=torch.int64, device=x.device)
+    out = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, local, group=group)
+    rows = [[int(v) for v in t] for t in out]
+    names = {
+        2: ("d (the embedding width)", lambda c: c),
+        3: ("dtype", lambda c: _DTYPES[c] if c < len(_DTYPES) else "another dtype"),
+        4: ("device type", lambda c: _DEVICE_TYPES[c] if c < len(_DEVICE_TYPES) else "another device"),
+        5: ("labels", lambda c: "given" if c else "None"),
+    }
+    for col, (what, show) in names.items():
+        if len({row[col] for row in rows}) > 1:
+            per_rank = ", ".join(f"rank {r}: {show(row[col])}" for r, row in enumerate(rows))
+            raise ValueError(
+                f"medkernels.distributed.sigmoid_loss: every rank must pass the same {what}, got {per_rank}"
+            )
+    return [row[0] for row in rows], [row[1] for row in rows]
+
+
 def _offsets(sizes: List[int]) -> List[int]:
     off = [0]
     for s in sizes[:-1]:
@@ -227,12 +259,11 @@ def sigmoid_loss(
         )
     world = dist.get_world_size(group)
     name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y)
+    n_sizes, m_sizes = _handshake(x, y, labels_x, group)
     if exchange == "ring":
         _check_t_prime(t_prime)
-        n_sizes, m_sizes = _sizes(x.shape[0], y.shape[0], x.device, group)
         factor = world * sigmoid_loss_scale(reduction, sum(n_sizes), sum(m_sizes))
         return _RingSigmoidLoss.apply(x, y, t_prime, bias, labels_x, labels_y, factor, name, group)
-    n_sizes, m_sizes = _sizes(x.shape[0], y.shape[0], x.device, group)
     factor = world * sigmoid_loss_scale(reduction, sum(n_sizes), sum(m_sizes))
     y_all = _AllGatherRows.apply(y, m_sizes, group)
     ly_all = None

@@ -151,11 +151,17 @@ class Med3DVLM(nn.Module):
         kw = dict(low_input_size=(n3, ch[3]), high_input_size=(n4, ch[4]), output_dim=llm_dim)
         kw.update(projector_kwargs)
         self.mm_projector = MixerLowHighHybridMLP(**kw)
+        self.input_size = (d, h, w)
         self.language_model = language_model
         self.image_token_id = image_token_id
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) -> (B, N_visual, llm_dim) visual tokens."""
+        """(B, 1, D, H, W) -> (B, N_visual, llm_dim) visual tokens; (D, H, W) must be the
+        ``input_size`` the projector was built for."""
+        if images.dim() != 5 or tuple(images.shape[2:]) != self.input_size:
+            d, h, w = self.input_size
+            raise ValueError(f"images must be (B, C, {d}, {h}, {w}) (the input_size this Med3DVLM was built with; "
+                             f"build with input_size=(D, H, W) for other volumes), got {tuple(images.shape)}")
         return self.mm_projector(self.vision_tower(images))
 
     def prepare_inputs_embeds(self, input_ids: torch.Tensor, images: torch.Tensor,

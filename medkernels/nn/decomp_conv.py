@@ -57,6 +57,8 @@ class DecompConv3d(nn.Module):
         super().__init__()
         if kernel_size % 2 == 0 or not 1 <= kernel_size <= 15:
             raise ValueError(f"kernel_size must be odd and in 1..15, got {kernel_size}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
         if in_dim % groups or out_dim % groups:
             raise ValueError(f"groups={groups} must divide in_dim={in_dim} and out_dim={out_dim}")
         self.in_dim, self.out_dim, self.kernel_size = in_dim, out_dim, kernel_size

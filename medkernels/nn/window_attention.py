@@ -41,6 +41,8 @@ class _WindowAttentionBase(nn.Module):
                  qkv_bias: bool = True, qk_scale: Optional[float] = None, proj_drop: float = 0.0,
                  mask_value: float = -100.0, backend: str = "auto") -> None:
         super().__init__()
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
