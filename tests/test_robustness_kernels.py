@@ -221,3 +221,64 @@ def test_reference_window_attention_low_precision_finite(dtype):
     assert torch.allclose(got.double(), want.double(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
     for backend in _WA_BACKENDS:
         assert window_attention3d(q, q, q, 2, backend=backend).isfinite().all(), backend
+
+
+# --- sigmoid loss: t' past exp's range, a NaN/Inf bias, a non-finite incoming gradient -----------
+@pytest.mark.parametrize("backend", _sl_backends())
+@pytest.mark.parametrize("t_prime,bias", [(1000.0, -10.0), (1.0, NAN), (1.0, INF), (100.0, -10.0)])
+def test_sigmoid_loss_non_finite_scale_and_bias_like_the_reference(backend, t_prime, bias):
+    torch.manual_seed(0)
+    x0, y0 = torch.randn(70, 8), torch.randn(70, 8)
+
+    def run(b):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        t, bb = torch.tensor(t_prime, requires_grad=True), torch.tensor(bias, requires_grad=True)
+        loss = sigmoid_loss(x, y, t, bb, backend=b)
+        loss.backward()
+        return [loss.detach(), x.grad, y.grad, t.grad, bb.grad]
+
+    for name, got, want in zip(("loss", "dx", "dy", "dt", "db"), run(backend), run("reference")):
+        assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN pattern differs"
+        assert torch.equal(got.isinf(), want.isinf()), f"{name}: Inf pattern differs"
+        fin = want.isfinite()
+        assert torch.allclose(got[fin].double(), want[fin].double(), rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("backend", _sl_backends())
+def test_sigmoid_loss_non_finite_incoming_gradient(backend):
+    # was "sigmoid_loss_bwd: grad_scale must be finite" on cpu (an internal name); now as the others
+    torch.manual_seed(0)
+    x0 = torch.randn(70, 8)
+
+    def run(b):
+        x = x0.clone().requires_grad_()
+        (sigmoid_loss(x, x0 + 1, 1.0, -1.0, backend=b) * INF).backward()
+        return x.grad
+
+    got, want = run(backend), run("reference")
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+
+
+# --- decomp_conv: a huge legal stride; a padded copy that cannot fit ---------------------------------
+@pytest.mark.parametrize("backend", _dc_backends())
+@pytest.mark.parametrize("stride", [2**31, 2**40, 2**63 - 1])
+def test_decomp_conv_huge_stride(backend, stride):
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 4, 5, requires_grad=True)
+    w = [torch.randn(2, 1, 3) for _ in range(3)]
+    got = decomp_conv3d(x, *w, stride=stride, backend=backend)
+    want = decomp_conv3d(x.detach(), *w, stride=5, backend="reference")
+    assert got.shape == (1, 2, 1, 1, 1)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert x.grad.isfinite().all()
+
+
+@pytest.mark.skipif("cpu" not in _dc_backends(), reason="no cpu backend (the C++ extension is not built)")
+def test_decomp_conv_cpu_refuses_a_padded_copy_that_cannot_fit():
+    # an expanded (stride-0) x of 2^39 elements: its zero-padded float32 copy would need ~2 TiB;
+    # a huge stride keeps the output at one voxel, so nothing large is ever allocated
+    x = torch.zeros(1, 8, 1, 1, 1).expand(1, 8, 4096, 4096, 4096)
+    w = [torch.randn(8, 8, 3) for _ in range(3)]
+    with pytest.raises(RuntimeError, match=r"zero-padded float32 copy of x needs .* GiB"):
+        decomp_conv3d(x, *w, stride=4096, groups=1, backend="cpu")

@@ -47,8 +47,8 @@ Status sigmoid_loss_check(const SigmoidLossParams& p) {
                                                      " d=" + std::to_string(p.d));
   MK_CHECK_ARG(!p.symmetric || p.n == p.m, "sigmoid_loss: the symmetric (Med3DVLM) variant needs n == m, got n=" +
                                                std::to_string(p.n) + " m=" + std::to_string(p.m));
-  MK_CHECK_ARG(std::isfinite(p.logit_scale) && std::isfinite(p.bias),
-               "sigmoid_loss: logit_scale (exp(t')) and bias must be finite");
+  // A non-finite logit_scale (exp(t') overflows) or bias is not refused: the loss and gradients
+  // carry the Inf/NaN, as in the reference and Triton backends.
   const int mode = static_cast<int>(p.positives);
   MK_CHECK_ARG(mode >= 0 && mode <= 2, "sigmoid_loss: unknown positives mode " + std::to_string(mode));
   MK_CHECK_ARG(p.positives != SigmoidLossPositives::kLabels || (p.labels_x && p.labels_y),
@@ -624,7 +624,7 @@ Status sigmoid_loss_bwd(const SigmoidLossBwdParams& b) {
   Status st = sigmoid_loss_check(b.fwd);
   if (st != Status::kSuccess) return st;
   MK_CHECK_ARG(b.grad_x && b.grad_y, "sigmoid_loss_bwd: grad_x and grad_y must not be null");
-  MK_CHECK_ARG(std::isfinite(b.grad_scale), "sigmoid_loss backward: the incoming gradient of the loss must be finite");
+  // a non-finite incoming gradient gives non-finite gradients, as in the other backends
   MK_CHECK_ARG(b.fwd.workspace && b.fwd.workspace_bytes >= sigmoid_loss_bwd_workspace_bytes(b),
                "sigmoid_loss_bwd: fwd.workspace must hold sigmoid_loss_bwd_workspace_bytes() bytes");
   MK_DTYPE_SWITCH(b.fwd.dtype, T, return sl::bwd_impl<T, typename Io<T>::acc>(b);)

@@ -61,7 +61,9 @@ def _params(x, w_d, w_h, w_w, bias, stride, groups, activation, y_shape):
     p.batch, p.in_channels, p.out_channels = x.shape[0], x.shape[1], w_d.shape[0]
     p.in_size = list(x.shape[2:])
     p.out_size = list(y_shape[2:])
-    p.kernel_size, p.stride, p.groups = w_d.shape[-1], stride, groups
+    # a stride past the volume reads position 0 only: the same as stride = the largest size, which
+    # fits the C++ int (a huge legal stride was a pybind TypeError)
+    p.kernel_size, p.stride, p.groups = w_d.shape[-1], min(stride, max(x.shape[2:])), groups
     p.activation = getattr(C.Activation, activation or "none")
     p.x_strides = list(x.stride())
     return p
