@@ -11,6 +11,8 @@
 // with flipped, transposed weights (stride 1) or a gather over the taps (stride > 1).
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <new>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -147,13 +149,43 @@ void fwd_depthwise_planes(const DecompConvParams& p, const std::vector<A>& w, co
   }
 }
 
+// Bytes the OS can still hand out without swapping (Linux MemAvailable), or -1 when unknown.
+int64_t available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (f >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return -1;
+}
+
+Status padded_copy_failed(int64_t elems, int64_t avail) {
+  const double gib = double(elems) * sizeof(float) / double(int64_t(1) << 30);
+  std::string msg = "decomp_conv3d (cpu): the zero-padded float32 copy of x needs " + std::to_string(gib) + " GiB";
+  msg += avail >= 0 ? ", more than the " + std::to_string(double(avail) / double(int64_t(1) << 30)) + " GiB available"
+                    : " and could not be allocated";
+  msg += "; use a smaller batch or volume, or another backend";
+  return detail::fail(Status::kUnsupported, msg);
+}
+
+// Only copies over 256 MiB look at /proc/meminfo (a few microseconds).
+Status padded_copy_fits(int64_t elems) {
+  const int64_t bytes = elems * int64_t(sizeof(float));
+  if (elems < 0 || elems > (int64_t(1) << 61)) return padded_copy_failed(elems, -1);
+  if (bytes < (int64_t(1) << 28)) return Status::kSuccess;
+  const int64_t avail = available_bytes();
+  if (avail >= 0 && bytes > avail) return padded_copy_failed(elems, avail);
+  return Status::kSuccess;
+}
+
 // Dense (groups 1) layers: the input is copied once into a zero-halo channels-last float
 // volume, so each of the 3(k-1)+1 taps (the three branches' centre taps merged into one) is
 // valid at every output position, and an output line (n, od, oh) is one register-blocked
 // product over taps x input channels (vec::dense_taps) written straight into y when y is
 // channels-last float, through a line buffer otherwise.
 template <typename TI, typename TO>
-void fwd_dense_padded(const DecompConvParams& p, const std::vector<float>& w, const std::vector<float>& bias) {
+Status fwd_dense_padded(const DecompConvParams& p, const std::vector<float>& w, const std::vector<float>& bias) {
   const TI* x = static_cast<const TI*>(p.x);
   TO* y = static_cast<TO*>(p.y);
   const int K = p.kernel_size, pad = K / 2, s = p.stride;
@@ -185,7 +217,13 @@ void fwd_dense_padded(const DecompConvParams& p, const std::vector<float>& w, co
       ++t;
     }
 
-  std::unique_ptr<float[]> xp(new float[N * Dp * Hp * Wp * Ci]);
+  // The one large allocation: refuse it with a clear error when it cannot fit, instead of
+  // letting the OS kill the process once the overcommitted pages are touched.
+  const int64_t elems = N * Dp * Hp * Wp * Ci;
+  const Status fits = padded_copy_fits(elems);
+  if (fits != Status::kSuccess) return fits;
+  std::unique_ptr<float[]> xp(new (std::nothrow) float[elems]);
+  if (!xp) return padded_copy_failed(elems, -1);
 #pragma omp parallel for schedule(static)
   for (int64_t l = 0; l < N * Dp * Hp; ++l) {
     const int64_t hp = l % Hp, dp = (l / Hp) % Dp, n = l / (Hp * Dp);
@@ -238,12 +276,13 @@ void fwd_dense_padded(const DecompConvParams& p, const std::vector<float>& w, co
       }
     }
   }
+  return Status::kSuccess;
 }
 
 // The forward, generic in the input storage type TI and output storage type TO.
 // w: [3][C_out][C_in/g][k] in A; bias: C_out values in A or empty.
 template <typename TI, typename TO, typename A>
-void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vector<A>& bias) {
+Status fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vector<A>& bias) {
   const TI* x = static_cast<const TI*>(p.x);
   TO* y = static_cast<TO*>(p.y);
   const int K = p.kernel_size, pad = K / 2, s = p.stride;
@@ -258,14 +297,13 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
 
   if constexpr (std::is_same<A, float>::value) {
     if (p.groups == 1 && Co >= 8 && 3 * (K - 1) + 1 <= vec::kDenseMaxTaps) {
-      fwd_dense_padded<TI, TO>(p, w, bias);
-      return;
+      return fwd_dense_padded<TI, TO>(p, w, bias);
     }
   }
   const bool channel_order = xs[1] == 1 && ys[1] == 1 && Co > 1;
   if (!channel_order && s == 1 && cin_g == 1 && cout_g == 1) {
     fwd_depthwise_planes<TI, TO, A>(p, w, bias);
-    return;
+    return Status::kSuccess;
   }
   if (!channel_order) {
     const int64_t rows = N * Co * Do * Ho;
@@ -314,7 +352,7 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
         for (int64_t ow = 0; ow < Wo; ++ow) Io<TO>::store(yrow + ow * ys[4], act_fwd<A>(p.activation, acc[ow]));
       }
     }
-    return;
+    return Status::kSuccess;
   }
 
   // Channel order: contiguous channels innermost.
@@ -367,7 +405,7 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
         for (int64_t c = 0; c < Co; ++c) Io<TO>::store(yp + c, act_fwd<A>(p.activation, acc[c]));
       }
     }
-    return;
+    return Status::kSuccess;
   }
   // Grouped / dense channel-order: per position, per output channel, a short dot over C_in/g.
   const int64_t positions = N * Do * Ho * Wo;
@@ -398,6 +436,7 @@ void fwd_impl(const DecompConvParams& p, const std::vector<A>& w, const std::vec
       for (int64_t c = 0; c < Co; ++c) Io<TO>::store(yp + c * ys[1], act_fwd<A>(p.activation, acc[c]));
     }
   }
+  return Status::kSuccess;
 }
 
 template <typename T>
@@ -409,8 +448,7 @@ Status fwd_typed(const DecompConvParams& p) {
     bias.resize(p.out_channels);
     for (int64_t c = 0; c < p.out_channels; ++c) bias[c] = Io<T>::load(static_cast<const T*>(p.bias) + c);
   }
-  fwd_impl<T, T, A>(p, w, bias);
-  return Status::kSuccess;
+  return fwd_impl<T, T, A>(p, w, bias);
 }
 
 template <typename T>
@@ -443,7 +481,8 @@ Status bwd_typed(const DecompConvBwdParams& b) {
     zp.y = gz;
     zp.activation = Activation::kNone;
     std::memcpy(zp.y_strides, gs, sizeof(gs));
-    fwd_impl<T, A, A>(zp, w, bias);
+    const Status zs = fwd_impl<T, A, A>(zp, w, bias);
+    if (zs != Status::kSuccess) return zs;
   }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < total; ++i) {
@@ -528,8 +567,7 @@ Status bwd_typed(const DecompConvBwdParams& b) {
     tp.activation = Activation::kNone;
     std::memcpy(tp.x_strides, gs, sizeof(gs));
     std::memcpy(tp.y_strides, gxs, sizeof(int64_t) * 5);
-    fwd_impl<A, T, A>(tp, wf, std::vector<A>());
-    return Status::kSuccess;
+    return fwd_impl<A, T, A>(tp, wf, std::vector<A>());
   }
   // stride > 1: gather every tap that lands on each input element
   const int64_t D = p.in_size[0], H = p.in_size[1], W = p.in_size[2];

@@ -47,8 +47,8 @@ Status sigmoid_loss_check(const SigmoidLossParams& p) {
                                                      " d=" + std::to_string(p.d));
   MK_CHECK_ARG(!p.symmetric || p.n == p.m, "sigmoid_loss: the symmetric (Med3DVLM) variant needs n == m, got n=" +
                                                std::to_string(p.n) + " m=" + std::to_string(p.m));
-  MK_CHECK_ARG(std::isfinite(p.logit_scale) && std::isfinite(p.bias),
-               "sigmoid_loss: logit_scale (exp(t')) and bias must be finite");
+  // A non-finite logit_scale (exp(t') overflows) or bias is not refused: the loss and gradients
+  // carry the Inf/NaN, as in the reference and Triton backends.
   const int mode = static_cast<int>(p.positives);
   MK_CHECK_ARG(mode >= 0 && mode <= 2, "sigmoid_loss: unknown positives mode " + std::to_string(mode));
   MK_CHECK_ARG(p.positives != SigmoidLossPositives::kLabels || (p.labels_x && p.labels_y),
@@ -355,21 +355,6 @@ MK_CPU_VERSIONS(MK_SL_DEFINE)
 // --- drivers --------------------------------------------------------------------------------
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
-int num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 // rows x d (strided, storage T) -> rows_pad x dp row-major A, zero padded
 template <typename T, typename A>
@@ -414,8 +399,8 @@ struct Positives {
 // Where everything lives in the caller's workspace (byte offsets, 64-byte aligned).
 struct Layout {
   int64_t dp = 0, np = 0, mp = 0, nblk = 0;
-  int threads = 1;
-  bool fused = false;  // backward: per-thread dY copies instead of a second pass
+  int64_t chunks = 1;
+  bool fused = false;  // backward: per-chunk dY copies instead of a second pass
   size_t x = 0, y = 0, partials = 0, part = 0, total = 0;
 
   Layout(const SigmoidLossParams& p, bool backward) {
@@ -424,10 +409,12 @@ struct Layout {
     np = round_up(p.n, kTile);
     mp = round_up(p.m, kTile);
     nblk = np / kTile;
-    threads = num_threads();
-    // per-thread dY copies (one tile GEMM less) only while they cost at most as much as the
-    // packed inputs, so the workspace stays within 2 (n + m) d however many threads run
-    fused = backward && !p.symmetric && threads * mp <= np + mp;
+    // per-chunk dY copies (one tile GEMM less) only while they cost at most as much as the
+    // packed inputs (workspace within 2 (n + m) d) and give at least 8 chunks of parallel work.
+    // The chunks (contiguous row blocks, summed in chunk order) depend on the shape only, never
+    // on the thread count, so dY has the same bits at any thread count.
+    chunks = std::max<int64_t>(1, std::min<int64_t>({nblk, (np + mp) / mp, 32}));
+    fused = backward && !p.symmetric && chunks >= 8;
     size_t at = 0;
     auto take = [&](size_t bytes) {
       const size_t off = at;
@@ -436,7 +423,7 @@ struct Layout {
     };
     x = take(np * dp * esize);
     y = take(mp * dp * esize);
-    partials = take(fused ? static_cast<size_t>(threads) * mp * dp * esize : 0);
+    partials = take(fused ? static_cast<size_t>(chunks) * mp * dp * esize : 0);
     part = take(2 * nblk * sizeof(double));
     total = at;
   }
@@ -524,21 +511,24 @@ void store_rows(const A* acc, int64_t i0, int64_t nr, int64_t d, int64_t dp, A s
 
 // One pass over the row blocks of a (na rows) against b (nb rows): writes out_a (and, for the
 // symmetric variant, out_b for the same rows); with b_partials, accumulates G^T a into the
-// calling thread's slice of b_partials; with part, records sum G and sum G dots per row block.
+// slice of b_partials of its chunk (chunks contiguous runs of row blocks); with part, records sum
+// G and sum G dots per row block.
 template <typename T, typename A>
 void grad_pass(const A* a, const A* b, int64_t na, int64_t nb, int64_t d, int64_t dp, int64_t nbp,
                const Positives& q, bool symmetric, A scale, A bias, A c, void* out_a, const int64_t* st_a,
-               void* out_b, const int64_t* st_b, A* b_partials, double* part) {
+               void* out_b, const int64_t* st_b, A* b_partials, int64_t chunks, double* part) {
   const int64_t nblk = round_up(na, kTile) / kTile, mblk = round_up(nb, kTile) / kTile;
+  const int64_t units = b_partials ? chunks : nblk, per = b_partials ? (nblk + chunks - 1) / chunks : 1;
 #pragma omp parallel
   {
     std::vector<A> s(kTile * kTile), s2(symmetric ? kTile * kTile : 0), g(kTile * kTile);
     std::vector<A> gt(b_partials ? kTile * kTile : 0), tr(static_cast<size_t>(kTile * dp));
     std::vector<uint8_t> pos(kTile * kTile), pos_t(symmetric ? kTile * kTile : 0), pos_tt;
     std::vector<A> acc_a(static_cast<size_t>(kTile * dp)), acc_b(symmetric ? static_cast<size_t>(kTile * dp) : 0);
-    A* mine = b_partials ? b_partials + static_cast<size_t>(thread_id()) * nbp * dp : nullptr;
-#pragma omp for schedule(static)
-    for (int64_t ib = 0; ib < nblk; ++ib) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < units; ++u) {
+     A* mine = b_partials ? b_partials + static_cast<size_t>(u) * nbp * dp : nullptr;
+     for (int64_t ib = u * per; ib < std::min(nblk, (u + 1) * per); ++ib) {
       const int64_t i0 = ib * kTile, nr = std::min(kTile, na - i0);
       std::fill(acc_a.begin(), acc_a.end(), A(0));
       std::fill(acc_b.begin(), acc_b.end(), A(0));
@@ -569,6 +559,7 @@ void grad_pass(const A* a, const A* b, int64_t na, int64_t nb, int64_t d, int64_
         part[2 * ib] = sums[0];
         part[2 * ib + 1] = sums[1];
       }
+     }
     }
   }
 }
@@ -584,26 +575,26 @@ Status bwd_impl(const SigmoidLossBwdParams& bp) {
   const Positives fwd_side = Positives::of(p, false);
   if (p.symmetric) {
     grad_pass<T, A>(k.x, k.y, p.n, p.m, p.d, k.dp, k.mp, fwd_side, true, scale, bias, c, bp.grad_x,
-                    bp.grad_x_strides, bp.grad_y, bp.grad_y_strides, nullptr, part);
+                    bp.grad_x_strides, bp.grad_y, bp.grad_y_strides, nullptr, 1, part);
   } else if (lay.fused) {
-    const int threads = lay.threads;
+    const int64_t chunks = lay.chunks;
     const size_t slice = static_cast<size_t>(k.mp) * k.dp;
-    std::fill(k.partials, k.partials + threads * slice, A(0));
+    std::fill(k.partials, k.partials + chunks * slice, A(0));
     grad_pass<T, A>(k.x, k.y, p.n, p.m, p.d, k.dp, k.mp, fwd_side, false, scale, bias, c, bp.grad_x,
-                    bp.grad_x_strides, nullptr, nullptr, k.partials, part);
+                    bp.grad_x_strides, nullptr, nullptr, k.partials, chunks, part);
     T* gy = static_cast<T*>(bp.grad_y);
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < p.m; ++j)
       for (int64_t kk = 0; kk < p.d; ++kk) {
         A v = 0;
-        for (int t = 0; t < threads; ++t) v += k.partials[t * slice + j * k.dp + kk];
+        for (int64_t t = 0; t < chunks; ++t) v += k.partials[t * slice + j * k.dp + kk];
         Io<T>::store(gy + j * bp.grad_y_strides[0] + kk * bp.grad_y_strides[1], scale * v);
       }
   } else {
     grad_pass<T, A>(k.x, k.y, p.n, p.m, p.d, k.dp, k.mp, fwd_side, false, scale, bias, c, bp.grad_x,
-                    bp.grad_x_strides, nullptr, nullptr, nullptr, part);
+                    bp.grad_x_strides, nullptr, nullptr, nullptr, 1, part);
     grad_pass<T, A>(k.y, k.x, p.m, p.n, p.d, k.dp, k.np, Positives::of(p, true), false, scale, bias, c,
-                    bp.grad_y, bp.grad_y_strides, nullptr, nullptr, nullptr, nullptr);
+                    bp.grad_y, bp.grad_y_strides, nullptr, nullptr, nullptr, 1, nullptr);
   }
   double gsum = 0, gdsum = 0;
   for (int64_t ib = 0; ib < nblk; ++ib) {
@@ -633,7 +624,7 @@ Status sigmoid_loss_bwd(const SigmoidLossBwdParams& b) {
   Status st = sigmoid_loss_check(b.fwd);
   if (st != Status::kSuccess) return st;
   MK_CHECK_ARG(b.grad_x && b.grad_y, "sigmoid_loss_bwd: grad_x and grad_y must not be null");
-  MK_CHECK_ARG(std::isfinite(b.grad_scale), "sigmoid_loss_bwd: grad_scale must be finite");
+  // a non-finite incoming gradient gives non-finite gradients, as in the other backends
   MK_CHECK_ARG(b.fwd.workspace && b.fwd.workspace_bytes >= sigmoid_loss_bwd_workspace_bytes(b),
                "sigmoid_loss_bwd: fwd.workspace must hold sigmoid_loss_bwd_workspace_bytes() bytes");
   MK_DTYPE_SWITCH(b.fwd.dtype, T, return sl::bwd_impl<T, typename Io<T>::acc>(b);)

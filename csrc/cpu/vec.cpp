@@ -3,6 +3,7 @@
 // width is fixed in the source; each target_clones variant lowers it to its own registers.
 #include "vec.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "medkernels/detail/fast_math.h"
@@ -230,9 +231,10 @@ MK_CPU_VERSIONS(MK_DEFINE_BF16)
       for (int64_t i = 0; i < n; ++i)                                                        \
         row[i] = 0.5f * row[i] * (1.0f + detail::fast_erff(row[i] * 0.70710678118654752f)); \
     } else if (act == 2) {                                                                   \
-      for (int64_t i = 0; i < n; ++i) row[i] = row[i] < 0.0f ? 0.0f : row[i]; /* NaN kept */ \
+      for (int64_t i = 0; i < n; ++i) row[i] = row[i] < 0.0f ? 0.0f : row[i];  /* NaN stays */\
     } else if (act == 3) {                                                                   \
-      for (int64_t i = 0; i < n; ++i) row[i] = row[i] / (1.0f + detail::fast_expf(-row[i])); \
+      for (int64_t i = 0; i < n; ++i) /* exp past 88 is inf (fast_expf clamps): silu(-inf) NaN, as torch */ \
+        row[i] = row[i] / (1.0f + (-row[i] > 88.0f ? INFINITY : detail::fast_expf(-row[i])));        \
     }                                                                                        \
   }
 MK_CPU_VERSIONS(MK_DEFINE_ACT)

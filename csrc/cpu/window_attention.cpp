@@ -333,6 +333,11 @@ Status window_attention_check(const WindowAttentionParams& p) {
     MK_CHECK_ARG(p.padded[a] >= p.size[a] && p.padded[a] % p.eff_window[a] == 0 &&
                      p.padded[a] - p.size[a] < p.eff_window[a],
                  "window_attention: padded must be size rounded up to a multiple of eff_window");
+    // A table holds (2 wd - 1)(2 wh - 1)(2 ww - 1) rows: past 2^20 a side it cannot exist, and
+    // the bias index math (64-bit) would wrap.
+    MK_CHECK_ARG(!p.table || p.window[a] <= (int64_t(1) << 20),
+                 "window_attention: with rel_bias_table, window must be <= 2^20 on every axis, got " +
+                     std::to_string(p.window[a]));
   }
   return Status::kSuccess;
 }
@@ -406,8 +411,12 @@ void gather_bias(const WindowAttentionParams& p, int64_t N, int64_t ld, A* out) 
   const int64_t sd = (2 * CWH - 1) * (2 * CWW - 1), sh = 2 * CWW - 1;
   const int64_t base = (p.window[0] - 1) * sd + (CWH - 1) * sh + (CWW - 1);
   const T* table = static_cast<const T*>(p.table);
-  std::vector<int64_t> key(N);  // the key's part of the index, subtracted from the query's (in table elements)
-  for (int64_t t = 0; t < N; ++t) key[t] = ((t / (CWH * CWW)) * sd + ((t / CWW) % CWH) * sh + t % CWW) * HEADS;
+  // the key's part of the index, subtracted from the query's (in table elements). Only with a
+  // table: without one the configured window may be huge (clamped to the volume), and CWH * CWW
+  // would wrap to 0 (SIGFPE at window 2^33).
+  std::vector<int64_t> key(table ? N : 0);
+  for (int64_t t = 0; t < int64_t(key.size()); ++t)
+    key[t] = ((t / (CWH * CWW)) * sd + ((t / CWW) % CWH) * sh + t % CWW) * HEADS;
 #pragma omp for schedule(static)
   for (int64_t hi = 0; hi < HEADS * N; ++hi) {
     const int64_t h = hi / N, i = hi % N;

@@ -61,7 +61,9 @@ def _params(x, w_d, w_h, w_w, bias, stride, groups, activation, y_shape):
     p.batch, p.in_channels, p.out_channels = x.shape[0], x.shape[1], w_d.shape[0]
     p.in_size = list(x.shape[2:])
     p.out_size = list(y_shape[2:])
-    p.kernel_size, p.stride, p.groups = w_d.shape[-1], stride, groups
+    # a stride past the volume reads position 0 only: the same as stride = the largest size, which
+    # fits the C++ int (a huge legal stride was a pybind TypeError)
+    p.kernel_size, p.stride, p.groups = w_d.shape[-1], min(stride, max(x.shape[2:])), groups
     p.activation = getattr(C.Activation, activation or "none")
     p.x_strides = list(x.stride())
     return p
@@ -282,6 +284,13 @@ def decomp_conv3d(
 
     Returns:
         (N, C_out, Do, Ho, Wo) in x's dtype.
+
+    Memory (``cpu`` backend): besides the output, a dense layer (groups 1, C_out >= 8) copies x
+    once into a zero-padded float32 channels-last buffer of N C_in (D+k-1)(H+k-1)(W+k-1) x 4
+    bytes (twice the bytes of an fp16/bf16 x); the backward holds an fp32 gradient of the
+    pre-activation (N C_out Do Ho Wo x 4 bytes) and, at stride 1, pads that once more. When the
+    padded copy exceeds the memory the OS reports available, the call raises a RuntimeError
+    before allocating instead of being killed.
     """
     check_tensor("x", x, dim=5)
     if x.numel() == 0:

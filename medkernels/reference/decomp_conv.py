@@ -59,6 +59,7 @@ def decomp_conv3d_ref(
         x, w_d, w_h, w_w = (t.double() for t in (x, w_d, w_h, w_w))
         bias = bias.double() if bias is not None else None
     groups = x.shape[1] if groups is None else groups
+    stride = min(stride, max(x.shape[2:]))  # past the volume only position 0 is read (oneDNN refuses 2^63 - 1)
     y = None
     for w5, pad in _branches(w_d, w_h, w_w):
         out = F.conv3d(x, w5, None, stride, pad, 1, groups)
@@ -94,6 +95,7 @@ def decomp_conv3d_bwd_ref(
     """Gradients (dx, dw_d, dw_h, dw_w, dbias) of :func:`decomp_conv3d_ref` without autograd
     (``torch.nn.grad``), so it can run inside a custom op. Weights (C_out, C_in/g, k)."""
     groups = x.shape[1] if groups is None else groups
+    stride = min(stride, max(x.shape[2:]))  # as decomp_conv3d_ref
     gz = grad_y
     if activation not in (None, "none"):
         z = decomp_conv3d_ref(x, w_d, w_h, w_w, bias, stride, groups, None)

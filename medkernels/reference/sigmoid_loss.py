@@ -86,6 +86,10 @@ def sigmoid_loss_ref(
     if upcast:
         x, y, t_prime, bias = x.double(), y.double(), t_prime.double(), bias.double()
     else:
+        # 16-bit inputs are computed in fp32 (as every other backend accumulates): the oracle is
+        # the most careful backend, not the least
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x, y = x.float(), y.float()
         t_prime, bias = t_prime.to(x.dtype), bias.to(x.dtype)
     if normalize:
         x = F.normalize(x, dim=-1)
@@ -120,8 +124,12 @@ def sigmoid_loss_bwd_ref(
 
     With G = grad * scale * dloss/dlogits = -grad * scale * z * sigmoid(-z * logits),
     siglip: dx = e^t' G y, dy = e^t' G^T x; med3dvlm: G -> (G + G^T)/2 in both;
-    dt' = sum(G * (logits - b)), db = sum(G). Computed in x's dtype.
+    dt' = sum(G * (logits - b)), db = sum(G). Computed in x's dtype, fp32 for fp16/bf16 (dx, dy
+    cast back to x's dtype at the end).
     """
+    out_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x, y = x.float(), y.float()
     t = t_prime.to(x.dtype)
     b = bias.to(x.dtype)
     s = t.exp()
@@ -135,7 +143,6 @@ def sigmoid_loss_bwd_ref(
         g = (g + g.T) / 2
     dx = s * (g @ y)
     dy = s * (g.T @ x)
-    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    dt = (g * dots).sum(dtype=acc) * s
-    db = g.sum(dtype=acc)
-    return dx, dy, dt.to(t_prime.dtype), db.to(bias.dtype)
+    dt = (g * dots).sum() * s
+    db = g.sum()
+    return dx.to(out_dtype), dy.to(out_dtype), dt.to(t_prime.dtype), db.to(bias.dtype)

@@ -259,7 +259,9 @@ def _logits_bias(
 
 def _prepare(q, k, v, window, shift, rel_bias_table, pad_kv, scale, upcast):
     geom = window_geometry(q.shape[1:4], window, shift)
-    dtype = torch.float64 if upcast else q.dtype
+    # fp16/bf16 run in fp32 (fp16 logits overflow to NaN where every other backend is finite):
+    # the oracle is the most careful backend; outputs are cast back at the end
+    dtype = torch.float64 if upcast else (torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype)
     heads, e = q.shape[4], q.shape[5]
     scale = e**-0.5 if scale is None else scale
     q, k, v = (t.to(dtype) for t in (q, k, v))
@@ -307,7 +309,7 @@ def window_attention3d_ref(
     vw = _to_windows(v, geom, pv)
     p = _probabilities(geom, qw, kw, heads, scale, table, mask_value, mask_padded, b)
     out = _crop(_from_windows(p @ vw, geom, b), geom)
-    return out.to(out_dtype) if upcast else out
+    return out.to(out_dtype)
 
 
 def window_attention3d_bwd_ref(
@@ -351,8 +353,7 @@ def window_attention3d_bwd_ref(
     pad[: geom.size[0], : geom.size[1], : geom.size[2]] = False
     d_pad = torch.stack([dk_full[:, pad].sum((0, 1)), dv_full[:, pad].sum((0, 1))])
     grads = [_crop(_from_windows(dq, geom, b), geom), _crop(dk_full, geom), _crop(dv_full, geom)]
-    if upcast:
-        grads = [g.to(grad_out.dtype) for g in grads]
+    grads = [g.to(grad_out.dtype) for g in grads]
     return (*grads, d_table, d_pad)
 
 
