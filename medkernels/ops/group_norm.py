@@ -16,7 +16,7 @@ import torch
 
 from .. import _dispatch
 from .._extension import extension
-from ..reference.group_norm import ACTIVATIONS, group_norm_act_bwd_ref, group_norm_act_ref
+from ..reference.group_norm import ACTIVATIONS, group_moments_ref, group_norm_act_bwd_ref, group_norm_act_ref
 from ._common import check_int, check_same, check_tensor, describe, dtype_code
 
 _DISPATCH = _dispatch.Dispatcher(
@@ -72,12 +72,9 @@ def _cpu_fwd(x, weight, bias, scale, shift, add, num_groups, eps, activation, y,
 
 def _reference_fwd(x, weight, bias, scale, shift, add, num_groups, eps, activation, y, mean, rstd):
     y.copy_(group_norm_act_ref(x, num_groups, weight, bias, eps, scale, shift, add, activation))
-    h = x.to(mean.dtype)
-    if add is not None:
-        h = h + add.to(mean.dtype).reshape(*add.shape, *([1] * (x.dim() - 2)))
-    var, mu = torch.var_mean(h.reshape(x.shape[0], num_groups, -1), dim=-1, unbiased=False)
-    mean.copy_(mu)
-    rstd.copy_(torch.rsqrt(var + eps))
+    _, mu, r = group_moments_ref(x, num_groups, add, eps, mean.dtype)
+    mean.copy_(mu.squeeze(-1))
+    rstd.copy_(r.squeeze(-1))
 
 
 def _cpu_bwd(grad_y, x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation, grads):

@@ -23,9 +23,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .decomp_conv import _ACTIVATIONS as _ACT
+from .decomp_conv import _act_grad
+
 ACTIVATIONS = (None, "silu", "gelu")
 
-_ACT = {None: lambda t: t, "silu": F.silu, "gelu": F.gelu}
 
 
 def _per_channel(t: Optional[torch.Tensor], x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -67,13 +69,14 @@ def group_norm_act_ref(
     return _ACT[activation](h).to(x.dtype)
 
 
-def _act_grad(z: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
-    if activation == "silu":
-        sig = torch.sigmoid(z)
-        return sig * (1 + z * (1 - sig))
-    if activation == "gelu":
-        return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
-    return torch.ones_like(z)
+def group_moments_ref(x, num_groups, add, eps, dtype):
+    """(h, mean, rstd): h = x + add in ``dtype``; mean and rstd (N, num_groups, 1) of h over each
+    (sample, group), biased variance."""
+    h = x.to(dtype)
+    if add is not None:
+        h = h + _per_channel(add, x, dtype)
+    var, mean = torch.var_mean(h.reshape(x.shape[0], num_groups, -1), dim=-1, unbiased=False, keepdim=True)
+    return h, mean, torch.rsqrt(var + eps)
 
 
 def group_norm_act_bwd_ref(grad_y, x, num_groups, weight, bias, eps, scale, shift, add, activation):
@@ -88,13 +91,8 @@ def group_norm_act_bwd_ref(grad_y, x, num_groups, weight, bias, eps, scale, shif
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     N, C = x.shape[:2]
     spatial = tuple(range(2, x.dim()))
-    h = x.to(dtype)
-    if add is not None:
-        h = h + _per_channel(add, x, dtype)
-    hg = h.reshape(N, num_groups, -1)
-    var, mean = torch.var_mean(hg, dim=-1, unbiased=False, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    xhat = ((hg - mean) * rstd).reshape(h.shape)
+    h, mean, rstd = group_moments_ref(x, num_groups, add, eps, dtype)
+    xhat = ((h.reshape(N, num_groups, -1) - mean) * rstd).reshape(h.shape)
     ones = [1] * len(spatial)
     w = weight.to(dtype).reshape(1, C, *ones) if weight is not None else torch.ones((), dtype=dtype)
     y0 = xhat * w + (bias.to(dtype).reshape(1, C, *ones) if bias is not None else 0)
