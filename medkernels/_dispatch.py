@@ -9,7 +9,7 @@ was refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,7 +29,8 @@ class Backend:
     ``machine`` returns why this machine cannot run the backend at all (``None`` if it can);
     ``limits(**inputs)`` returns why these inputs are out of its range; ``auto(**inputs)``
     says whether ``backend="auto"`` may pick it for these inputs (speed, not correctness: a
-    backend that ``auto`` skips still computes the same function when asked by name).
+    backend that ``auto`` skips still computes the same function when asked by name). ``impl``
+    is the object that runs it (the op family's backend, see :mod:`medkernels.ops._kit`).
     """
 
     name: str
@@ -38,6 +39,7 @@ class Backend:
     machine: Callable[[], Optional[str]] = lambda: None
     limits: Callable[..., List[str]] = _NO_REASONS
     auto: Callable[..., bool] = lambda **_: True
+    impl: Any = None
 
     def not_supported_reasons(self, device: torch.device, dtype: torch.dtype, **inputs) -> List[str]:
         reasons = []
@@ -89,6 +91,10 @@ class Dispatcher:
                 return b.name
             refused.append(f"  {b.name}: " + "; ".join(reasons))
         raise RuntimeError(f"{self.op}: no backend can run these inputs:\n" + "\n".join(refused))
+
+    def impl(self, name: str):
+        """The object that runs backend ``name`` (a name :meth:`select` returned)."""
+        return self._by_name[name].impl
 
     def report(self, device: Optional[torch.device] = None) -> Dict[str, Optional[str]]:
         """Backend name -> ``None`` if usable on ``device`` here, else the reason it is not."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from medkernels import _environment
 from medkernels.nn import DecompConv3d
+from medkernels.ops import _kit
 from medkernels.ops import decomp_conv as dc_ops
 from medkernels.ops import decomp_conv3d
 from medkernels.reference.decomp_conv import decomp_conv3d_ref
@@ -154,15 +155,14 @@ def test_backward_through_sum_stride0_grad(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[7]], ids=_case_id)
 def test_poisoned_outputs_are_fully_written(backend, case):
-    """Run the backend entry points into NaN-filled buffers: every element must be written."""
+    """Every output a backend allocates starts NaN-filled (_kit.poisoned): every element must be written."""
     _, _, _, x, ws, b, groups, s, act = _make(case, torch.float32, "cpu")
-    out_shape = (x.shape[0], ws[0].shape[0], *((v - 1) // s + 1 for v in x.shape[2:]))
-    y = poison(torch.empty(out_shape))
-    res = dc_ops._FWD[backend](x, *ws, b, s, groups, act, y)  # fills y, or returns a fresh tensor
-    assert res.shape == y.shape and torch.isfinite(res).all()
-    gx = poison(torch.empty_like(x))
-    outs = dc_ops._BWD[backend](torch.randn(out_shape), x, *ws, b, s, groups, act, gx)
-    for t in outs:
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, *ws, b)]
+    with _kit.poisoned():
+        y = decomp_conv3d(leaves[0], *leaves[1:4], leaves[4], s, groups, act, backend=backend)
+        grads = torch.autograd.grad(y, leaves, torch.randn(y.shape))
+    assert torch.isfinite(y).all()
+    for t in grads:
         assert torch.isfinite(t).all()
 
 
@@ -182,9 +182,12 @@ def test_opcheck():
     _, _, _, x, ws, b, groups, s, act = _make(CASES[1], torch.float32, "cpu")
     backend = "cpu" if "cpu" in CPU_BACKENDS else "reference"
     x = x.detach().requires_grad_(True)
-    torch.library.opcheck(dc_ops._decomp_conv3d_op, (x, *ws, b, s, groups, act, backend))
-    gy = torch.randn(dc_ops._decomp_conv3d_op(x, *ws, b, s, groups, act, backend).shape)
-    torch.library.opcheck(dc_ops._decomp_conv3d_bwd_op, (gy, x.detach(), *ws, b, s, groups, act, backend))
+    op = dc_ops._OP.custom_op
+    torch.library.opcheck(op, (x, *ws, b, s, groups, act or "", 0, backend))
+    gy = torch.randn(op(x, *ws, b, s, groups, act or "", 0, backend)[0].shape)
+    saved = [x.detach(), *ws, b]
+    torch.library.opcheck(torch.ops.medkernels.decomp_conv3d_bwd.default,
+                          ([gy], saved, [True] * 4 + [b is not None], s, groups, act or "", 0, backend))
 
 
 def test_torch_compile_fullgraph():

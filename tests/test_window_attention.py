@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from medkernels import _environment
 from medkernels.nn import CrossModalSwinBlock3d, CrossModalWindowAttention3d, SwinBlock3d, WindowAttention3d
 from medkernels.ops import cross_window_attention3d, cross_window_attention3d_separate, window_attention3d
+from medkernels.ops import _kit
 from medkernels.ops import window_attention as wa_ops
 from medkernels.reference.window_attention import (
     bias_table_grad,
@@ -322,16 +323,12 @@ def test_cuda_kernels_emulated_dtypes(dtype):
 def test_poisoned_outputs_are_fully_written(backend):
     """The kernels write every output element (dropped padding queries included nowhere)."""
     device = _device(backend)
-    case = LIGHT
-    _, _, _, (q, k, v), table, pad = _make(case, torch.float32, device, layout="contiguous")
-    geom = window_geometry(q.shape[1:4], case[4], case[5])
-    outs = [poison(torch.empty_like(q))]
-    args = (geom, table, pad, q.shape[-1] ** -0.5, -100.0, False)
-    lse = wa_ops._FWD[backend]([q], [k], [v], outs, *args)
-    assert torch.isfinite(outs[0]).all()
-    grads = [poison(torch.empty_like(t)) for t in (q, k, v)]
-    go = torch.randn_like(q)
-    wa_ops._BWD[backend]([go], [q], [k], [v], outs, lse, [grads[0]], [grads[1]], [grads[2]], *args, True)
+    _, _, _, (q, k, v), table, pad = _make(LIGHT, torch.float32, device, layout="contiguous")
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    with _kit.poisoned():  # every output the backend allocates starts as NaN
+        out = window_attention3d(*leaves, LIGHT[4], LIGHT[5], rel_bias_table=table, pad_kv=pad, backend=backend)
+        grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    assert torch.isfinite(out).all()
     for name, g in zip("qkv", grads):
         assert torch.isfinite(g).all(), f"d{name} has unwritten (NaN) elements"
 
@@ -424,24 +421,24 @@ def test_opcheck():
     q, k, v, table, pad = (t.requires_grad_() for t in (q, k, v, table, pad))
     for backend in [b for b in CPU_BACKENDS if b in ("cpu", "reference")]:
         args = (q, k, v, table, pad, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
-        torch.library.opcheck(wa_ops._window_attention3d_op, args)
-        out, lse = wa_ops._window_attention3d_op(*args)
+        torch.library.opcheck(wa_ops._SELF_OP.custom_op, args)
+        out, lse = wa_ops._SELF_OP.custom_op(*args)
         go = torch.randn_like(out)
-        bargs = (go, q.detach(), k.detach(), v.detach(), out.detach(), lse, table.detach(), pad.detach(),
-                 [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, True, backend)
-        torch.library.opcheck(wa_ops._window_attention3d_bwd_op, bargs)
+        saved = [q.detach(), k.detach(), v.detach(), table.detach(), pad.detach(), out.detach(), lse]
+        bargs = ([go, None], saved, [True, True, True, True, True], [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
+        torch.library.opcheck(torch.ops.medkernels.window_attention3d_bwd.default, bargs)
         cargs = (q, k, v, k.detach().clone().requires_grad_(), v.detach().clone(), q.detach().clone(), table, pad,
                  [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
-        torch.library.opcheck(wa_ops._cross_window_attention3d_op, cargs)
+        torch.library.opcheck(wa_ops._CROSS_OP.custom_op, cargs)
         # the packed form's arguments: q, k, v as views of two (B, D, H, W, 3*C) qkv tensors
         packed = [torch.randn(*q.shape[:4], 3 * q.shape[4] * q.shape[5], requires_grad=True) for _ in range(2)]
         views = [t for p in packed for t in p.unflatten(-1, (3, q.shape[4], q.shape[5])).unbind(-3)]
         pargs = (*views, table, pad, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
-        torch.library.opcheck(wa_ops._cross_window_attention3d_op, pargs)
+        torch.library.opcheck(wa_ops._CROSS_OP.custom_op, pargs)
 
 
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpu", "reference")])
-def test_eager_path_equals_custom_ops(backend, monkeypatch):
+def test_eager_path_equals_custom_ops(backend):
     """Eager calls on plain tensors skip torch.library's Python layers (an autograd.Function over
     the same _run_fwd / _run_bwd): outputs and every gradient equal the custom ops' bit for bit."""
     _, _, _, (q, k, v), table, pad = _make(LIGHT, torch.float64, "cpu", layout="contiguous")
@@ -456,13 +453,12 @@ def test_eager_path_equals_custom_ops(backend, monkeypatch):
         return (out, oa, ob, *grads)
 
     fast = run()
-    monkeypatch.setattr(wa_ops, "EAGER_FAST_PATH", False)
-    slow = run()
+    with _kit.custom_ops_only():
+        slow = run()
+        assert _kit.eager_ok([q]) is False
     for i, (a, b) in enumerate(zip(fast, slow)):
         assert torch.equal(a, b), f"tensor {i} differs between the eager path and the custom ops"
-    assert wa_ops._eager_ok(q) is False  # the flag is off
-    monkeypatch.setattr(wa_ops, "EAGER_FAST_PATH", True)
-    assert wa_ops._eager_ok(q, None) and not wa_ops._eager_ok(q.to("meta"))
+    assert _kit.eager_ok([q, None]) and not _kit.eager_ok([q.to("meta")])
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the C++ extension is not built")
@@ -477,7 +473,8 @@ def test_cpu_table_grad_equals_bincount(size, window, dtype):
     heads, n = 3, geom.tokens
     pair = torch.randn(heads, n, n, dtype=dtype, generator=torch.Generator().manual_seed(4))
     q = torch.zeros(1, *size, heads, 8, dtype=dtype)
-    p = wa_ops._cpu_params([q], [q], [q], geom, None, None, 1.0, -100.0, False)
+    o = wa_ops.WindowOptions(geom.window, geom.shift, -100.0, 1.0, False)
+    p, _ = wa_ops._DISPATCH.impl("cpu")._params(o, geom, [q], [q], [q], None, None)
     out = torch.empty(geom.table_rows, heads, dtype=dtype)
     extension.module.window_attention_table_grad_cpu(p, pair.data_ptr(), out.data_ptr())
     assert_close("table grad", out, bias_table_grad(pair.double(), geom.window, n))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.decomp_conv import decomp_conv3d, decomp_conv3d_backend
+from ..ops.decomp_conv import MAX_KERNEL, decomp_conv3d, decomp_conv3d_uses_torch_convs
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.SiLU: "silu"}
 
@@ -55,8 +55,8 @@ class DecompConv3d(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int = 1, groups: int = 1,
                  norm=True, act: Union[None, str, nn.Module] = None, backend: str = "auto") -> None:
         super().__init__()
-        if kernel_size % 2 == 0 or not 1 <= kernel_size <= 15:
-            raise ValueError(f"kernel_size must be odd and in 1..15, got {kernel_size}")
+        if kernel_size % 2 == 0 or not 1 <= kernel_size <= MAX_KERNEL:
+            raise ValueError(f"kernel_size must be odd and in 1..{MAX_KERNEL}, got {kernel_size}")
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
         if in_dim % groups or out_dim % groups:
@@ -114,8 +114,8 @@ class DecompConv3d(nn.Module):
             w_d, w_h, w_w, bias = (t.to(dtype) for t in self.folded())
             y = decomp_conv3d(x, w_d, w_h, w_w, bias, stride=self.stride, groups=self.groups,
                               activation=self._act_name, backend=self.backend)
-        elif decomp_conv3d_backend(x, self.kernel_size, self.groups, self.stride, self.backend, self.out_dim,
-                                   grad=torch.is_grad_enabled()) == "reference":
+        elif decomp_conv3d_uses_torch_convs(x, self.kernel_size, self.groups, self.stride, self.backend,
+                                            self.out_dim, grad=torch.is_grad_enabled()):
             # batch statistics need each branch's own output: the plain branch convs then, not
             # three fused calls that each pay for all three branches
             y = self.c1(x) + self.c2(x) + self.c3(x)

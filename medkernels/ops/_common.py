@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from .._dispatch import FLOAT_DTYPES
+from . import _kit
 
 
 def describe(t: torch.Tensor) -> str:
@@ -55,7 +56,7 @@ def is_channels_last_3d(t: torch.Tensor) -> bool:
 def empty_like_layout(t: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """A new tensor of ``shape`` in ``t``'s memory layout (channels-last stays channels-last)."""
     fmt = torch.channels_last_3d if is_channels_last_3d(t) else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype or t.dtype, device=t.device, memory_format=fmt)
+    return _kit.empty(shape, dtype=dtype or t.dtype, device=t.device, memory_format=fmt)
 
 
 def cuda_stream(t: torch.Tensor) -> int:

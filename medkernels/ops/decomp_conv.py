@@ -1,4 +1,5 @@
-"""``decomp_conv3d``: the decomposed 3D convolution as a torch custom op with autograd.
+"""``decomp_conv3d``: the decomposed 3D convolution as a torch custom op with autograd, written on
+:mod:`medkernels.ops._kit`.
 
 Backends: ``cuda`` (our CUDA kernels), ``triton``, ``cpu`` (our C++/OpenMP), ``reference``
 (three ``F.conv3d``). All compute the same function; ``auto`` picks by device and shape.
@@ -6,24 +7,106 @@ Backends: ``cuda`` (our CUDA kernels), ``triton``, ``cpu`` (our C++/OpenMP), ``r
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
 from .. import _dispatch
-from .._dlpack import accepts_dlpack
-from .._extension import extension
 from ..reference.decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_ref
-from ._common import check_int, check_same, check_tensor, cuda_stream, describe, dtype_code, empty_like_layout
+from . import _kit
+from ._common import check_int, check_same, check_tensor, describe, empty_like_layout
 
 ACTIVATIONS = (None, "gelu", "relu", "silu")
 MAX_KERNEL = 15
 
 
-def _cuda_auto(**inputs) -> bool:
-    # A CUDA kernel is auto's pick only once it has beaten Triton on a GPU in our benchmarks;
-    # benchmarks/results holds no such GPU run yet, so auto runs Triton on GPU tensors.
-    return False
+@_kit.options
+class ConvOptions:
+    stride: int
+    groups: int
+    activation: str  # "" for none
+    out_layout: int  # the output's layout: 0 as x, 1 channels-last, 2 NCDHW
+
+
+# --- backends: fwd(o, x, w_d, w_h, w_w, bias, out) -> y (out, or a fresh tensor of out's layout);
+# --- bwd(o, grad_y, x, w_d, w_h, w_w, bias, grad_x) -> (grad_x, dw_d, dw_h, dw_w, dbias), the
+# --- weight and bias gradients in the accumulation dtype
+class _Compiled(_kit.Compiled):
+    def _params(self, o, x, w_d, w_h, w_w, bias, y_shape):
+        p = self.C.DecompConvParams()
+        p.dtype = self.dtype(x.dtype)
+        p.x, p.w_d, p.w_h, p.w_w, p.bias = x.data_ptr(), w_d.data_ptr(), w_h.data_ptr(), w_w.data_ptr(), _kit.ptr(bias)
+        p.batch, p.in_channels, p.out_channels = x.shape[0], x.shape[1], w_d.shape[0]
+        p.in_size, p.out_size = list(x.shape[2:]), list(y_shape[2:])
+        # a stride past the volume reads position 0 only: the same as stride = the largest size, which
+        # fits the C++ int (a huge legal stride was a pybind TypeError)
+        p.kernel_size, p.stride, p.groups = w_d.shape[-1], min(o.stride, max(x.shape[2:])), o.groups
+        p.activation = getattr(self.C.Activation, o.activation or "none")
+        p.x_strides = list(x.stride())
+        return p
+
+    def fwd(self, o, x, w_d, w_h, w_w, bias, out):
+        p = self._params(o, x, w_d, w_h, w_w, bias, out.shape)
+        p.y, p.y_strides = out.data_ptr(), list(out.stride())
+        self.launch("fwd", p, x)
+        return out
+
+    def bwd(self, o, grad_y, x, w_d, w_h, w_w, bias, grad_x):
+        acc = _kit.acc_dtype(x.dtype)
+        b = self.C.DecompConvBwdParams()
+        b.fwd = self._params(o, x, w_d, w_h, w_w, bias, grad_y.shape)
+        gws = [_kit.empty(w_d.shape, dtype=acc, device=x.device) for _ in range(3)]
+        gb = _kit.empty(w_d.shape[0], dtype=acc, device=x.device)
+        b.grad_y, b.grad_y_strides = grad_y.data_ptr(), list(grad_y.stride())
+        b.grad_x, b.grad_x_strides = grad_x.data_ptr(), list(grad_x.stride())
+        b.grad_w_d, b.grad_w_h, b.grad_w_w, b.grad_bias = (t.data_ptr() for t in (*gws, gb))
+        nbytes = self.query("bwd_workspace", b)
+        ws = _kit.scratch(nbytes, x.device)
+        b.workspace, b.workspace_bytes = ws.data_ptr(), nbytes
+        self.launch("bwd", b, x)
+        return (grad_x, *gws, gb)
+
+
+class _Triton:
+    def fwd(self, o, x, w_d, w_h, w_w, bias, out):
+        from ..triton.decomp_conv import decomp_conv_fwd
+
+        return decomp_conv_fwd(x, w_d, w_h, w_w, bias, o.stride, o.groups, o.activation or None, out)
+
+    def bwd(self, o, grad_y, x, w_d, w_h, w_w, bias, grad_x):
+        from ..triton.decomp_conv import decomp_conv_bwd
+
+        return decomp_conv_bwd(grad_y, x, w_d, w_h, w_w, bias, o.stride, o.groups, o.activation or None, grad_x)
+
+
+class _Reference:
+    """PyTorch's CPU convolutions in 16-bit are slow and, for some shapes, wrong (bf16 channels-last
+    weight gradients with the kernel longer than the volume come out garbage in torch 2.13): 16-bit
+    CPU inputs are computed in float32. 1-channel inputs are made contiguous: torch 2.13's CPU
+    conv3d corrupts the heap on a 1-channel tensor with channels-last strides and a (1,1,7) kernel
+    at stride 4."""
+
+    torch_convs = True  # plain PyTorch convolutions (DecompConv3d's batch-statistics path asks)
+
+    def _cast(self, x: torch.Tensor):
+        dt = torch.float32 if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        one_channel = x.shape[1] == 1
+        return lambda t: None if t is None else (t.to(dt).contiguous() if one_channel else t.to(dt))
+
+    def fwd(self, o, x, w_d, w_h, w_w, bias, out):
+        cast = self._cast(x)
+        y = decomp_conv3d_ref(cast(x), cast(w_d), cast(w_h), cast(w_w), cast(bias), o.stride, o.groups,
+                              o.activation or None)
+        if y.dtype == out.dtype and y.stride() == out.stride():
+            return y  # a fresh tensor already in the output's layout: no copy
+        return out.copy_(y)
+
+    def bwd(self, o, grad_y, x, w_d, w_h, w_w, bias, grad_x):
+        cast = self._cast(x)
+        gx, *rest = decomp_conv3d_bwd_ref(*(cast(t) for t in (grad_y, x, w_d, w_h, w_w, bias)), o.stride, o.groups,
+                                          o.activation or None)
+        grad_x.copy_(gx)
+        return (grad_x, *rest)
 
 
 def _cpu_auto(x, groups, c_out, grad=False, **_) -> bool:
@@ -38,199 +121,60 @@ def _cpu_auto(x, groups, c_out, grad=False, **_) -> bool:
     return groups == 1 and c_out >= 8 and x.dtype != torch.float64 and not grad
 
 
+def _symbols(kind: str):
+    return {"fwd": f"decomp_conv_fwd_{kind}", "bwd": f"decomp_conv_bwd_{kind}",
+            "bwd_workspace": "decomp_conv_bwd_workspace_bytes"}
+
+
 _DISPATCH = _dispatch.Dispatcher(
     "decomp_conv3d",
     (
-        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("decomp_conv_fwd_cuda"), auto=_cuda_auto),
-        _dispatch.Backend(
-            "triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine, auto=_dispatch.triton_auto
-        ),
-        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("decomp_conv_fwd_cpu"), auto=_cpu_auto),
-        _dispatch.Backend("reference", ("cpu", "cuda")),
+        # A CUDA kernel is auto's pick only once it has beaten Triton on a GPU in our benchmarks;
+        # benchmarks/results holds no such GPU run yet, so auto runs Triton on GPU tensors.
+        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("decomp_conv_fwd_cuda"),
+                          auto=lambda **_: False, impl=_Compiled(_kit.CUDA, _symbols("cuda"))),
+        _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
+                          auto=_dispatch.triton_auto, impl=_Triton()),
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("decomp_conv_fwd_cpu"), auto=_cpu_auto,
+                          impl=_Compiled(_kit.CPU, _symbols("cpu"))),
+        _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
     ),
 )
 
 
-# --- the compiled backends share one parameter block -----------------------------------
-def _params(x, w_d, w_h, w_w, bias, stride, groups, activation, y_shape):
-    C = extension.module
-    p = C.DecompConvParams()
-    p.dtype = dtype_code(x.dtype)
-    p.x, p.w_d, p.w_h, p.w_w = x.data_ptr(), w_d.data_ptr(), w_h.data_ptr(), w_w.data_ptr()
-    p.bias = bias.data_ptr() if bias is not None else 0
-    p.batch, p.in_channels, p.out_channels = x.shape[0], x.shape[1], w_d.shape[0]
-    p.in_size = list(x.shape[2:])
-    p.out_size = list(y_shape[2:])
-    # a stride past the volume reads position 0 only: the same as stride = the largest size, which
-    # fits the C++ int (a huge legal stride was a pybind TypeError)
-    p.kernel_size, p.stride, p.groups = w_d.shape[-1], min(stride, max(x.shape[2:])), groups
-    p.activation = getattr(C.Activation, activation or "none")
-    p.x_strides = list(x.stride())
-    return p
-
-
-def _compiled_fwd(device_kind: str):
-    def run(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
-        p = _params(x, w_d, w_h, w_w, bias, stride, groups, activation, out.shape)
-        p.y = out.data_ptr()
-        p.y_strides = list(out.stride())
-        C = extension.module
-        if device_kind == "cuda":
-            C.decomp_conv_fwd_cuda(p, cuda_stream(x))
-        else:
-            C.decomp_conv_fwd_cpu(p)
-        return out
-
-    return run
-
-
-def _compiled_bwd(device_kind: str):
-    def run(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, grad_x):
-        C = extension.module
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        b = C.DecompConvBwdParams()
-        b.fwd = _params(x, w_d, w_h, w_w, bias, stride, groups, activation, grad_y.shape)
-        gws = [torch.empty(w_d.shape, dtype=acc, device=x.device) for _ in range(3)]
-        gb = torch.empty(w_d.shape[0], dtype=acc, device=x.device)
-        b.grad_y, b.grad_y_strides = grad_y.data_ptr(), list(grad_y.stride())
-        b.grad_x, b.grad_x_strides = grad_x.data_ptr(), list(grad_x.stride())
-        b.grad_w_d, b.grad_w_h, b.grad_w_w, b.grad_bias = (t.data_ptr() for t in (*gws, gb))
-        nbytes = C.decomp_conv_bwd_workspace_bytes(b)
-        ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=x.device)
-        b.workspace, b.workspace_bytes = ws.data_ptr(), nbytes
-        if device_kind == "cuda":
-            C.decomp_conv_bwd_cuda(b, cuda_stream(x))
-        else:
-            C.decomp_conv_bwd_cpu(b)
-        return (grad_x, *gws, gb)
-
-    return run
-
-
-def _triton_fwd(*args):
-    from ..triton.decomp_conv import decomp_conv_fwd
-
-    return decomp_conv_fwd(*args)
-
-
-def _triton_bwd(*args):
-    from ..triton.decomp_conv import decomp_conv_bwd
-
-    return decomp_conv_bwd(*args)
-
-
-def _ref_dtype(x: torch.Tensor):
-    """PyTorch's CPU convolutions in 16-bit are slow and, for some shapes, wrong (bf16
-    channels-last weight gradients with the kernel longer than the volume come out garbage in
-    torch 2.13): the reference backend computes 16-bit CPU inputs in float32."""
-    return torch.float32 if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
-def _ref_cast(x: torch.Tensor):
-    """The reference backend's input cast. 1-channel inputs are made contiguous: torch 2.13's
-    CPU conv3d corrupts the heap on a 1-channel tensor with channels-last strides and a
-    (1,1,7) kernel at stride 4."""
-    dt = _ref_dtype(x)
-    one_channel = x.shape[1] == 1
-    return lambda t: None if t is None else (t.to(dt).contiguous() if one_channel else t.to(dt))
-
-
-def _reference_fwd(x, w_d, w_h, w_w, bias, stride, groups, activation, out):
-    cast = _ref_cast(x)
-    y = decomp_conv3d_ref(cast(x), cast(w_d), cast(w_h), cast(w_w), cast(bias), stride, groups, activation)
-    if y.dtype == out.dtype and y.stride() == out.stride():
-        return y  # a fresh tensor already in the output's layout: no copy
-    return out.copy_(y)
-
-
-def _reference_bwd(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, grad_x):
-    cast = _ref_cast(x)
-    gx, *rest = decomp_conv3d_bwd_ref(*(cast(t) for t in (grad_y, x, w_d, w_h, w_w, bias)), stride, groups, activation)
-    grad_x.copy_(gx)
-    return (grad_x, *rest)
-
-
-_FWD = {"cuda": _compiled_fwd("cuda"), "triton": _triton_fwd, "cpu": _compiled_fwd("cpu"), "reference": _reference_fwd}
-_BWD = {"cuda": _compiled_bwd("cuda"), "triton": _triton_bwd, "cpu": _compiled_bwd("cpu"), "reference": _reference_bwd}
-
-
-def _out_shape(x: torch.Tensor, c_out: int, stride: int):
-    return (x.shape[0], c_out, *((s - 1) // stride + 1 for s in x.shape[2:]))
-
-
-_LAYOUTS = {None: 0, True: 1, False: 2}  # out_layout: 0 as x, 1 channels-last, 2 NCDHW
-
-
-def _new_out(x: torch.Tensor, w_d: torch.Tensor, stride: int, out_layout: int) -> torch.Tensor:
-    shape = _out_shape(x, w_d.shape[0], stride)
-    if out_layout == 0:
+# --- the op ---------------------------------------------------------------------------------
+def _new_out(o, x: torch.Tensor, w_d: torch.Tensor) -> torch.Tensor:
+    shape = (x.shape[0], w_d.shape[0], *((s - 1) // o.stride + 1 for s in x.shape[2:]))
+    if o.out_layout == 0:
         return empty_like_layout(x, shape)
-    fmt = torch.channels_last_3d if out_layout == 1 else torch.contiguous_format
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    fmt = torch.channels_last_3d if o.out_layout == 1 else torch.contiguous_format
+    return _kit.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
-# --- the custom ops: the one compile-safe boundary ----------------------------------------
-@torch.library.custom_op("medkernels::decomp_conv3d", mutates_args=())
-def _decomp_conv3d_op(
-    x: torch.Tensor,
-    w_d: torch.Tensor,
-    w_h: torch.Tensor,
-    w_w: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    stride: int,
-    groups: int,
-    activation: str,
-    backend: str,
-    out_layout: int = 0,
-) -> torch.Tensor:
-    out = _new_out(x, w_d, stride, out_layout)
-    return _FWD[backend](x, w_d, w_h, w_w, bias, stride, groups, activation or None, out)
+def _forward(impl, o, x, w_d, w_h, w_w, bias):
+    return [impl.fwd(o, x, w_d, w_h, w_w, bias, _new_out(o, x, w_d))]
 
 
-@_decomp_conv3d_op.register_fake
-def _(x, w_d, w_h, w_w, bias, stride, groups, activation, backend, out_layout=0):
-    return _new_out(x, w_d, stride, out_layout)
+def _fake(impl, o, x, w_d, w_h, w_w, bias):
+    return [_new_out(o, x, w_d)]
 
 
-@torch.library.custom_op("medkernels::decomp_conv3d_bwd", mutates_args=())
-def _decomp_conv3d_bwd_op(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    w_d: torch.Tensor,
-    w_h: torch.Tensor,
-    w_w: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    stride: int,
-    groups: int,
-    activation: str,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_x = empty_like_layout(x, x.shape)
-    gx, gwd, gwh, gww, gb = _BWD[backend](grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation or None, grad_x)
-    return gx, gwd.to(w_d.dtype), gwh.to(w_h.dtype), gww.to(w_w.dtype), gb.to(x.dtype)
+def _backward(impl, o, needs, grads, saved):
+    x, w_d, w_h, w_w, bias = saved
+    gx, gwd, gwh, gww, gb = impl.bwd(o, grads[0], x, w_d, w_h, w_w, bias, empty_like_layout(x, x.shape))
+    return [gx, gwd.to(w_d.dtype), gwh.to(w_h.dtype), gww.to(w_w.dtype), gb.to(x.dtype) if bias is not None else None]
 
 
-@_decomp_conv3d_bwd_op.register_fake
-def _(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, backend):
-    gb = x.new_empty((w_d.shape[0],))
-    return empty_like_layout(x, x.shape), torch.empty_like(w_d), torch.empty_like(w_h), torch.empty_like(w_w), gb
+def _backward_fake(impl, o, needs, grads, saved):
+    x, w_d, w_h, w_w, bias = saved
+    return [empty_like_layout(x, x.shape), *(torch.empty_like(w) for w in (w_d, w_h, w_w)),
+            None if bias is None else x.new_empty((w_d.shape[0],))]
 
 
-def _setup_context(ctx, inputs, output):
-    x, w_d, w_h, w_w, bias, stride, groups, activation, backend = inputs[:9]
-    ctx.save_for_backward(x, w_d, w_h, w_w, bias)
-    ctx.options = (stride, groups, activation, backend)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_y):
-    x, w_d, w_h, w_w, bias = ctx.saved_tensors
-    stride, groups, activation, backend = ctx.options
-    gx, gwd, gwh, gww, gb = _decomp_conv3d_bwd_op(grad_y, x, w_d, w_h, w_w, bias, stride, groups, activation, backend)
-    return gx, gwd, gwh, gww, (gb if ctx.has_bias else None), None, None, None, None, None
-
-
-_decomp_conv3d_op.register_autograd(_backward, setup_context=_setup_context)
+_OP = _kit.Op("decomp_conv3d", tensors="Tensor x, Tensor w_d, Tensor w_h, Tensor w_w, Tensor? bias",
+              opts=ConvOptions, dispatcher=_DISPATCH, forward=_forward, fake=_fake, backward=_backward,
+              backward_fake=_backward_fake, save=lambda tensors, outs: tensors)
+_LAYOUTS = {None: 0, True: 1, False: 2}  # channels_last -> ConvOptions.out_layout
 
 
 # --- the public function -------------------------------------------------------------------
@@ -254,7 +198,7 @@ def _weight_3d(name: str, w: torch.Tensor, axis: int, c_out: int) -> torch.Tenso
     return w.contiguous()
 
 
-@accepts_dlpack
+@_kit.public
 def decomp_conv3d(
     x: torch.Tensor,
     w_d: torch.Tensor,
@@ -328,7 +272,8 @@ def decomp_conv3d(
     name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out, grad=grad)
     if channels_last not in _LAYOUTS:
         raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
-    return _decomp_conv3d_op(x, w_d, w_h, w_w, bias, stride, groups, activation or "", name, _LAYOUTS[channels_last])
+    return _OP(ConvOptions(stride, groups, activation or "", _LAYOUTS[channels_last]), name, x, w_d, w_h, w_w,
+               bias)[0]
 
 
 def decomp_conv3d_backend(x: torch.Tensor, k: int, groups: int, stride: int = 1, backend: str = "auto",
@@ -337,3 +282,11 @@ def decomp_conv3d_backend(x: torch.Tensor, k: int, groups: int, stride: int = 1,
     ``c_out`` defaults to C_in; ``grad``: whether a backward will follow."""
     c_out = x.shape[1] if c_out is None else c_out
     return _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out, grad=grad)
+
+
+def decomp_conv3d_uses_torch_convs(x: torch.Tensor, k: int, groups: int, stride: int = 1, backend: str = "auto",
+                                   c_out: Optional[int] = None, grad: bool = False) -> bool:
+    """Whether ``decomp_conv3d`` would run these inputs as plain PyTorch convolutions (then a
+    module that needs each branch's own output calls the branch convs instead)."""
+    name = decomp_conv3d_backend(x, k, groups, stride, backend, c_out, grad)
+    return getattr(_DISPATCH.impl(name), "torch_convs", False)
