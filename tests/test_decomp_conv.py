@@ -11,11 +11,10 @@ from torch import nn
 
 from medkernels import _environment
 from medkernels.nn import DecompConv3d
-from medkernels.ops import _kit
+from medkernels.ops import _kit, decomp_conv3d
 from medkernels.ops import decomp_conv as dc_ops
-from medkernels.ops import decomp_conv3d
 from medkernels.reference.decomp_conv import decomp_conv3d_ref
-from medkernels.testing import assert_close, poison
+from medkernels.testing import assert_close
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

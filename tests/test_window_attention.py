@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from medkernels import _environment
 from medkernels.nn import CrossModalSwinBlock3d, CrossModalWindowAttention3d, SwinBlock3d, WindowAttention3d
-from medkernels.ops import cross_window_attention3d, cross_window_attention3d_separate, window_attention3d
-from medkernels.ops import _kit
+from medkernels.ops import _kit, cross_window_attention3d, cross_window_attention3d_separate, window_attention3d
 from medkernels.ops import window_attention as wa_ops
 from medkernels.reference.window_attention import (
     bias_table_grad,

@@ -34,7 +34,6 @@ from .. import _environment
 from .._dlpack import accepts_dlpack
 from .._extension import extension
 
-
 # --- options ----------------------------------------------------------------------------------
 _SCHEMA = {int: "int", float: "float", bool: "bool", str: "str", Optional[float]: "float?",
            Optional[int]: "int?", Tuple[int, ...]: "int[]", Tuple[int, int, int]: "int[]"}
@@ -133,7 +132,7 @@ class Compiled:
     :meth:`query` a host-only one (workspace sizes). A family derives its compiled backend from
     this class and builds one object per kind: ``MyCompiled(CPU, {...})``, ``MyCompiled(CUDA, {...})``."""
 
-    def __init__(self, kind: "Kind", symbols: Dict[str, str]) -> None:
+    def __init__(self, kind: Kind, symbols: Dict[str, str]) -> None:
         self.kind = kind
         self.symbols = symbols
 
