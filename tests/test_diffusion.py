@@ -509,6 +509,21 @@ def test_out_of_range_timesteps_clamp_alike_without_checks(backend, dtype, kind)
         (ddim_step if kind == "ddim" else ddpm_step)(x, e, t, tn, schedule=SCHED, backend=backend, **noise_kw)
 
 
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("kind, eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", None)])
+def test_t_next_after_t_without_checks_is_nan_on_every_backend(backend, kind, eta):
+    # t_next > t (possible with check_timesteps=False) has beta = 1 - at/an < 0: the step is NaN, as
+    # the official exp(0.5 log beta) makes it, also at t = 0 where the noise mask is 0 (the C++
+    # kernel's [t != 0] ? sqrt(beta) : 0 used to hide it there)
+    x, e, z = _inputs((3, 1, 2, 5), torch.float32, torch.Generator().manual_seed(2))
+    t, tn = torch.tensor([5, 0, 998]), torch.tensor([10, 3, 999])
+    if kind == "ddim":
+        got = ddim_step(x, e, t, tn, schedule=SCHED, eta=eta, noise=z, backend=backend, check_timesteps=False)
+    else:
+        got = ddpm_step(x, e, t, tn, schedule=SCHED, noise=z, backend=backend, check_timesteps=False)
+    assert got.isnan().all(), got.isnan().flatten(1).all(1).tolist()
+
+
 def test_reference_formulas_clamp_timesteps_into_the_table():
     x, e, z = _inputs((2, 1, 3, 3), torch.float64, torch.Generator().manual_seed(1))
     t, tn = torch.tensor([1000, -1]), torch.tensor([-5, -2])
