@@ -354,10 +354,10 @@ def ddpm_step(x_t, eps, t, t_next, table, *, noise=None, seed=None, offset: int 
 
 # --- window attention ----------------------------------------------------------------------------------
 def _triple(name, v):
-    t = (int(v),) * 3 if isinstance(v, int) else tuple(int(a) for a in v)
-    if len(t) != 3:
-        raise ValueError(f"{name} must be an int or 3 ints, got {v!r}")
-    return t
+    # the package's one parser of window/shift: 2.0, True, "2" or 2 values are refused, not truncated
+    from .reference.window_attention import _triple as triple
+
+    return triple(name, v)
 
 
 def _window_attention(qs, ks, vs, window, shift, rel_bias_table, pad_kv, scale, mask_value, mask_padded):

@@ -470,6 +470,71 @@ def test_bad_inputs():
         q_sample(x, t, schedule=None, seed=0)
 
 
+# --- check_timesteps=False: one rule on every backend (issue 16) -----------------------------------
+# t out of 0..T-1 and t_next out of -1..T-1 with check_timesteps=False: the reference raised an
+# IndexError, the C++ kernel a ValueError and Triton clamped. Every backend now clamps into the table
+# (t to 0..T-1, t_next to -1..T-1), as the CUDA/Triton kernels must (they cannot raise); the oracle
+# is the reference formula at the explicitly clamped timesteps. The clamp can give t_next == t
+# (samples 3 and 4 here): a finite identity step, x_next = x_t.
+OOB_T = [1000, -3, 1500, 2**40, 2000, 7]
+OOB_T_NEXT = [-7, -2, 500, 1200, 5000, -(2**40)]
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_out_of_range_timesteps_clamp_alike_without_checks(backend, dtype, kind):
+    shape = (len(OOB_T), 2, 5, 7)
+    g = torch.Generator().manual_seed(16)
+    x, e, z = _inputs(shape, dtype, g)
+    t, tn = torch.tensor(OOB_T), torch.tensor(OOB_T_NEXT)
+    tc, tnc = t.clamp(0, 999), tn.clamp(-1, 999)
+    assert (tnc <= tc).all()
+    # float64 with the given noise (fp64 tolerance); float32 with the in-kernel noise of (seed, offset)
+    noise_kw = dict(noise=z) if dtype == torch.float64 else dict(seed=5, offset=2)
+    zz = z if dtype == torch.float64 else ref.normal_ref(shape, 5, 2)
+    if kind == "ddim":
+        got = ddim_step(x, e, t, tn, schedule=SCHED, eta=0.6, return_x0=True, backend=backend, check_timesteps=False,
+                        **noise_kw)
+        want = ref.ddim_step_ref(x, e, tc, tnc, TABLE, 0.6, zz)
+    else:
+        got = ddpm_step(x, e, t, tn, schedule=SCHED, return_x0=True, backend=backend, check_timesteps=False,
+                        **noise_kw)
+        want = ref.ddpm_step_ref(x, e, tc, tnc, TABLE, zz)
+    for name, a, w in zip(("x_next", "x0"), got, want):
+        assert a.isfinite().all(), name
+        assert_close(f"{kind} {name}", a, w, dtype=dtype)
+    assert_close(f"{kind} identity steps", got[0][3:5], x[3:5].double(), dtype=dtype)
+    with pytest.raises(ValueError, match="t must be in 0..999, got 1000"):  # the default still checks
+        (ddim_step if kind == "ddim" else ddpm_step)(x, e, t, tn, schedule=SCHED, backend=backend, **noise_kw)
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("kind, eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", None)])
+def test_t_next_after_t_without_checks_is_nan_on_every_backend(backend, kind, eta):
+    # t_next > t (possible with check_timesteps=False) has beta = 1 - at/an < 0: the step is NaN, as
+    # the official exp(0.5 log beta) makes it, also at t = 0 where the noise mask is 0 (the C++
+    # kernel's [t != 0] ? sqrt(beta) : 0 used to hide it there)
+    x, e, z = _inputs((3, 1, 2, 5), torch.float32, torch.Generator().manual_seed(2))
+    t, tn = torch.tensor([5, 0, 998]), torch.tensor([10, 3, 999])
+    if kind == "ddim":
+        got = ddim_step(x, e, t, tn, schedule=SCHED, eta=eta, noise=z, backend=backend, check_timesteps=False)
+    else:
+        got = ddpm_step(x, e, t, tn, schedule=SCHED, noise=z, backend=backend, check_timesteps=False)
+    assert got.isnan().all(), got.isnan().flatten(1).all(1).tolist()
+
+
+def test_reference_formulas_clamp_timesteps_into_the_table():
+    x, e, z = _inputs((2, 1, 3, 3), torch.float64, torch.Generator().manual_seed(1))
+    t, tn = torch.tensor([1000, -1]), torch.tensor([-5, -2])
+    tc, tnc = torch.tensor([999, 0]), torch.tensor([-1, -1])
+    for a, b in zip(ref.ddpm_step_ref(x, e, t, tn, TABLE, z), ref.ddpm_step_ref(x, e, tc, tnc, TABLE, z)):
+        assert torch.equal(a, b)
+    for a, b in zip(ref.ddim_step_ref(x, e, t, tn, TABLE, 1.0, z), ref.ddim_step_ref(x, e, tc, tnc, TABLE, 1.0, z)):
+        assert torch.equal(a, b)
+    assert torch.equal(ref.q_sample_ref(x, t, TABLE, z), ref.q_sample_ref(x, tc, TABLE, z))
+
+
 # --- the custom-op boundary --------------------------------------------------------------------
 @pytest.mark.parametrize("backend", _backends())
 def test_opcheck(backend):

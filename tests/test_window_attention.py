@@ -398,7 +398,7 @@ def test_plan_cache_keys_on_exact_options():
     only in type (window=True is not window=1) or whose tensors differ in strides."""
     q = torch.randn(1, 3, 4, 5, 2, 8)
     window_attention3d(q, q, q, 1)
-    with pytest.raises(ValueError, match="window must be an int or 3 ints"):
+    with pytest.raises(TypeError, match="window must be an int or 3 ints .*got bool True"):
         window_attention3d(q, q, q, True)
     table = torch.randn(27, 2)
     a = window_attention3d(q, q, q, 2, rel_bias_table=table)
@@ -406,6 +406,68 @@ def test_plan_cache_keys_on_exact_options():
     assert torch.equal(a, b)
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
         window_attention3d(q, q, [1.0], 2)
+
+
+# (window, shift) -> (exception, message): issue 16 found 2.0 / 0.5 ending in "'float' object is not
+# iterable" and a negative window_size reported as a bad shift_size
+BAD_WINDOW_ARGS = [
+    ((2.0, 0), TypeError, r"{w} must be an int or 3 ints \(d, h, w\), got float 2.0"),
+    ((2, 0.5), TypeError, r"{s} must be an int or 3 ints \(d, h, w\), got float 0.5"),
+    ((2.5, 1), TypeError, r"{w} must be an int or 3 ints \(d, h, w\), got float 2.5"),
+    (((2, 2, 2.0), 0), TypeError, r"{w} must be .*got float 2.0 for w in \(2, 2, 2.0\)"),
+    (((2, 2, 2), (0, 1.0, 0)), TypeError, r"{s} must be .*got float 1.0 for h in"),
+    ((True, 0), TypeError, r"{w} must be an int or 3 ints \(d, h, w\), got bool True"),
+    ((2, False), TypeError, r"{s} must be an int or 3 ints \(d, h, w\), got bool False"),
+    (("222", 0), TypeError, r"{w} must be an int or 3 ints \(d, h, w\), got str '222'"),
+    ((None, 0), TypeError, r"{w} must be an int or 3 ints \(d, h, w\), got NoneType None"),
+    (((2, 2), 0), ValueError, r"{w} must be an int or 3 ints \(d, h, w\), got 2 values \(2, 2\)"),
+    ((2, (1, 1, 1, 1)), ValueError, r"{s} must be an int or 3 ints \(d, h, w\), got 4 values"),
+    ((-2, 0), ValueError, r"{w} must be >= 1 on every axis \(d, h, w\), got \(-2, -2, -2\)"),
+    (((2, 0, 2), 0), ValueError, r"{w} must be >= 1 on every axis \(d, h, w\), got \(2, 0, 2\)"),
+    ((2, -1), ValueError, r"{s} must be in \[0, {w}\)"),
+]
+_BAD_IDS = ["float-window", "float-shift", "frac-window", "float-in-window", "float-in-shift", "bool-window",
+            "bool-shift", "str-window", "none-window", "short-window", "long-shift", "neg-window", "zero-axis",
+            "neg-shift"]
+
+
+@pytest.mark.parametrize("args, exc, pattern", BAD_WINDOW_ARGS, ids=_BAD_IDS)
+def test_bad_window_and_shift_name_the_argument(args, exc, pattern):
+    window, shift = args
+    q = torch.randn(1, 3, 3, 3, 2, 4)
+    qkv = torch.randn(1, 3, 3, 3, 3 * 8)
+    names = {"w": "window", "s": "shift"}
+    for _ in range(2):  # a bad signature is never cached: the second call gives the same error
+        with pytest.raises(exc, match=pattern.format(**names)):
+            window_attention3d(q, q, q, window, shift, backend="reference")
+    with pytest.raises(exc, match=pattern.format(**names)):
+        cross_window_attention3d(qkv, qkv, 2, window, shift, backend="reference")
+    with pytest.raises(exc, match=pattern.format(**names)):
+        window_geometry((3, 3, 3), window, shift)
+    names = {"w": "window_size", "s": "shift_size"}
+    for module in (WindowAttention3d, CrossModalWindowAttention3d, SwinBlock3d, CrossModalSwinBlock3d):
+        with pytest.raises(exc, match=pattern.format(**names)):
+            module(8, 2, window, shift)
+
+
+def test_cupy_window_parser_refuses_floats_instead_of_truncating():
+    from medkernels import cupy as mkc  # imports no cupy: the parser runs without it
+
+    with pytest.raises(TypeError, match=r"window must be an int or 3 ints \(d, h, w\), got float 2.5"):
+        mkc._triple("window", 2.5)
+    with pytest.raises(TypeError, match="got bool True for w"):
+        mkc._triple("shift", (0, 1, True))
+    assert mkc._triple("window", [2, 3, 4]) == (2, 3, 4)
+
+
+def test_window_accepts_numpy_ints_and_lists():
+    import numpy as np
+
+    q = torch.randn(1, 3, 4, 5, 2, 4)
+    want = window_attention3d(q, q, q, (2, 2, 2), (1, 1, 1), backend="reference")
+    got = window_attention3d(q, q, q, np.int64(2), [1, np.int32(1), 1], backend="reference")
+    assert torch.equal(got, want)
+    assert WindowAttention3d(8, 2, [np.int64(2), 2, 2], 1).window_size == (2, 2, 2)
 
 
 def test_triton_refuses_float64_and_says_why():

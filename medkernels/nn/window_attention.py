@@ -46,7 +46,7 @@ class _WindowAttentionBase(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
-        self.window_size = _triple("window_size", window_size)
+        self.window_size = _triple("window_size", window_size, minimum=1)
         self.shift_size = _triple("shift_size", shift_size)
         for w, s in zip(self.window_size, self.shift_size):
             if not 0 <= s < w:

@@ -3,7 +3,10 @@ the benchmarks and the ``backend="reference"`` implementation.
 
 The formulas follow mirthAI/Fast-DDPM (``functions/denoising.py``, ``functions/losses.py``)
 step by step; ``alpha_table`` is ``[1, abar_0, ..., abar_{T-1}]`` (float64), gathered at
-``t + 1`` exactly as the official ``compute_alpha`` does, so ``t = -1`` gives 1.
+``t + 1`` exactly as the official ``compute_alpha`` does, so ``t = -1`` gives 1. Timesteps are
+first clamped into the table, ``t`` to 0..T-1 and ``t_next`` to -1..T-1, as every kernel does (the
+CUDA and Triton kernels cannot raise): the ops validate them unless ``check_timesteps=False``,
+and then every backend gives this answer.
 
 The noise contract (the same on every backend, device and dtype)
 ----------------------------------------------------------------
@@ -102,6 +105,12 @@ def normal_ref(shape, seed: int, offset: int = 0, dtype=torch.float32, device=No
 
 
 # --- the per-step formulas -------------------------------------------------------------------
+def clamp_timesteps(t: torch.Tensor, alpha_table: torch.Tensor, low: int, device) -> torch.Tensor:
+    """t as int64 on ``device``, clamped into low..T-1 (``low``: 0 for t, -1 for t_next), the
+    kernels' rule for timesteps outside the table."""
+    return t.to(device).long().clamp(low, alpha_table.numel() - 2)
+
+
 def _abar(alpha_table: torch.Tensor, t: torch.Tensor, like: torch.Tensor, dtype) -> torch.Tensor:
     """abar_t per sample, shaped (B, 1, ..., 1) to broadcast over ``like``; t = -1 gives 1."""
     a = alpha_table.to(like.device).index_select(0, t.to(like.device).long() + 1).to(dtype)
@@ -112,11 +121,15 @@ def _compute_dtype(x: torch.Tensor, upcast: bool):
     return torch.float64 if upcast else x.dtype
 
 
+# The per-sample coefficients are formed in float64 from the float64 table whatever the element
+# dtype, then cast (``c(v)``): 1 - abar is ~1e-4 near t = 0, and forming it from a float32 abar
+# loses ~3 digits (2.6e-5 relative on a DDPM step at t = 5). The kernels do the same, so
+# ``upcast=False`` (the reference backend, the eager chain) is as careful as they are.
 def q_sample_ref(x0, t, alpha_table, noise, upcast: bool = True) -> torch.Tensor:
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (``noise_estimation_loss``'s x)."""
     dt = _compute_dtype(x0, upcast)
-    a = _abar(alpha_table, t, x0, dt)
-    return x0.to(dt) * a.sqrt() + noise.to(dt) * (1.0 - a).sqrt()
+    a = _abar(alpha_table, clamp_timesteps(t, alpha_table, 0, x0.device), x0, torch.float64)
+    return x0.to(dt) * a.sqrt().to(dt) + noise.to(dt) * (1.0 - a).sqrt().to(dt)
 
 
 def ddim_step_ref(x_t, eps, t, t_next, alpha_table, eta: float = 0.0, noise=None, upcast: bool = True):
@@ -126,15 +139,21 @@ def ddim_step_ref(x_t, eps, t, t_next, alpha_table, eta: float = 0.0, noise=None
     c2 = sqrt(1 - an - c1^2);  x_next = sqrt(an) x0 + c1 z + c2 eps.
     """
     dt = _compute_dtype(x_t, upcast)
-    at = _abar(alpha_table, t, x_t, dt)
-    an = _abar(alpha_table, t_next, x_t, dt)
+    t = clamp_timesteps(t, alpha_table, 0, x_t.device)
+    t_next = clamp_timesteps(t_next, alpha_table, -1, x_t.device)
+    at = _abar(alpha_table, t, x_t, torch.float64)
+    an = _abar(alpha_table, t_next, x_t, torch.float64)
     x, e = x_t.to(dt), eps.to(dt)
-    x0 = (x - e * (1 - at).sqrt()) / at.sqrt()
+
+    def c(v):
+        return v.to(dt)
+
+    x0 = (x - e * c((1 - at).sqrt())) / c(at.sqrt())
     c1 = eta * ((1 - at / an) * (1 - an) / (1 - at)).sqrt()
     c2 = ((1 - an) - c1**2).sqrt()
-    out = an.sqrt() * x0 + c2 * e
+    out = c(an.sqrt()) * x0 + c(c2) * e
     if eta != 0.0:
-        out = out + c1 * noise.to(dt)
+        out = out + c(c1) * noise.to(dt)
     return out, x0
 
 
@@ -146,16 +165,22 @@ def ddpm_step_ref(x_t, eps, t, t_next, alpha_table, noise=None, clip: Optional[f
     x_next = mean + [t != 0] sqrt(beta) z  (the official exp(0.5 log beta)).
     """
     dt = _compute_dtype(x_t, upcast)
-    at = _abar(alpha_table, t, x_t, dt)
-    an = _abar(alpha_table, t_next, x_t, dt)
+    t = clamp_timesteps(t, alpha_table, 0, x_t.device)
+    t_next = clamp_timesteps(t_next, alpha_table, -1, x_t.device)
+    at = _abar(alpha_table, t, x_t, torch.float64)
+    an = _abar(alpha_table, t_next, x_t, torch.float64)
     beta = 1 - at / an
     x, e = x_t.to(dt), eps.to(dt)
-    x0 = (1.0 / at).sqrt() * x - (1.0 / at - 1).sqrt() * e
+
+    def c(v):
+        return v.to(dt)
+
+    x0 = c((1.0 / at).sqrt()) * x - c((1.0 / at - 1).sqrt()) * e
     if clip is not None:
         x0 = torch.clamp(x0, -clip, clip)
-    mean = ((an.sqrt() * beta) * x0 + ((1 - beta).sqrt() * (1 - an)) * x) / (1.0 - at)
-    mask = (t.to(x_t.device) != 0).to(dt).view(-1, *([1] * (x_t.dim() - 1)))
-    return mean + mask * beta.sqrt() * noise.to(dt), x0
+    mean = (c(an.sqrt() * beta) * x0 + c((1 - beta).sqrt() * (1 - an)) * x) / c(1.0 - at)
+    mask = (t != 0).to(torch.float64).view(-1, *([1] * (x_t.dim() - 1)))  # of the clamped t, as the kernels
+    return mean + c(mask * beta.sqrt()) * noise.to(dt), x0
 
 
 def diffusion_loss_ref(eps_pred, noise, reduction: str = "sum_mean", upcast: bool = True) -> torch.Tensor:

@@ -28,6 +28,8 @@ C = heads * head_dim). ``upcast=True`` computes in float64. The backward
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Sequence, Tuple, Union
@@ -37,10 +39,30 @@ import torch
 IntOr3 = Union[int, Sequence[int]]
 
 
-def _triple(name: str, v: IntOr3) -> Tuple[int, int, int]:
-    t = (v, v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 3 or not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
-        raise ValueError(f"{name} must be an int or 3 ints (d, h, w), got {v!r}")
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _triple(name: str, v: IntOr3, minimum: Optional[int] = None) -> Tuple[int, int, int]:
+    """``v`` (an int, or 3 ints for d, h, w) as a tuple of 3 Python ints, each >= ``minimum`` when
+    given. Anything else (a float such as 2.0, a bool, a string, another length) is refused with
+    an error naming ``name``, what was expected and what came: TypeError for a wrong type,
+    ValueError for a wrong length or value."""
+    want = f"{name} must be an int or 3 ints (d, h, w)"
+    if _is_int(v):
+        t = (int(v),) * 3
+    elif isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
+        raise TypeError(f"{want}, got {type(v).__name__} {v!r}")
+    else:
+        items = tuple(v)
+        if len(items) != 3:
+            raise ValueError(f"{want}, got {len(items)} values {v!r}")
+        for axis, i in zip("dhw", items):
+            if not _is_int(i):
+                raise TypeError(f"{want}, got {type(i).__name__} {i!r} for {axis} in {v!r}")
+        t = tuple(int(i) for i in items)
+    if minimum is not None and min(t) < minimum:
+        raise ValueError(f"{name} must be >= {minimum} on every axis (d, h, w), got {t}")
     return t  # type: ignore[return-value]
 
 
@@ -84,11 +106,9 @@ class WindowGeometry:
 def window_geometry(size: Sequence[int], window: IntOr3, shift: IntOr3 = 0) -> WindowGeometry:
     """MONAI's ``get_window_size`` followed by the end padding of ``forward_part1``."""
     size = tuple(int(s) for s in size)
-    window = _triple("window", window)
+    window = _triple("window", window, minimum=1)
     shift = _triple("shift", shift)
     for a in range(3):
-        if window[a] < 1:
-            raise ValueError(f"window must be >= 1 on every axis, got {window}")
         if not 0 <= shift[a] < window[a]:
             raise ValueError(f"shift must be in [0, window) on every axis, got shift {shift} for window {window}")
     eff = list(window)

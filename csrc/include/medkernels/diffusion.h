@@ -52,6 +52,9 @@ struct DiffusionParams {
 Status diffusion_check(const DiffusionParams& p, bool check_timesteps);
 
 namespace cpu {
+// Like the CUDA entry point it leaves t and t_next unchecked and clamps them into the table (t to
+// 0..T-1, t_next to -1..T-1); validating them is the caller's job (the Python ops do, unless
+// check_timesteps=False).
 Status diffusion_fwd(const DiffusionParams& p);
 // out[(b * groups + g) * 4 + l] = Philox word l of group g of sample b (the noise contract's bits).
 Status philox_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, int64_t* out);

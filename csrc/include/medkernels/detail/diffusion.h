@@ -45,7 +45,7 @@ MK_HD StepCoef diffusion_coef(DiffusionOp op, const double* table, int64_t T, in
     k.c[1] = sqrt(1.0 / at - 1.0);
     k.c[2] = sqrt(an) * beta / (1.0 - at);
     k.c[3] = sqrt(1.0 - beta) * (1.0 - an) / (1.0 - at);
-    k.c[4] = t != 0 ? sqrt(beta) : 0.0;
+    k.c[4] = (t != 0 ? 1.0 : 0.0) * sqrt(beta);  // a product, as the official mask: NaN (beta < 0) stays NaN
   }
   return k;
 }
