@@ -73,29 +73,6 @@ void array_set(int64_t (&a)[N], const std::vector<int64_t>& v, const char* name)
   for (size_t i = 0; i < N; ++i) a[i] = v[i];
 }
 
-// A void* field exposed to Python as an integer address.
-#define MK_PTR_PROP(cls, Struct, field)                                                        \
-  cls.def_property(                                                                            \
-      #field, [](const Struct& s) { return reinterpret_cast<std::uintptr_t>(s.field); },       \
-      [](Struct& s, std::uintptr_t v) {                                                        \
-        s.field = reinterpret_cast<decltype(s.field)>(v);                                      \
-      })
-
-// A fixed-size int64 array field exposed as a list.
-#define MK_ARRAY_PROP(cls, Struct, field)                                                      \
-  cls.def_property(                                                                            \
-      #field,                                                                                  \
-      [](const Struct& s) {                                                                    \
-        return std::vector<int64_t>(std::begin(s.field), std::end(s.field));                   \
-      },                                                                                       \
-      [](Struct& s, const std::vector<int64_t>& v) {                                           \
-        constexpr size_t n = sizeof(s.field) / sizeof(s.field[0]);                             \
-        if (v.size() != n)                                                                     \
-          throw py::value_error(std::string(#field) + " takes " + std::to_string(n) +          \
-                                " values, got " + std::to_string(v.size()));                   \
-        for (size_t i = 0; i < n; ++i) s.field[i] = v[i];                                      \
-      })
-
 // Run a kernel entry point without the GIL and raise on failure.
 template <typename F>
 void call(F&& f) {
