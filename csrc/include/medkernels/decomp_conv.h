@@ -21,6 +21,8 @@
 
 namespace medkernels {
 
+// The fields of both structs: medkernels/fields/decomp_conv.h (one list, also expanded by the
+// Python glue and the C ABI).
 struct DecompConvParams {
   MK_DECOMP_CONV_PARAMS_FIELDS(MK_CXX_FIELD)
 };
@@ -33,7 +35,12 @@ struct DecompConvBwdParams {
   MK_DECOMP_CONV_BWD_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
-// Checks sizes, strides and options; on failure returns kInvalidArgument and sets last_error().
+// The largest kernel_size (odd, 1..kDecompConvMaxKernel) every layer accepts.
+constexpr int kDecompConvMaxKernel = 15;
+
+// Checks sizes, strides and options (the single validator: the CPU and CUDA entry points, the
+// Python glue and the C ABI all go through it); on failure returns kInvalidArgument and sets
+// last_error().
 Status decomp_conv_check(const DecompConvParams& p);
 size_t decomp_conv_bwd_workspace_bytes(const DecompConvBwdParams& p);
 
