@@ -84,7 +84,6 @@ void register_fields(const char* name, const mk_field* fields, size_t size);
 #define MK_C_TYPE_PTR(type, arg) #type
 #define MK_C_TYPE_ARR(type, arg) #type
 #define MK_C_TYPE_NESTED(type, arg) #arg
-#define MK_C_COUNT_ARR(arg) (arg)
 #define MK_FIELD_ROW(kind, type, name, arg)                                                     \
   {#name, #kind, MK_C_TYPE_##kind(type, arg), offsetof(MkC, name), sizeof(MkC::name), MK_COUNT_##kind(arg)},
 #define MK_COUNT_VAL(arg) 1
