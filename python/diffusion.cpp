@@ -13,30 +13,7 @@ void bind_diffusion(py::module_& m) {
       .value("ddpm", mk::DiffusionOp::kDdpm)
       .value("loss", mk::DiffusionOp::kLoss)
       .value("normal", mk::DiffusionOp::kNormal);
-  auto p = py::class_<DiffusionParams>(m, "DiffusionParams").def(py::init<>());
-  p.def_readwrite("dtype", &DiffusionParams::dtype)
-      .def_property(
-          "op", [](const DiffusionParams& s) { return static_cast<int>(s.op); },
-          [](DiffusionParams& s, int v) { s.op = static_cast<mk::DiffusionOp>(v); })
-      .def_readwrite("num_train_timesteps", &DiffusionParams::num_train_timesteps)
-      .def_readwrite("batch", &DiffusionParams::batch)
-      .def_readwrite("numel", &DiffusionParams::numel)
-      .def_readwrite("seed", &DiffusionParams::seed)
-      .def_readwrite("offset", &DiffusionParams::offset)
-      .def_readwrite("eta", &DiffusionParams::eta)
-      .def_readwrite("clip", &DiffusionParams::clip)
-      .def_readwrite("has_clip", &DiffusionParams::has_clip)
-      .def_readwrite("scale", &DiffusionParams::scale)
-      .def_readwrite("block", &DiffusionParams::block);
-  MK_PTR_PROP(p, DiffusionParams, x);
-  MK_PTR_PROP(p, DiffusionParams, eps);
-  MK_PTR_PROP(p, DiffusionParams, noise);
-  MK_PTR_PROP(p, DiffusionParams, out);
-  MK_PTR_PROP(p, DiffusionParams, x0_out);
-  MK_PTR_PROP(p, DiffusionParams, partial);
-  MK_PTR_PROP(p, DiffusionParams, table);
-  MK_PTR_PROP(p, DiffusionParams, t);
-  MK_PTR_PROP(p, DiffusionParams, t_next);
+  MK_PY_PARAMS(m, DiffusionParams, MK_DIFFUSION_PARAMS_FIELDS);
 
   m.def("diffusion_fwd_cpu", [](const DiffusionParams& prm) {
     medkernels_glue::call([&] { return mk::cpu::diffusion_fwd(prm); });

@@ -24,28 +24,54 @@ inline void check(medkernels::Status st) {
   throw std::runtime_error(msg);
 }
 
-// A void* field exposed to Python as an integer address.
-#define MK_PTR_PROP(cls, Struct, field)                                                        \
-  cls.def_property(                                                                            \
-      #field, [](const Struct& s) { return reinterpret_cast<std::uintptr_t>(s.field); },       \
-      [](Struct& s, std::uintptr_t v) {                                                        \
-        s.field = reinterpret_cast<decltype(s.field)>(v);                                      \
-      })
+// A params struct as a Python class, its attributes generated from the struct's field list
+// (medkernels/fields/<family>.h): MK_PY_PARAMS(m, DecompConvParams, MK_DECOMP_CONV_PARAMS_FIELDS).
+// Values, bools, enums and nested structs read and write as themselves, OPCODE enums as ints,
+// pointers as integer addresses (tensor.data_ptr()), fixed-size arrays as lists of exactly their
+// length. copy.copy() copies the struct; <class>._fields lists the attributes in layout order.
+#define MK_PY_PARAMS(m, Struct, LIST)                                                            \
+  [&]() {                                                                                        \
+    using MkS = Struct;                                                                          \
+    auto mk_cls = py::class_<MkS>(m, #Struct).def(py::init<>());                                 \
+    mk_cls.def("__copy__", [](const MkS& s) { return MkS(s); });                                 \
+    LIST(MK_PY_FIELD)                                                                            \
+    py::list mk_names;                                                                           \
+    LIST(MK_PY_FIELD_NAME)                                                                       \
+    mk_cls.attr("_fields") = py::tuple(mk_names);                                                \
+    return mk_cls;                                                                               \
+  }()
 
-// A fixed-size int64 array field exposed as a list.
-#define MK_ARRAY_PROP(cls, Struct, field)                                                      \
-  cls.def_property(                                                                            \
-      #field,                                                                                  \
-      [](const Struct& s) {                                                                    \
-        return std::vector<int64_t>(std::begin(s.field), std::end(s.field));                   \
-      },                                                                                       \
-      [](Struct& s, const std::vector<int64_t>& v) {                                           \
-        constexpr size_t n = sizeof(s.field) / sizeof(s.field[0]);                             \
-        if (v.size() != n)                                                                     \
-          throw py::value_error(std::string(#field) + " takes " + std::to_string(n) +          \
-                                " values, got " + std::to_string(v.size()));                   \
-        for (size_t i = 0; i < n; ++i) s.field[i] = v[i];                                      \
-      })
+#define MK_PY_FIELD(kind, type, name, arg) MK_PY_FIELD_##kind(type, name, arg)
+#define MK_PY_FIELD_NAME(kind, type, name, arg) mk_names.append(#name);
+#define MK_PY_FIELD_VAL(type, name, arg) mk_cls.def_readwrite(#name, &MkS::name);
+#define MK_PY_FIELD_BOOL(type, name, arg) mk_cls.def_readwrite(#name, &MkS::name);
+#define MK_PY_FIELD_ENUM(type, name, arg) mk_cls.def_readwrite(#name, &MkS::name);
+#define MK_PY_FIELD_NESTED(type, name, arg) mk_cls.def_readwrite(#name, &MkS::name);
+#define MK_PY_FIELD_OPCODE(type, name, arg)                                                      \
+  mk_cls.def_property(                                                                           \
+      #name, [](const MkS& s) { return static_cast<int>(s.name); },                              \
+      [](MkS& s, int v) { s.name = static_cast<decltype(s.name)>(v); });
+#define MK_PY_FIELD_PTR(type, name, arg)                                                         \
+  mk_cls.def_property(                                                                           \
+      #name, [](const MkS& s) { return reinterpret_cast<std::uintptr_t>(s.name); },              \
+      [](MkS& s, std::uintptr_t v) { s.name = reinterpret_cast<decltype(s.name)>(v); });
+#define MK_PY_FIELD_ARR(type, name, arg)                                                         \
+  mk_cls.def_property(                                                                           \
+      #name, [](const MkS& s) { return medkernels_glue::array_get(s.name); },                    \
+      [](MkS& s, const std::vector<int64_t>& v) { medkernels_glue::array_set(s.name, v, #name); });
+
+template <size_t N>
+std::vector<int64_t> array_get(const int64_t (&a)[N]) {
+  return std::vector<int64_t>(std::begin(a), std::end(a));
+}
+
+template <size_t N>
+void array_set(int64_t (&a)[N], const std::vector<int64_t>& v, const char* name) {
+  if (v.size() != N)
+    throw py::value_error(std::string(name) + " takes " + std::to_string(N) + " values, got " +
+                          std::to_string(v.size()));
+  for (size_t i = 0; i < N; ++i) a[i] = v[i];
+}
 
 // Run a kernel entry point without the GIL and raise on failure.
 template <typename F>

@@ -7,6 +7,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from vendoring_helpers import install_prefix  # noqa: E402,F401  (the CMake package, for tests/test_vendoring*.py)
+
 import medkernels  # noqa: E402,F401  (sets TRITON_INTERPRET before any Triton kernel is defined)
 
 

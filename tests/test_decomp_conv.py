@@ -289,6 +289,29 @@ def test_bad_input(mutate, exc, pattern):
         decomp_conv3d(x, *ws, **kw)
 
 
+@pytest.mark.parametrize("k", [15, 17, 4, 0])
+def test_core_check_limits_kernel_size(k):
+    """kernel_size's limit (odd, 1..15) is the C++ decomp_conv_check's, the validator every compiled entry
+    point runs (the Python glue here, the C ABI, CUDA): k=17 is refused there with its message."""
+    _C = pytest.importorskip("medkernels._C")
+    x = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64)
+    w = torch.randn(2, 1, max(k, 1), dtype=torch.float64)
+    y = torch.empty(1, 2, 4, 4, 4, dtype=torch.float64)
+    p = _C.DecompConvParams()
+    p.dtype = _C.DType.float64
+    p.x, p.w_d, p.w_h, p.w_w, p.y = x.data_ptr(), w.data_ptr(), w.data_ptr(), w.data_ptr(), y.data_ptr()
+    p.batch, p.in_channels, p.out_channels, p.groups, p.kernel_size = 1, 2, 2, 2, k
+    p.in_size = p.out_size = [4, 4, 4]
+    p.x_strides, p.y_strides = list(x.stride()), list(y.stride())
+    if k == 15:
+        _C.decomp_conv_fwd_cpu(p)
+        want = decomp_conv3d_ref(x, w, w, w, None, 1, 2, None)
+        assert_close("k=15", y, want)
+        return
+    with pytest.raises(ValueError, match=rf"decomp_conv: kernel_size must be odd and in 1\.\.15, got {k}$"):
+        _C.decomp_conv_fwd_cpu(p)
+
+
 @pytest.mark.skipif(GPU, reason="checks the error on a machine without a GPU")
 def test_unavailable_backend_says_why():
     x, ws = _good()

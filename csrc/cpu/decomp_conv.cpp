@@ -33,8 +33,9 @@ using detail::act_grad;
 Status decomp_conv_check(const DecompConvParams& p) {
   MK_CHECK_ARG(p.x && p.w_d && p.w_h && p.w_w && p.y, "decomp_conv: x, weights and y must not be null");
   MK_CHECK_ARG(p.batch >= 1, "decomp_conv: batch must be >= 1, got " + std::to_string(p.batch));
-  MK_CHECK_ARG(p.kernel_size >= 1 && p.kernel_size % 2 == 1,
-               "decomp_conv: kernel_size must be odd and >= 1, got " + std::to_string(p.kernel_size));
+  MK_CHECK_ARG(p.kernel_size >= 1 && p.kernel_size <= kDecompConvMaxKernel && p.kernel_size % 2 == 1,
+               "decomp_conv: kernel_size must be odd and in 1.." + std::to_string(kDecompConvMaxKernel) + ", got " +
+                   std::to_string(p.kernel_size));
   MK_CHECK_ARG(p.stride >= 1, "decomp_conv: stride must be >= 1, got " + std::to_string(p.stride));
   MK_CHECK_ARG(p.groups >= 1 && p.in_channels % p.groups == 0 && p.out_channels % p.groups == 0,
                "decomp_conv: groups=" + std::to_string(p.groups) + " must divide in_channels=" +

@@ -24,6 +24,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "medkernels/fields/decomp_conv.h"
+#include "medkernels/fields/diffusion.h"
+#include "medkernels/fields/group_norm.h"
+#include "medkernels/fields/sigmoid_loss.h"
+#include "medkernels/fields/window_attention.h"
+
 #if defined(_WIN32)
 #if defined(MK_CAPI_BUILDING)
 #define MK_CAPI __declspec(dllexport)
@@ -59,6 +65,48 @@ MK_CAPI int mk_abi_version(void);
 MK_CAPI const char* mk_last_error(void);
 /* 1 when the library holds the CUDA kernels, else 0. */
 MK_CAPI int mk_cuda_available(void);
+
+/* ---- params entry points ------------------------------------------------------------------------
+ * Besides the flat entry points below, every family takes its C++ params struct as a C struct:
+ * mk_<family>_params (and mk_<family>_bwd_params) holds, after a leading struct_size, the fields of
+ * medkernels::<Family>Params in the same order with the same names and meanings (the field list in
+ * medkernels/fields/<family>.h declares both; enums and bools are ints here, pointers the same
+ * types, fixed arrays the same lengths). Set one up with mk_<...>_params_init() (the C++ defaults
+ * and struct_size), fill it, call mk_<family>_fwd / _bwd (CPU) or the _cuda twin. The C++
+ * validators check every field; a struct_size other than this header's sizeof is refused with
+ * MK_INVALID_ARGUMENT, so a caller built against a different c_api.h gets an error, not garbage.
+ * mk_params_fields() describes each struct's layout at run time, so an FFI (ctypes, cffi) can
+ * build it without transcribing this header. */
+#define MK_C_FIELD(kind, type, name, arg) MK_C_FIELD_##kind(type, name, arg)
+#define MK_C_FIELD_VAL(type, name, arg) type name;
+#define MK_C_FIELD_BOOL(type, name, arg) int name;
+#define MK_C_FIELD_ENUM(type, name, arg) int name;
+#define MK_C_FIELD_OPCODE(type, name, arg) int name;
+#define MK_C_FIELD_PTR(type, name, arg) type name;
+#define MK_C_FIELD_ARR(type, name, arg) type name[arg];
+#define MK_C_FIELD_NESTED(type, name, arg) arg name;
+#define MK_C_PARAMS(c_name, LIST) \
+  typedef struct c_name {         \
+    size_t struct_size;           \
+    LIST(MK_C_FIELD)              \
+  } c_name;                       \
+  MK_CAPI void c_name##_init(c_name* p);
+
+/* One field of a params struct: name, kind (VAL, BOOL, ENUM, OPCODE, PTR, ARR, NESTED, as in
+ * medkernels/fields.h), C type ("int64_t", "const void*", a nested struct's name), byte offset,
+ * byte size and element count (the array length for ARR, else 1). */
+typedef struct mk_field {
+  const char* name;
+  const char* kind;
+  const char* type;
+  size_t offset;
+  size_t size;
+  size_t count;
+} mk_field;
+/* The fields of the params struct named `name` (e.g. "mk_decomp_conv_params") in layout order,
+ * ending with an entry whose name is NULL, and its sizeof in *size (when size is not NULL); NULL
+ * for an unknown name. */
+MK_CAPI const mk_field* mk_params_fields(const char* name, size_t* size);
 
 /* ---- decomposed 3D convolution (DCFormer DecompConv3D), see medkernels/decomp_conv.h ------
  *   y = act(conv_d(x) + conv_h(x) + conv_w(x) + bias)
@@ -102,6 +150,15 @@ MK_CAPI int mk_decomp_conv3d_bwd_f32(MK_DECOMP_CONV3D_BWD_ARGS(float, float));
 MK_CAPI int mk_decomp_conv3d_bwd_f64(MK_DECOMP_CONV3D_BWD_ARGS(double, double));
 MK_CAPI int mk_decomp_conv3d_bwd_f32_cuda(MK_DECOMP_CONV3D_BWD_ARGS(float, float), void* stream);
 MK_CAPI int mk_decomp_conv3d_bwd_f64_cuda(MK_DECOMP_CONV3D_BWD_ARGS(double, double), void* stream);
+
+/* The params form (see "params entry points"): medkernels::DecompConvParams / DecompConvBwdParams. */
+MK_C_PARAMS(mk_decomp_conv_params, MK_DECOMP_CONV_PARAMS_FIELDS)
+MK_C_PARAMS(mk_decomp_conv_bwd_params, MK_DECOMP_CONV_BWD_PARAMS_FIELDS)
+MK_CAPI int mk_decomp_conv_fwd(const mk_decomp_conv_params* p);
+MK_CAPI int mk_decomp_conv_fwd_cuda(const mk_decomp_conv_params* p, void* stream);
+MK_CAPI size_t mk_decomp_conv_bwd_workspace_bytes(const mk_decomp_conv_bwd_params* p);
+MK_CAPI int mk_decomp_conv_bwd(const mk_decomp_conv_bwd_params* p);
+MK_CAPI int mk_decomp_conv_bwd_cuda(const mk_decomp_conv_bwd_params* p, void* stream);
 
 /* ---- few-step diffusion (Fast-DDPM) steps, see medkernels/diffusion.h -----------------------
  * Tensors are contiguous (batch, numel). table: float64 (num_train_timesteps + 1,) holding
@@ -147,6 +204,11 @@ MK_DECLARE_DIFFUSION(f64, double)
 MK_DECLARE_DIFFUSION(f16, uint16_t)
 MK_DECLARE_DIFFUSION(bf16, uint16_t)
 
+/* The params form: medkernels::DiffusionParams (op: 0 q_sample, 1 ddim, 2 ddpm, 3 loss, 4 normal). */
+MK_C_PARAMS(mk_diffusion_params, MK_DIFFUSION_PARAMS_FIELDS)
+MK_CAPI int mk_diffusion_fwd(const mk_diffusion_params* p);
+MK_CAPI int mk_diffusion_fwd_cuda(const mk_diffusion_params* p, void* stream);
+
 /* ---- 3D (shifted) window self-attention (Swin / MONAI), see medkernels/window_attention.h ----
  * sizes {B, D, H, W, heads, head_dim}; q, k, v, out (B, D, H, W, heads, head_dim) through their
  * element strides (NULL: contiguous). window and shift: 3 values each, shift in [0, window); on an
@@ -185,6 +247,19 @@ MK_CAPI int mk_window_attention3d_bwd_f32(MK_WINDOW_ATTENTION3D_BWD_ARGS(float, 
 MK_CAPI int mk_window_attention3d_bwd_f64(MK_WINDOW_ATTENTION3D_BWD_ARGS(double, double));
 MK_CAPI int mk_window_attention3d_bwd_f16(MK_WINDOW_ATTENTION3D_BWD_ARGS(uint16_t, float));
 MK_CAPI int mk_window_attention3d_bwd_bf16(MK_WINDOW_ATTENTION3D_BWD_ARGS(uint16_t, float));
+
+/* The params form: medkernels::WindowAttentionParams / WindowAttentionBwdParams (two directions,
+ * the clamped window and every stride as the C++ API takes them; the caller owns lse and the
+ * backward workspace: mk_window_attention_bwd_workspace_bytes() for the CPU,
+ * mk_window_attention_cuda_bwd_workspace_bytes() for _cuda). */
+MK_C_PARAMS(mk_window_attention_params, MK_WINDOW_ATTENTION_PARAMS_FIELDS)
+MK_C_PARAMS(mk_window_attention_bwd_params, MK_WINDOW_ATTENTION_BWD_PARAMS_FIELDS)
+MK_CAPI int mk_window_attention_fwd(const mk_window_attention_params* p);
+MK_CAPI int mk_window_attention_fwd_cuda(const mk_window_attention_params* p, void* stream);
+MK_CAPI size_t mk_window_attention_bwd_workspace_bytes(const mk_window_attention_bwd_params* p);
+MK_CAPI size_t mk_window_attention_cuda_bwd_workspace_bytes(const mk_window_attention_bwd_params* p);
+MK_CAPI int mk_window_attention_bwd(const mk_window_attention_bwd_params* p);
+MK_CAPI int mk_window_attention_bwd_cuda(const mk_window_attention_bwd_params* p, void* stream);
 
 /* ---- pairwise sigmoid (SigLIP) loss, see medkernels/sigmoid_loss.h ------------------------------
  * x (n, d) and y (m, d) through element strides (NULL: contiguous). *loss receives the unscaled
@@ -229,6 +304,26 @@ MK_CAPI int mk_sigmoid_loss_bwd_f32_cuda(MK_SIGMOID_LOSS_BWD_ARGS(float), MK_SIG
 MK_CAPI int mk_sigmoid_loss_bwd_f64_cuda(MK_SIGMOID_LOSS_BWD_ARGS(double), MK_SIGMOID_LOSS_CUDA_TAIL);
 MK_CAPI int mk_sigmoid_loss_bwd_f16_cuda(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t), MK_SIGMOID_LOSS_CUDA_TAIL);
 MK_CAPI int mk_sigmoid_loss_bwd_bf16_cuda(MK_SIGMOID_LOSS_BWD_ARGS(uint16_t), MK_SIGMOID_LOSS_CUDA_TAIL);
+
+/* The params form: medkernels::SigmoidLossParams / SigmoidLossBwdParams; the caller owns the
+ * workspace (mk_sigmoid_loss_{fwd,bwd}_workspace_bytes[_cuda]() bytes of host or device memory). */
+MK_C_PARAMS(mk_sigmoid_loss_params, MK_SIGMOID_LOSS_PARAMS_FIELDS)
+MK_C_PARAMS(mk_sigmoid_loss_bwd_params, MK_SIGMOID_LOSS_BWD_PARAMS_FIELDS)
+MK_CAPI size_t mk_sigmoid_loss_fwd_workspace_bytes(const mk_sigmoid_loss_params* p);
+MK_CAPI size_t mk_sigmoid_loss_bwd_workspace_bytes(const mk_sigmoid_loss_bwd_params* p);
+MK_CAPI size_t mk_sigmoid_loss_fwd_workspace_bytes_cuda(const mk_sigmoid_loss_params* p);
+MK_CAPI size_t mk_sigmoid_loss_bwd_workspace_bytes_cuda(const mk_sigmoid_loss_bwd_params* p);
+MK_CAPI int mk_sigmoid_loss_fwd(const mk_sigmoid_loss_params* p);
+MK_CAPI int mk_sigmoid_loss_fwd_cuda(const mk_sigmoid_loss_params* p, void* stream);
+MK_CAPI int mk_sigmoid_loss_bwd(const mk_sigmoid_loss_bwd_params* p);
+MK_CAPI int mk_sigmoid_loss_bwd_cuda(const mk_sigmoid_loss_bwd_params* p, void* stream);
+
+/* ---- GroupNorm + add / FiLM scale-shift + activation, see medkernels/group_norm.h --------------
+ * The params form only: medkernels::GroupNormParams / GroupNormBwdParams. CPU only. */
+MK_C_PARAMS(mk_group_norm_params, MK_GROUP_NORM_PARAMS_FIELDS)
+MK_C_PARAMS(mk_group_norm_bwd_params, MK_GROUP_NORM_BWD_PARAMS_FIELDS)
+MK_CAPI int mk_group_norm_fwd(const mk_group_norm_params* p);
+MK_CAPI int mk_group_norm_bwd(const mk_group_norm_bwd_params* p);
 
 #ifdef __cplusplus
 }  /* extern "C" */

@@ -16,26 +16,15 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/fields.h"
+#include "medkernels/fields/decomp_conv.h"
 
 namespace medkernels {
 
+// The fields of both structs: medkernels/fields/decomp_conv.h (one list, also expanded by the
+// Python glue and the C ABI).
 struct DecompConvParams {
-  DType dtype = DType::kFloat32;
-  const void* x = nullptr;
-  const void* w_d = nullptr;
-  const void* w_h = nullptr;
-  const void* w_w = nullptr;
-  const void* bias = nullptr;  // may be null
-  void* y = nullptr;
-  int64_t batch = 0, in_channels = 0, out_channels = 0;
-  int64_t in_size[3] = {0, 0, 0};   // D, H, W
-  int64_t out_size[3] = {0, 0, 0};  // (in - 1) / stride + 1
-  int kernel_size = 3;
-  int stride = 1;
-  int64_t groups = 1;
-  Activation activation = Activation::kNone;
-  int64_t x_strides[5] = {0, 0, 0, 0, 0};  // elements, N C D H W
-  int64_t y_strides[5] = {0, 0, 0, 0, 0};
+  MK_DECOMP_CONV_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 // Backward. grad_w_* are (C_out, C_in/groups, k) and grad_bias (C_out,), written (not
@@ -43,20 +32,15 @@ struct DecompConvParams {
 // float64. grad_x has x's dtype. Any grad pointer may be null to skip it. The reduction for
 // the weight and bias gradients runs in a fixed order: the same bits on every run.
 struct DecompConvBwdParams {
-  DecompConvParams fwd;            // x, weights, bias, sizes, options as in the forward (y unused)
-  const void* grad_y = nullptr;
-  int64_t grad_y_strides[5] = {0, 0, 0, 0, 0};
-  void* grad_x = nullptr;
-  int64_t grad_x_strides[5] = {0, 0, 0, 0, 0};
-  void* grad_w_d = nullptr;
-  void* grad_w_h = nullptr;
-  void* grad_w_w = nullptr;
-  void* grad_bias = nullptr;
-  void* workspace = nullptr;       // decomp_conv_bwd_workspace_bytes() bytes, device memory
-  size_t workspace_bytes = 0;
+  MK_DECOMP_CONV_BWD_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
-// Checks sizes, strides and options; on failure returns kInvalidArgument and sets last_error().
+// The largest kernel_size (odd, 1..kDecompConvMaxKernel) every layer accepts.
+constexpr int kDecompConvMaxKernel = 15;
+
+// Checks sizes, strides and options (the single validator: the CPU and CUDA entry points, the
+// Python glue and the C ABI all go through it); on failure returns kInvalidArgument and sets
+// last_error().
 Status decomp_conv_check(const DecompConvParams& p);
 size_t decomp_conv_bwd_workspace_bytes(const DecompConvBwdParams& p);
 

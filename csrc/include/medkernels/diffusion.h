@@ -18,33 +18,15 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/fields.h"
+#include "medkernels/fields/diffusion.h"
 
 namespace medkernels {
 
 enum class DiffusionOp : int { kQSample = 0, kDdim = 1, kDdpm = 2, kLoss = 3, kNormal = 4 };
 
 struct DiffusionParams {
-  DType dtype = DType::kFloat32;
-  DiffusionOp op = DiffusionOp::kQSample;
-  const void* x = nullptr;       // x0 (q_sample), x_t (steps), eps_pred (loss); unused by kNormal
-  const void* eps = nullptr;     // predicted noise (steps)
-  const void* noise = nullptr;   // z, or null: made from (seed, offset)
-  void* out = nullptr;           // result (the gradient for kLoss)
-  void* x0_out = nullptr;        // x0 prediction (steps), may be null
-  double* partial = nullptr;     // kLoss: (batch, ceil(numel / block)) sums of d^2
-  const double* table = nullptr; // (num_train_timesteps + 1) [1, abar_0, ...]
-  int64_t num_train_timesteps = 0;
-  const int64_t* t = nullptr;      // (batch,) in 0..T-1
-  const int64_t* t_next = nullptr; // (batch,) in -1..t-1
-  int64_t batch = 0;
-  int64_t numel = 0;  // elements per sample
-  uint64_t seed = 0;
-  uint64_t offset = 0;
-  double eta = 0.0;
-  double clip = 1.0;
-  bool has_clip = false;
-  double scale = 0.0;  // kLoss gradient scale
-  int64_t block = 1024;  // kLoss partial-sum block (a multiple of 4)
+  MK_DIFFUSION_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 // Checks pointers, sizes and timesteps; on failure returns kInvalidArgument and sets last_error().

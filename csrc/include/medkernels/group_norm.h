@@ -16,41 +16,20 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/fields.h"
+#include "medkernels/fields/group_norm.h"
 
 namespace medkernels {
 
 struct GroupNormParams {
-  DType dtype = DType::kFloat32;
-  const void* x = nullptr;
-  void* y = nullptr;
-  const void* weight = nullptr;  // (C,) in x's dtype, or null (1)
-  const void* bias = nullptr;    // (C,) or null (0)
-  const void* scale = nullptr;   // (N, C) or null (0)
-  const void* shift = nullptr;   // (N, C) or null (0)
-  const void* add = nullptr;     // (N, C) or null (0)
-  void* mean = nullptr;          // (N, groups) accumulation type, written
-  void* rstd = nullptr;          // (N, groups) accumulation type, written
-  int64_t batch = 0, channels = 0, groups = 1, spatial = 0;
-  int64_t x_strides[3] = {0, 0, 0};  // elements: N, C, M
-  int64_t y_strides[3] = {0, 0, 0};
-  double eps = 1e-5;
-  Activation activation = Activation::kNone;
+  MK_GROUP_NORM_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 // Backward from the forward's saved mean/rstd. grad_x has x's dtype and its own strides;
 // grad_weight, grad_bias (C,) and grad_scale, grad_shift, grad_add (N, C) are written in the
 // accumulation type; any may be null to skip it. Fixed-order reductions.
 struct GroupNormBwdParams {
-  GroupNormParams fwd;  // x, weight, bias, scale, shift, add, mean, rstd (read), sizes, options
-  const void* grad_y = nullptr;
-  int64_t grad_y_strides[3] = {0, 0, 0};
-  void* grad_x = nullptr;
-  int64_t grad_x_strides[3] = {0, 0, 0};
-  void* grad_weight = nullptr;
-  void* grad_bias = nullptr;
-  void* grad_scale = nullptr;
-  void* grad_shift = nullptr;
-  void* grad_add = nullptr;
+  MK_GROUP_NORM_BWD_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 // Checks sizes, strides and options; on failure returns kInvalidArgument and sets last_error().

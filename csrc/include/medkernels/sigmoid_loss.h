@@ -13,6 +13,8 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/fields.h"
+#include "medkernels/fields/sigmoid_loss.h"
 
 namespace medkernels {
 
@@ -23,40 +25,14 @@ enum class SigmoidLossPositives : int {
 };
 
 struct SigmoidLossParams {
-  DType dtype = DType::kFloat32;
-  const void* x = nullptr;
-  const void* y = nullptr;
-  int64_t n = 0, m = 0, d = 0;
-  int64_t x_strides[2] = {0, 0};  // elements
-  int64_t y_strides[2] = {0, 0};
-  double logit_scale = 1.0;  // exp(t')
-  double bias = 0.0;
-  bool symmetric = false;  // Med3DVLM: logits (L + L^T) / 2, needs n == m
-  SigmoidLossPositives positives = SigmoidLossPositives::kDiagonal;
-  int64_t diag_offset = 0;
-  const int64_t* labels_x = nullptr;  // (n,)
-  const int64_t* labels_y = nullptr;  // (m,)
-  const uint8_t* mask = nullptr;      // (n, m)
-  int64_t mask_strides[2] = {0, 0};
-  double* loss = nullptr;  // forward output: the unscaled sum (host memory for cpu::, device memory for cuda::)
-  // Scratch of *_workspace_bytes() bytes from the caller (the packed inputs live here), so the
-  // caller's allocator sees all of the memory the loss needs.
-  void* workspace = nullptr;
-  size_t workspace_bytes = 0;
+  MK_SIGMOID_LOSS_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 // Backward of grad_scale * loss: grad_x (n, d) and grad_y (m, d) in the inputs' dtype,
 // through their strides; grad_t_prime = sum G (L - bias) and grad_bias = sum G as doubles,
 // with G_ij = grad_scale * dloss/dL_ij.
 struct SigmoidLossBwdParams {
-  SigmoidLossParams fwd;
-  double grad_scale = 1.0;
-  void* grad_x = nullptr;
-  int64_t grad_x_strides[2] = {0, 0};
-  void* grad_y = nullptr;
-  int64_t grad_y_strides[2] = {0, 0};
-  double* grad_t_prime = nullptr;
-  double* grad_bias = nullptr;
+  MK_SIGMOID_LOSS_BWD_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 // Checks sizes, pointers and options; on failure returns kInvalidArgument and sets last_error().

@@ -18,36 +18,13 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/fields.h"
+#include "medkernels/fields/window_attention.h"
 
 namespace medkernels {
 
 struct WindowAttentionParams {
-  DType dtype = DType::kFloat32;
-  int directions = 1;  // 1 or 2
-  const void* q0 = nullptr;
-  const void* k0 = nullptr;
-  const void* v0 = nullptr;
-  const void* q1 = nullptr;
-  const void* k1 = nullptr;
-  const void* v1 = nullptr;
-  void* o0 = nullptr;
-  void* o1 = nullptr;
-  const void* table = nullptr;   // (rows, heads) contiguous, or null
-  const void* pad_kv = nullptr;  // (2, heads, head_dim) contiguous, or null (zeros)
-  void* lse = nullptr;           // (directions, B, D, H, W, heads) accumulation type: log-sum-exp
-  int64_t batch = 0, heads = 0, head_dim = 0;
-  int64_t size[3] = {0, 0, 0};        // D, H, W
-  int64_t window[3] = {0, 0, 0};      // configured window (bias table)
-  int64_t eff_window[3] = {0, 0, 0};  // after the clamp
-  int64_t shift[3] = {0, 0, 0};       // after the clamp
-  int64_t padded[3] = {0, 0, 0};      // size rounded up to a multiple of eff_window
-  double scale = 1.0;
-  double mask_value = -100.0;
-  bool mask_padded = false;
-  int64_t q_strides[6] = {0, 0, 0, 0, 0, 0};  // elements: B D H W heads head_dim
-  int64_t k_strides[6] = {0, 0, 0, 0, 0, 0};
-  int64_t v_strides[6] = {0, 0, 0, 0, 0, 0};
-  int64_t o_strides[6] = {0, 0, 0, 0, 0, 0};
+  MK_WINDOW_ATTENTION_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 // Backward. dq_d, dk_d, dv_d are the gradients of q_d, k_d, v_d (written). pair_grad (heads, N,
@@ -55,26 +32,7 @@ struct WindowAttentionParams {
 // summed gradient of the padding key/value; both in the accumulation type, may be null. Every
 // sum runs in a fixed order: the same bits on every run.
 struct WindowAttentionBwdParams {
-  WindowAttentionParams fwd;  // inputs, o0/o1 (the forward output) and lse
-  const void* g0 = nullptr;
-  const void* g1 = nullptr;
-  int64_t g_strides[6] = {0, 0, 0, 0, 0, 0};
-  void* dq0 = nullptr;
-  void* dq1 = nullptr;
-  void* dk0 = nullptr;
-  void* dk1 = nullptr;
-  void* dv0 = nullptr;
-  void* dv1 = nullptr;
-  int64_t dq_strides[6] = {0, 0, 0, 0, 0, 0};
-  int64_t dk_strides[6] = {0, 0, 0, 0, 0, 0};
-  int64_t dv_strides[6] = {0, 0, 0, 0, 0, 0};
-  void* pair_grad = nullptr;
-  void* grad_pad_kv = nullptr;
-  void* workspace = nullptr;  // window_attention_bwd_workspace_bytes() bytes
-  size_t workspace_bytes = 0;
-  // cpu:: only: when set (with pair_grad), the bias-table gradient (rows, heads) in the
-  // accumulation type, as window_attention_table_grad writes it from pair_grad, in the same call
-  void* table_grad = nullptr;
+  MK_WINDOW_ATTENTION_BWD_PARAMS_FIELDS(MK_CXX_FIELD)
 };
 
 Status window_attention_check(const WindowAttentionParams& p);

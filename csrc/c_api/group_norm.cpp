@@ -1,0 +1,11 @@
+// The C ABI of GroupNorm + add / FiLM + activation (medkernels/c_api.h): the params form only,
+// generated from the field lists of GroupNormParams and GroupNormBwdParams.
+#include "common.h"
+#include "medkernels/group_norm.h"
+
+MK_CAPI_PARAMS(mk_group_norm_params, medkernels::GroupNormParams, MK_GROUP_NORM_PARAMS_FIELDS)
+MK_CAPI_PARAMS(mk_group_norm_bwd_params, medkernels::GroupNormBwdParams, MK_GROUP_NORM_BWD_PARAMS_FIELDS)
+MK_CAPI_PARAMS_CALL(mk_group_norm_fwd, mk_group_norm_params, medkernels::GroupNormParams,
+                    medkernels::cpu::group_norm_fwd(q))
+MK_CAPI_PARAMS_CALL(mk_group_norm_bwd, mk_group_norm_bwd_params, medkernels::GroupNormBwdParams,
+                    medkernels::cpu::group_norm_bwd(q))

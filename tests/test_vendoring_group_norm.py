@@ -1,0 +1,52 @@
+"""Vendoring GroupNorm + add / FiLM + activation: its C ABI, the params form only (mk_group_norm_params,
+generated from the C++ struct's field list), against the float64 reference and its autograd."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+from vendoring_helpers import ctypes_lib, new_params
+
+
+def test_capi_group_norm_params_form_matches_the_reference(install_prefix):
+    import torch
+
+    from medkernels.reference.group_norm import group_norm_act_ref
+
+    lib = ctypes_lib(install_prefix)
+    rng = np.random.default_rng(61)
+    N, C, G, size = 2, 6, 3, (3, 4, 5)
+    x = rng.standard_normal((N, C, *size))
+    weight, bias = rng.standard_normal(C), rng.standard_normal(C)
+    scale, shift, add = (rng.standard_normal((N, C)) for _ in range(3))
+    y = np.empty_like(x)
+    mean, rstd = np.empty((N, G)), np.empty((N, G))
+    p = new_params(lib, "mk_group_norm_params")
+    assert p.eps == 1e-5 and p.groups == 1 and p.activation == 0  # the C++ defaults
+    p.dtype = 3  # float64
+    p.x, p.y, p.weight, p.bias = x.ctypes.data, y.ctypes.data, weight.ctypes.data, bias.ctypes.data
+    p.scale, p.shift, p.add = scale.ctypes.data, shift.ctypes.data, add.ctypes.data
+    p.mean, p.rstd = mean.ctypes.data, rstd.ctypes.data
+    p.batch, p.channels, p.groups, p.spatial = N, C, G, int(np.prod(size))
+    p.x_strides[:] = p.y_strides[:] = [C * p.spatial, p.spatial, 1]
+    p.activation = 3  # silu
+    assert lib.mk_group_norm_fwd(ctypes.byref(p)) == 0, lib.mk_last_error()
+    t = [torch.from_numpy(a).requires_grad_() for a in (x, weight, bias, scale, shift, add)]
+    want = group_norm_act_ref(t[0], G, t[1], t[2], 1e-5, t[3], t[4], t[5], "silu")
+    np.testing.assert_allclose(y, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+    # the backward from the forward's saved statistics, every gradient
+    g = rng.standard_normal(x.shape)
+    grads = [np.empty_like(a) for a in (x, weight, bias, scale, shift, add)]
+    b = new_params(lib, "mk_group_norm_bwd_params")
+    b.fwd = p
+    b.grad_y = g.ctypes.data
+    b.grad_y_strides[:] = b.grad_x_strides[:] = list(p.x_strides)
+    b.grad_x, b.grad_weight, b.grad_bias, b.grad_scale, b.grad_shift, b.grad_add = (a.ctypes.data for a in grads)
+    assert lib.mk_group_norm_bwd(ctypes.byref(b)) == 0, lib.mk_last_error()
+    want.backward(torch.from_numpy(g))
+    for got, ref in zip(grads, t):
+        np.testing.assert_allclose(got, ref.grad.numpy(), rtol=1e-10, atol=1e-10)
+    # the C++ validator's message, through the C ABI
+    p.groups = 4
+    assert lib.mk_group_norm_fwd(ctypes.byref(p)) == 1 and b"groups" in lib.mk_last_error()
