@@ -68,8 +68,8 @@ MK_HD A diffusion_elem(DiffusionOp op, const A c[5], A x, A e, A z, bool has_cli
 
 // One CUDA thread's work: elements i0 .. i0 + 3 of sample b (one Philox group), with the
 // sample's coefficients c; returns its sum of d^2 for the loss (0 otherwise). The CUDA kernel
-// runs this per thread and the host emulation (cpu::diffusion_fwd_emulate_cuda) runs it thread by
-// thread, so the tests execute the CUDA code path without a GPU.
+// runs this per thread and the tests' host emulation (tests/diffusion_emulate.cpp) runs it thread
+// by thread, so the tests execute the CUDA code path without a GPU.
 template <typename T>
 MK_HD double diffusion_thread(const DiffusionParams& p, const typename Io<T>::acc c[5], int64_t b, int64_t i0,
                               bool draw) {

@@ -1,7 +1,7 @@
 // Per-thread work of the CUDA window-attention kernels, plain C++ marked MK_HD: the CUDA file
-// launches one thread per item; csrc/cpu/window_attention.cpp runs the very same functions over
-// every item on the host (the "emulated" entry points), which is how machines without a GPU test
-// them. See medkernels/window_attention.h for the math.
+// launches one thread per item; the tests' host emulation (tests/window_attention_emulate.cpp) runs
+// the very same functions over every item, which is how machines without a GPU test them. See
+// medkernels/window_attention.h for the math.
 //
 // Items:
 //   fwd    (dir, batch*window*head, query i): online softmax over the window's keys -> out, lse
