@@ -1,10 +1,10 @@
 // Host emulation of the CUDA diffusion-step kernel, for tests on machines without a GPU.
 //
-// Runs the launch of medkernels/cuda/diffusion.cuh block by block and thread by thread on the
-// host: each thread's detail::diffusion_thread (medkernels/detail/diffusion.h) with the block's
-// coefficients, then, for the loss, the kernel's block sum in its order (warp shuffles down
-// 16, 8, 4, 2, 1, then warp 0 over the warp sums). Outputs start as NaN, so an element no thread
-// writes shows up. Prints one line for the launch.
+// Runs medkernels::detail::diffusion_fwd_run (the plan medkernels/cuda/diffusion.cuh launches)
+// with the host executor of medkernels/detail/exec.h: block by block, each phase of the block
+// program (thread 0's coefficients, every thread's detail::diffusion_thread, the loss's fixed
+// tree sum) for all its threads in turn, shared memory NaN first. Outputs start as NaN, so an
+// element no thread writes shows up. Prints one line for the launch.
 //
 //   diffusion_emulate DIR
 // DIR/params.txt: dtype op batch numel num_train_timesteps seed offset eta clip has_clip scale
@@ -24,44 +24,6 @@
 
 namespace mk = medkernels;
 namespace md = medkernels::detail;
-
-// lane 0 of `for (o = 16; o > 0; o >>= 1) v += __shfl_down_sync(~0u, v, o)` over 32 lanes
-static double warp_tree_sum(double* a) {
-  for (int o = 16; o > 0; o >>= 1)
-    for (int l = 0; l + o < 32; ++l) a[l] += a[l + o];
-  return a[0];
-}
-
-// The kernel of launch_diffusion_fwd: grid (blocks, batch), block / 4 threads.
-template <typename T>
-static void launch(const mk::DiffusionParams& p) {
-  using A = typename mk::Io<T>::acc;
-  const int64_t nblk = (p.numel + p.block - 1) / p.block;
-  const int threads = static_cast<int>(p.block / 4);
-  const bool draw = !p.noise && !(p.op == mk::DiffusionOp::kDdim && p.eta == 0.0);
-  std::printf("diffusion grid=%lldx%lld threads=%d draw=%d\n", static_cast<long long>(nblk),
-              static_cast<long long>(p.batch), threads, int(draw));
-  std::vector<double> v(threads);
-  for (int64_t b = 0; b < p.batch; ++b) {
-    A c[5] = {A(0), A(0), A(0), A(0), A(0)};
-    if (p.op <= mk::DiffusionOp::kDdpm) {
-      const md::StepCoef k =
-          md::diffusion_coef(p.op, p.table, p.num_train_timesteps, p.t[b], p.t_next ? p.t_next[b] : -1, p.eta);
-      for (int i = 0; i < 5; ++i) c[i] = static_cast<A>(k.c[i]);
-    }
-    for (int64_t k = 0; k < nblk; ++k) {
-      for (int tid = 0; tid < threads; ++tid) v[tid] = md::diffusion_thread<T>(p, c, b, k * p.block + 4 * tid, draw);
-      if (p.op != mk::DiffusionOp::kLoss) continue;
-      double ws[32] = {0};
-      for (int w = 0; w * 32 < threads; ++w) {
-        double lanes[32];
-        for (int l = 0; l < 32; ++l) lanes[l] = v[w * 32 + l];
-        ws[w] = warp_tree_sum(lanes);
-      }
-      p.partial[b * nblk + k] = warp_tree_sum(ws);
-    }
-  }
-}
 
 template <typename E>
 static bool load(const std::string& path, std::vector<E>* v, int64_t n) {
@@ -98,7 +60,8 @@ static int run(const std::string& dir, mk::DiffusionParams p, bool has_t_next, b
   p.out = out.data();
   p.x0_out = has_x0 ? x0.data() : nullptr;
   p.partial = partial.data();
-  launch<T>(p);
+  md::HostExec<md::HostBlock, emulate::Trace> ex;
+  if (md::diffusion_fwd_run<T>(p, ex)) return 3;
   emulate::write_file(dir + "/out.bin", out.data(), out.size() * sizeof(T));
   if (has_x0) emulate::write_file(dir + "/x0.bin", x0.data(), x0.size() * sizeof(T));
   if (!partial.empty()) emulate::write_file(dir + "/partial.bin", partial.data(), partial.size() * sizeof(double));

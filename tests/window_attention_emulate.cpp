@@ -1,9 +1,10 @@
 // Host emulation of the CUDA window-attention kernels, for tests on machines without a GPU.
 //
-// Runs the per-thread functions of medkernels/detail/window_attention_kernels.h over every item
-// of every launch medkernels/cuda/window_attention.cuh makes, in the same launch order, one item
-// after the other. Outputs and the workspace start as NaN, so an element no thread writes, or a
-// partial read before it is written, shows up as NaN. Prints one line per launch.
+// Runs medkernels::detail::wa_{fwd,bwd}_run (the plan medkernels/cuda/window_attention.cuh
+// launches) with the host executor of medkernels/detail/exec.h: every item of every launch, in
+// the plan's order, one after the other. Outputs and the workspace start as NaN, so an element no
+// thread writes, or a partial read before it is written, shows up as NaN. Prints one line per
+// launch.
 //
 //   window_attention_emulate DIR
 // DIR/params.txt: dtype B heads head_dim size[3] window[3] eff_window[3] shift[3] padded[3]
@@ -18,7 +19,6 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "emulate_io.h"
@@ -54,48 +54,7 @@ static int64_t span(const int64_t* size, const int64_t* st) {
   return s;
 }
 
-// The launches of cuda::wa_impl::fwd_e: one item per (batch, window, head, query).
-template <typename T, int EMAX>
-static void fwd(const mk::WindowAttentionParams& p) {
-  using A = typename mk::Io<T>::acc;
-  const md::WaGeo g = md::wa_geo(p);
-  const int64_t items = g.batch * g.nW * g.heads * g.N;
-  std::printf("fwd items=%lld dirs=%d emax=%d\n", static_cast<long long>(items), p.directions, EMAX);
-  for (int dir = 0; dir < p.directions; ++dir)
-    for (int64_t i = 0; i < items; ++i) md::wa_fwd_item<T, A, EMAX>(p, g, dir, i);
-}
-
-// The launches of cuda::wa_impl::bwd_e, in its order.
-template <typename T, int EMAX>
-static void bwd(const mk::WindowAttentionBwdParams& bp) {
-  using A = typename mk::Io<T>::acc;
-  const md::WaGeo g = md::wa_geo(bp.fwd);
-  const md::WaBwdLayout L = md::wa_bwd_layout(bp);
-  const auto [delta, pair, slots] = md::wa_bwd_work<A>(bp, L);
-  const int dirs = bp.fwd.directions;
-  const int64_t tokens = g.batch * g.vol * g.heads, items = g.batch * g.nW * g.heads * g.N;
-  std::printf("delta items=%lld\n", static_cast<long long>(tokens));
-  for (int dir = 0; dir < dirs; ++dir)
-    for (int64_t i = 0; i < tokens; ++i) md::wa_delta_item<T, A>(bp, g, dir, i, delta);
-  std::printf("dkdv items=%lld\n", static_cast<long long>(items));
-  for (int dir = 0; dir < dirs; ++dir)
-    for (int64_t i = 0; i < items; ++i) md::wa_dkdv_item<T, A, EMAX>(bp, g, dir, i, delta, slots);
-  std::printf("dq items=%lld\n", static_cast<long long>(items));
-  for (int dir = 0; dir < dirs; ++dir)
-    for (int64_t i = 0; i < items; ++i) md::wa_dq_item<T, A, EMAX>(bp, g, dir, i, delta);
-  if (pair) {
-    const int64_t pairs = L.chunks * g.heads * g.N * g.N;
-    std::printf("pair items=%lld chunks=%lld\n", static_cast<long long>(pairs), static_cast<long long>(L.chunks));
-    for (int dir = 0; dir < dirs; ++dir)
-      for (int64_t i = 0; i < pairs; ++i) md::wa_pair_item<T, A, EMAX>(bp, g, L, dir, i, delta, pair);
-    std::printf("reduce_pair\n");
-    for (int64_t i = 0; i < g.heads * g.N * g.N; ++i) md::wa_reduce_pair_item<A>(bp, g, L, i, pair);
-  }
-  if (slots) {
-    std::printf("reduce_pad\n");
-    for (int64_t i = 0; i < 2 * g.heads * g.E; ++i) md::wa_reduce_pad_item<A>(bp, g, i, slots);
-  }
-}
+using HostExec = md::HostExec<md::HostBlock, emulate::Trace>;
 
 template <typename T>
 static int run(const std::string& dir, mk::WindowAttentionParams p, bool has_table, bool has_pad,
@@ -115,18 +74,13 @@ static int run(const std::string& dir, mk::WindowAttentionParams p, bool has_tab
   p.table = has_table ? table.data() : nullptr;
   p.pad_kv = has_pad ? pad.data() : nullptr;
   const int64_t lse_n = p.batch * p.size[0] * p.size[1] * p.size[2] * p.heads;
-  const auto by_emax = [&](auto f) {
-    if (p.head_dim <= 16) return f(std::integral_constant<int, 16>{});
-    if (p.head_dim <= 32) return f(std::integral_constant<int, 32>{});
-    if (p.head_dim <= 64) return f(std::integral_constant<int, 64>{});
-    return f(std::integral_constant<int, 128>{});
-  };
+  HostExec ex;
   if (mode == 0) {
     o = poisoned<T>(numel);
     lse = poisoned<A>(lse_n);
     p.o0 = o.data();
     p.lse = lse.data();
-    by_emax([&](auto e) { fwd<T, decltype(e)::value>(p); });
+    if (md::wa_fwd_run<T>(p, ex)) return 3;
     save(dir + "/o.bin", o);
     save(dir + "/lse.bin", lse);
     return 0;
@@ -150,7 +104,7 @@ static int run(const std::string& dir, mk::WindowAttentionParams p, bool has_tab
   std::vector<A> ws = poisoned<A>(md::wa_bwd_layout(b).total);
   b.workspace = ws.data();
   b.workspace_bytes = ws.size() * sizeof(A);
-  by_emax([&](auto e) { bwd<T, decltype(e)::value>(b); });
+  if (md::wa_bwd_run<T>(b, ex)) return 3;
   save(dir + "/dq.bin", dq);
   save(dir + "/dk.bin", dk);
   save(dir + "/dv.bin", dv);
