@@ -48,15 +48,22 @@ def test_nvcc_compiles_decomp_conv_cu(tmp_path):
     _nvcc(ROOT / "csrc" / "cuda" / "decomp_conv.cu", tmp_path / "decomp_conv.o")
 
 
-_ALL_CUH = ("decomp_conv", "sigmoid_loss", "window_attention", "diffusion")
+_CUDA_HEADERS = sorted(h for h in (INCLUDE / "medkernels" / "cuda").iterdir() if h.suffix in (".h", ".cuh"))
+_ALL_CUH = sorted(h.stem for h in _CUDA_HEADERS if h.suffix == ".cuh")
+_TOOLKIT_FREE = sorted(h for h in (INCLUDE / "medkernels").rglob("*.h") if "cuda" not in h.relative_to(INCLUDE).parts)
+
+
+def test_every_family_has_a_cuh():
+    assert {"decomp_conv", "sigmoid_loss", "window_attention", "diffusion"} <= set(_ALL_CUH), _ALL_CUH
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
 def test_every_cuh_links_from_two_translation_units(tmp_path):
     """A header-only .cuh defines nothing with external linkage that is not inline or a template:
-    two .cu files that each include all four link into one program (regression: window_attention's
-    non-inline blocks() and sigmoid_loss's non-template sl_finish_kernel were multiply defined)."""
-    includes = "".join(f'#include "medkernels/cuda/{f}.cuh"\n' for f in _ALL_CUH)
+    two .cu files that each include every header under medkernels/cuda/ link into one program
+    (regression: window_attention's non-inline blocks() and sigmoid_loss's non-template
+    sl_finish_kernel were multiply defined)."""
+    includes = "".join(f'#include "medkernels/cuda/{h.name}"\n' for h in _CUDA_HEADERS)
     objs = []
     for i in (1, 2):
         src = tmp_path / f"tu{i}.cu"
@@ -70,6 +77,19 @@ def test_every_cuh_links_from_two_translation_units(tmp_path):
     cmd = [NVCC, "-arch=sm_90", *map(str, objs), "-o", str(tmp_path / "linked")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"nvcc link failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}"
+
+
+@pytest.mark.skipif(emulate.CXX is None, reason="no C++ compiler")
+@pytest.mark.parametrize("header", _TOOLKIT_FREE, ids=lambda h: h.relative_to(INCLUDE / "medkernels").as_posix())
+def test_headers_outside_cuda_compile_without_the_toolkit(tmp_path, header):
+    """Only medkernels/cuda/ needs the CUDA toolkit: every other header compiles on its own with
+    a host compiler and no CUDA include path (regression: detail/cuda_status.h included
+    cuda_runtime.h and was installed among the plain headers)."""
+    src = tmp_path / "use.cpp"
+    src.write_text(f'#include "{header.relative_to(INCLUDE).as_posix()}"\n')
+    cmd = [emulate.CXX, "-std=c++17", "-fsyntax-only", "-Wall", f"-I{INCLUDE}", str(src)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr[-4000:]}"
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")

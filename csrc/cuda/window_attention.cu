@@ -7,10 +7,10 @@
 
 #include <string>
 
-#include "medkernels/detail/dtype_switch.h"
-#include "medkernels/detail/cuda_status.h"
-#include "medkernels/detail/error.h"
+#include "medkernels/cuda/status.h"
 #include "medkernels/cuda/window_attention.cuh"
+#include "medkernels/detail/dtype_switch.h"
+#include "medkernels/detail/error.h"
 #include "medkernels/window_attention.h"
 
 namespace medkernels {
