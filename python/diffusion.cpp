@@ -18,9 +18,6 @@ void bind_diffusion(py::module_& m) {
   m.def("diffusion_fwd_cpu", [](const DiffusionParams& prm) {
     medkernels_glue::call([&] { return mk::cpu::diffusion_fwd(prm); });
   });
-  m.def("diffusion_fwd_emulate_cuda_cpu", [](const DiffusionParams& prm) {
-    medkernels_glue::call([&] { return mk::cpu::diffusion_fwd_emulate_cuda(prm); });
-  });
   m.def("philox_fill_cpu", [](uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, std::uintptr_t out) {
     medkernels_glue::call([&] { return mk::cpu::philox_fill(seed, offset, batch, groups, reinterpret_cast<int64_t*>(out)); });
   });

@@ -14,12 +14,6 @@ void bind_window_attention(py::module_& m) {
 
   m.def("window_attention_bwd_workspace_bytes", &mk::window_attention_bwd_workspace_bytes);
   m.def("window_attention_cuda_bwd_workspace_bytes", &mk::window_attention_cuda_bwd_workspace_bytes);
-  m.def("window_attention_fwd_emulated_cpu", [](const WindowAttentionParams& prm) {
-    medkernels_glue::call([&] { return mk::cpu::window_attention_fwd_emulated(prm); });
-  });
-  m.def("window_attention_bwd_emulated_cpu", [](const WindowAttentionBwdParams& prm) {
-    medkernels_glue::call([&] { return mk::cpu::window_attention_bwd_emulated(prm); });
-  });
   m.def("window_attention_fwd_cpu", [](const WindowAttentionParams& prm) {
     medkernels_glue::call([&] { return mk::cpu::window_attention_fwd(prm); });
   });

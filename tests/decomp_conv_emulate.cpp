@@ -1,9 +1,10 @@
 // Host emulation of the CUDA decomposed-convolution kernels, for tests on machines without a GPU.
 //
 // Runs medkernels::detail::decomp_conv_{fwd,bwd}_run (the plan medkernels/cuda/decomp_conv.cuh
-// launches) with an executor that walks every block and thread of each kernel on the CPU, the
-// tile kernel phase by phase (stage all threads, then compute all threads) on a NaN-poisoned
-// shared-memory buffer, so unstaged reads show up as NaN. Prints one line per kernel launch.
+// launches) with the host executor of medkernels/detail/exec.h, which walks every item and every
+// block of each kernel on the CPU, the tile kernel phase by phase (stage all threads, then compute
+// all threads) on a NaN-poisoned shared-memory buffer, so unstaged reads show up as NaN. Prints
+// one line per kernel launch.
 //
 //   decomp_conv_emulate DIR
 // DIR/params.txt: dtype N Ci Co D H W K stride groups act has_bias x_offset
@@ -14,7 +15,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -33,63 +33,32 @@ Status fail(Status s, const std::string&) { return s; }
 }  // namespace detail
 }  // namespace medkernels
 
-struct HostExec {
-  static constexpr int kThreads = 256;
+// The executor's trace: the kernel and the variant the plan picked, one line per launch.
+struct Trace : emulate::Trace {
+  using emulate::Trace::blocks;
+  using emulate::Trace::items;
   template <typename TI, typename TW, typename TO, typename A, int MODE>
-  int conv_generic(const md::ConvArgs& a, int64_t total) {
-    std::printf("conv_generic mode=%d channels_inner=%d\n", MODE, int(a.channels_inner));
-    for (int64_t i = 0; i < total; ++i) md::conv_generic_point<TI, TW, TO, A, MODE>(a, i);
-    return 0;
+  void items(const md::ConvGeneric<TI, TW, TO, A, MODE>& k, int64_t) {
+    std::printf("conv_generic mode=%d channels_inner=%d\n", MODE, int(k.a.channels_inner));
   }
   template <typename TI, typename TW, typename TO, typename A, int MODE, int VEC>
-  int conv_cl_vec(const md::ConvArgs& a, int64_t total) {
+  void items(const md::ConvClVec<TI, TW, TO, A, MODE, VEC>&, int64_t) {
     std::printf("conv_cl_vec mode=%d vec=%d\n", MODE, VEC);
-    for (int64_t i = 0; i < total; ++i) md::conv_cl_vec_point<TI, TW, TO, A, MODE, VEC>(a, i);
-    return 0;
   }
   template <typename TI, typename TW, typename TO, typename A, int MODE, int VEC>
-  int conv_tile(const md::ConvArgs& a, const md::TilePlan& t) {
-    std::printf("conv_tile mode=%d vec=%d tw=%d th=%d\n", MODE, VEC, t.tw, t.th);
-    if (t.threads > kThreads) return 1;
-    std::vector<A> smem(static_cast<size_t>(t.smem_elems));
-    for (int64_t tile = 0; tile < t.tiles; ++tile) {
-      std::fill(smem.begin(), smem.end(), std::numeric_limits<A>::quiet_NaN());
-      for (int tid = 0; tid < t.threads; ++tid) md::tile_stage<TI, TW, A, VEC>(a, t, tile, tid, smem.data());
-      for (int tid = 0; tid < t.threads; ++tid) md::tile_compute<TI, TO, A, MODE>(a, t, tile, tid, smem.data());
-    }
-    return 0;
+  void blocks(const md::ConvTile<TI, TW, TO, A, MODE, VEC>& k, int64_t, int64_t, int) {
+    std::printf("conv_tile mode=%d vec=%d tw=%d th=%d\n", MODE, VEC, k.t.tw, k.t.th);
   }
   template <typename T, typename A>
-  int gz_copy(const md::BwdArgs& b, int64_t total) {
-    std::printf("gz_copy\n");
-    for (int64_t i = 0; i < total; ++i) md::gz_copy_point<T, A>(b, i);
-    return 0;
+  void items(const md::DwPartial<T, A>& k, int64_t) {
+    std::printf("dw_partial splits=%lld\n", static_cast<long long>(k.b.splits));
   }
   template <typename T, typename A>
-  int dw_partial(const md::BwdArgs& b, int64_t total) {
-    std::printf("dw_partial splits=%lld\n", static_cast<long long>(b.splits));
-    for (int64_t i = 0; i < total; ++i) md::dw_partial_point<T, A>(b, i);
-    return 0;
-  }
-  template <typename A>
-  int dw_reduce(const md::BwdArgs& b, int64_t total) {
-    std::printf("dw_reduce\n");
-    for (int64_t i = 0; i < total; ++i) md::dw_reduce_point<A>(b, i);
-    return 0;
-  }
-  template <typename T, typename A>
-  int wflip(const md::BwdArgs& b, int64_t total) {
-    std::printf("wflip\n");
-    for (int64_t i = 0; i < total; ++i) md::wflip_point<T, A>(b, i);
-    return 0;
-  }
-  template <typename T, typename A>
-  int dx_gather(const md::BwdArgs& b, int64_t total) {
-    std::printf("dx_gather channels_inner=%d\n", int(b.gx_cl));
-    for (int64_t i = 0; i < total; ++i) md::dx_gather_point<T, A>(b, i);
-    return 0;
+  void items(const md::DxGather<T, A>& k, int64_t) {
+    std::printf("dx_gather channels_inner=%d\n", int(k.b.gx_cl));
   }
 };
+using HostExec = md::HostExec<md::HostBlock, Trace>;
 
 // A 64-byte aligned byte buffer.
 struct Buf {
@@ -167,8 +136,14 @@ static int run(const std::string& dir, mk::DecompConvParams p, const int64_t* gy
 
 int main(int argc, char** argv) {
   std::string dir;
-  long long v[13 + 20 + 1];
-  if (!emulate::read_case(argc, argv, &dir, v, sizeof(v) / sizeof(v[0]))) return 2;
+  if (!emulate::case_dir(argc, argv, &dir)) return 2;
+  emulate::Params in(dir + "/params.txt");
+  int64_t v[13 + 20 + 1];
+  for (int64_t& x : v) x = in.i64();
+  if (!in.ok()) {
+    std::fprintf(stderr, "bad params.txt\n");
+    return 2;
+  }
   mk::DecompConvParams p;
   p.dtype = static_cast<mk::DType>(v[0]);
   p.batch = v[1]; p.in_channels = v[2]; p.out_channels = v[3];

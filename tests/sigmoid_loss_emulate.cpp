@@ -1,8 +1,9 @@
 // Host emulation of the CUDA sigmoid-loss kernels, for tests on machines without a GPU.
 //
 // Runs medkernels::detail::sl_{fwd,bwd}_run (the plan medkernels/cuda/sigmoid_loss.cuh launches)
-// with an executor that walks every block of each launch on the CPU and runs the block programs
-// with all 128 thread slots (4 warps x 32 lanes), shared memory poisoned with NaN before each block.
+// with the host executor of medkernels/detail/exec.h, which walks every block of each launch on the
+// CPU and runs the block programs with all 128 thread slots (4 warps x 32 lanes), shared memory
+// poisoned with NaN before each block.
 // The tensor-core step is emulated here from the PTX ISA's fragment layout of
 // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: a fragment loader or index mapping that
 // disagrees with it gives wrong numbers. Prints one line per launch.
@@ -32,12 +33,12 @@ template <> float elem_to_float<mk::bfloat16_t>(uint16_t bits) { return mk::bf16
 
 static uint16_t half_of(uint32_t reg, int i) { return static_cast<uint16_t>((i & 1) ? reg >> 16 : reg & 0xffffu); }
 
-struct HostBlock {
+// exec.h's host block (all 128 thread slots in turn) with the warp slots and the tensor-core step.
+struct SlHostBlock : md::HostBlock {
   static constexpr int kThreads = md::kSlThreads, kWarps = md::kSlWarps, kLanes = 32;
-  int thread(int t) const { return t; }
+  explicit SlHostBlock(int) : md::HostBlock(kThreads) {}
   int warp(int w) const { return w; }
   int lane(int, int l) const { return l; }
-  void sync() const {}
 
   // D = A B + C for one warp, every lane's fragments given. Layout (PTX ISA, m16n8k16, 16-bit A/B):
   // g = lane / 4, t = lane % 4;
@@ -70,38 +71,23 @@ struct HostBlock {
   }
 };
 
-struct HostExec {
+// The executor's trace: the launch and the variant the plan picked, one line per launch.
+struct Trace : emulate::Trace {
   template <typename T, bool SYM>
-  int fwd(const md::SlArgs& g, int64_t gx, int64_t gy) {
+  void blocks(const md::SlFwdProgram<T, SYM>& k, int64_t gx, int64_t gy, int) {
     std::printf("fwd grid=%lldx%lld vec=%d%d sym=%d mma=%d\n", static_cast<long long>(gx), static_cast<long long>(gy),
-                int(g.vec_a), int(g.vec_b), int(SYM), int(md::SlTraits<T>::kMma));
-    std::vector<unsigned char> smem(md::SlSmem<T>::fwd_bytes);
-    for (int64_t bx = 0; bx < gx; ++bx)
-      for (int64_t by = 0; by < gy; ++by) {
-        std::memset(smem.data(), 0xff, smem.size());  // NaN in every float type
-        md::sl_fwd_block<T, SYM>(HostBlock{}, g, bx, by, smem.data());
-      }
-    return 0;
+                int(k.g.vec_a), int(k.g.vec_b), int(SYM), int(md::SlTraits<T>::kMma));
   }
   template <typename T, bool SYM>
-  int bwd(const md::SlArgs& g, int64_t gx, int64_t gy) {
+  void blocks(const md::SlBwdProgram<T, SYM>&, int64_t gx, int64_t gy, int) {
     std::printf("bwd grid=%lldx%lld sym=%d mma=%d\n", static_cast<long long>(gx), static_cast<long long>(gy), int(SYM),
                 int(md::SlTraits<T>::kMma));
-    std::vector<unsigned char> smem(md::SlSmem<T>::bwd_bytes);
-    for (int64_t bx = 0; bx < gx; ++bx)
-      for (int64_t by = 0; by < gy; ++by) {
-        std::memset(smem.data(), 0xff, smem.size());
-        md::sl_bwd_block<T, SYM>(HostBlock{}, g, bx, by, smem.data());
-      }
-    return 0;
   }
-  int finish(const md::SlFinish& f) {
-    std::printf("finish count=%lld sums=%d\n", static_cast<long long>(f.count), f.nsums);
-    std::vector<double> red(2 * md::kSlThreads);
-    md::sl_finish_block(HostBlock{}, f, red.data());
-    return 0;
+  void blocks(const md::SlFinishProgram& k, int64_t, int64_t, int) {
+    std::printf("finish count=%lld sums=%d\n", static_cast<long long>(k.f.count), k.f.nsums);
   }
 };
+using HostExec = md::HostExec<SlHostBlock, Trace>;
 
 using emulate::read_file;
 using emulate::write_file;
@@ -164,8 +150,14 @@ static int run(const std::string& dir, mk::SigmoidLossParams p, double grad_scal
 
 int main(int argc, char** argv) {
   std::string dir;
+  if (!emulate::case_dir(argc, argv, &dir)) return 2;
+  emulate::Params in(dir + "/params.txt");
   double v[21];
-  if (!emulate::read_case(argc, argv, &dir, v, 21)) return 2;
+  for (double& x : v) x = in.f64();
+  if (!in.ok()) {
+    std::fprintf(stderr, "bad params.txt\n");
+    return 2;
+  }
   auto i64 = [](double d) { return static_cast<int64_t>(d); };
   mk::SigmoidLossParams p;
   p.dtype = static_cast<mk::DType>(i64(v[0]));

@@ -15,20 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+import emulate
 import pytest
 import torch
+from emulate import DTYPE_CODE as _DTYPE_CODE
+from emulate import INCLUDE, ROOT
+from emulate import read as _read
+from emulate import write as _write
 
 from medkernels import _environment
 from medkernels.reference.decomp_conv import decomp_conv3d_bwd_ref, decomp_conv3d_ref
 from medkernels.testing import assert_close
 
-ROOT = Path(__file__).resolve().parents[1]
-INCLUDE = ROOT / "csrc" / "include"
 NVCC = shutil.which("nvcc")
-CXX = shutil.which("g++") or shutil.which("c++")
 HAS_GPU = torch.cuda.is_available()
 
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 _ACT_CODE = {None: 0, "gelu": 1, "relu": 2, "silu": 3}
 _DT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
@@ -47,15 +48,22 @@ def test_nvcc_compiles_decomp_conv_cu(tmp_path):
     _nvcc(ROOT / "csrc" / "cuda" / "decomp_conv.cu", tmp_path / "decomp_conv.o")
 
 
-_ALL_CUH = ("decomp_conv", "sigmoid_loss", "window_attention", "diffusion")
+_CUDA_HEADERS = sorted(h for h in (INCLUDE / "medkernels" / "cuda").iterdir() if h.suffix in (".h", ".cuh"))
+_ALL_CUH = sorted(h.stem for h in _CUDA_HEADERS if h.suffix == ".cuh")
+_TOOLKIT_FREE = sorted(h for h in (INCLUDE / "medkernels").rglob("*.h") if "cuda" not in h.relative_to(INCLUDE).parts)
+
+
+def test_every_family_has_a_cuh():
+    assert {"decomp_conv", "sigmoid_loss", "window_attention", "diffusion"} <= set(_ALL_CUH), _ALL_CUH
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
 def test_every_cuh_links_from_two_translation_units(tmp_path):
     """A header-only .cuh defines nothing with external linkage that is not inline or a template:
-    two .cu files that each include all four link into one program (regression: window_attention's
-    non-inline blocks() and sigmoid_loss's non-template sl_finish_kernel were multiply defined)."""
-    includes = "".join(f'#include "medkernels/cuda/{f}.cuh"\n' for f in _ALL_CUH)
+    two .cu files that each include every header under medkernels/cuda/ link into one program
+    (regression: window_attention's non-inline blocks() and sigmoid_loss's non-template
+    sl_finish_kernel were multiply defined)."""
+    includes = "".join(f'#include "medkernels/cuda/{h.name}"\n' for h in _CUDA_HEADERS)
     objs = []
     for i in (1, 2):
         src = tmp_path / f"tu{i}.cu"
@@ -69,6 +77,19 @@ def test_every_cuh_links_from_two_translation_units(tmp_path):
     cmd = [NVCC, "-arch=sm_90", *map(str, objs), "-o", str(tmp_path / "linked")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"nvcc link failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}"
+
+
+@pytest.mark.skipif(emulate.CXX is None, reason="no C++ compiler")
+@pytest.mark.parametrize("header", _TOOLKIT_FREE, ids=lambda h: h.relative_to(INCLUDE / "medkernels").as_posix())
+def test_headers_outside_cuda_compile_without_the_toolkit(tmp_path, header):
+    """Only medkernels/cuda/ needs the CUDA toolkit: every other header compiles on its own with
+    a host compiler and no CUDA include path (regression: detail/cuda_status.h included
+    cuda_runtime.h and was installed among the plain headers)."""
+    src = tmp_path / "use.cpp"
+    src.write_text(f'#include "{header.relative_to(INCLUDE).as_posix()}"\n')
+    cmd = [emulate.CXX, "-std=c++17", "-fsyntax-only", "-Wall", f"-I{INCLUDE}", str(src)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr[-4000:]}"
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")
@@ -85,14 +106,7 @@ def test_nvcc_compiles_header_only_cuh_standalone(tmp_path):
 # --- host emulation of the CUDA kernels ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no C++ compiler: cannot build the host emulation of the CUDA kernels")
-    exe = tmp_path_factory.mktemp("emulate") / "decomp_conv_emulate"
-    cmd = [CXX, "-std=c++17", "-O1", "-Wall", f"-I{INCLUDE}", str(ROOT / "tests" / "decomp_conv_emulate.cpp"), "-o",
-           str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return exe
+    return emulate.build("decomp_conv", tmp_path_factory, "-O1")
 
 
 @dataclass(frozen=True)
@@ -188,21 +202,6 @@ def _make_x(case: Case, device: str = "cpu") -> torch.Tensor:
     return x
 
 
-def _span(t: torch.Tensor) -> torch.Tensor:
-    """The elements from t's first one over its whole strided span, as a flat tensor."""
-    n = 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
-    return torch.as_strided(t, (n,), (1,))
-
-
-def _write(path: Path, t: torch.Tensor) -> None:
-    path.write_bytes(_span(t).contiguous().view(torch.uint8).numpy().tobytes())
-
-
-def _read(path: Path, dtype: torch.dtype, shape, stride) -> torch.Tensor:
-    flat = torch.frombuffer(bytearray(path.read_bytes()), dtype=dtype)
-    return torch.as_strided(flat, shape, stride).clone()
-
-
 def _dense_stride(shape, channels_last: bool):
     t = torch.empty(shape, device="meta")
     return (t.contiguous(memory_format=torch.channels_last_3d) if channels_last else t).stride()
@@ -216,7 +215,6 @@ def _emulate(exe: Path, d: Path, case: Case, x, ws, b, gy, y_shape, mode: int):
     gys = gy.stride() if gy is not None else ys
     vals = [_DTYPE_CODE[case.dtype], *case.shape[:2], case.c_out, *case.shape[2:], case.k, case.stride, groups,
             _ACT_CODE[case.act], int(b is not None), case.x_offset, *x.stride(), *ys, *gys, *gxs, mode]
-    (d / "params.txt").write_text(" ".join(map(str, vals)))
     _write(d / "x.bin", x)
     for name, w in zip(("wd", "wh", "ww"), ws):
         _write(d / f"{name}.bin", w)
@@ -224,9 +222,7 @@ def _emulate(exe: Path, d: Path, case: Case, x, ws, b, gy, y_shape, mode: int):
         _write(d / "bias.bin", b)
     if gy is not None:
         _write(d / "gy.bin", gy)
-    res = subprocess.run([str(exe), str(d)], capture_output=True, text=True)
-    assert res.returncode == 0, f"emulator failed ({res.returncode}): {res.stderr}"
-    return res.stdout.splitlines(), ys, gxs
+    return emulate.run(exe, d, vals), ys, gxs
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -351,15 +347,7 @@ def test_nvcc_compiles_sigmoid_loss_cuh_standalone(tmp_path):
 
 @pytest.fixture(scope="module")
 def sl_emulator(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no C++ compiler: cannot build the host emulation of the CUDA kernels")
-    exe = tmp_path_factory.mktemp("sl_emulate") / "sigmoid_loss_emulate"
-    cmd = [CXX, "-std=c++17", "-O2", "-Wall", f"-I{INCLUDE}", str(ROOT / "tests" / "sigmoid_loss_emulate.cpp"), "-o",
-           str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert "warning" not in res.stderr.lower(), res.stderr[-4000:]
-    return exe
+    return emulate.build("sigmoid_loss", tmp_path_factory)
 
 
 @dataclass(frozen=True)
@@ -433,10 +421,9 @@ def _sl_emulate(exe: Path, d: Path, case: SLCase, x, y, kw, t: float, b: float, 
     gy = torch.empty(case.d, case.m).t() if case.grad_layout == "transposed" else torch.empty(case.m, case.d)
     mask = kw.get("positive_mask")
     ms = mask.stride() if mask is not None else (0, 0)
-    vals = [_DTYPE_CODE[case.dtype], case.n, case.m, case.d, *x.stride(), *y.stride(), repr(math.exp(t)), repr(b),
-            int(case.symmetric), _POS_CODE[case.positives], case.diag_offset, *ms, repr(c), *gx.stride(),
-            *gy.stride(), mode]
-    (d / "params.txt").write_text(" ".join(map(str, vals)))
+    vals = [_DTYPE_CODE[case.dtype], case.n, case.m, case.d, *x.stride(), *y.stride(), math.exp(t), float(b),
+            case.symmetric, _POS_CODE[case.positives], case.diag_offset, *ms, float(c), *gx.stride(), *gy.stride(),
+            mode]
     _write(d / "x.bin", x)
     _write(d / "y.bin", y)
     if case.positives == "labels":
@@ -444,9 +431,7 @@ def _sl_emulate(exe: Path, d: Path, case: SLCase, x, y, kw, t: float, b: float, 
         _write(d / "labels_y.bin", kw["labels_y"])
     elif mask is not None:
         _write(d / "mask.bin", mask.view(torch.uint8))
-    res = subprocess.run([str(exe), str(d)], capture_output=True, text=True)
-    assert res.returncode == 0, f"emulator failed ({res.returncode}): {res.stderr}"
-    return res.stdout.splitlines(), gx.stride(), gy.stride()
+    return emulate.run(exe, d, vals), gx.stride(), gy.stride()
 
 
 @pytest.mark.parametrize("case", SL_CASES, ids=lambda c: c.id)

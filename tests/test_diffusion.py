@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import emulate
 import pytest
 import torch
 
@@ -150,14 +151,38 @@ def test_scalar_normal_path_of_the_cuda_kernel():
     assert (out.reshape(shape) - ref.normal_ref(shape, 77, 2**35 + 1)).abs().max().item() <= 2e-6
 
 
-@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=lambda d: str(d).replace("torch.", ""))
-def test_cuda_kernel_emulated_on_host(dtype):
-    # the CUDA kernel's per-thread code (detail::diffusion_thread) and block reduction, run on the host
-    from medkernels._extension import extension
+# --- the CUDA kernel's code on the host: tests/diffusion_emulate.cpp ----------------------------
+_OP_CODE = {"q_sample": 0, "ddim": 1, "ddpm": 2, "loss": 3, "normal": 4}  # DiffusionOp, medkernels/diffusion.h
+_CUDA_BLOCK = 1024  # elements per CUDA block (and loss partial), as the op launches it
 
-    if not extension.has("diffusion_fwd_emulate_cuda_cpu"):
-        pytest.skip("medkernels._C without diffusion_fwd_emulate_cuda_cpu")
-    ops = torch.ops.medkernels
+
+@pytest.fixture(scope="module")
+def diffusion_emulator(tmp_path_factory):
+    return emulate.build("diffusion", tmp_path_factory)
+
+
+def _emulate_cuda(exe, d, op, x, seed, offset, *, eps=None, t=None, t_next=None, eta=0.0, clip=None, scale=0.0,
+                  return_x0=False):
+    """One launch of the CUDA kernel run thread by thread on the host: (out, x0 or None, partial
+    sums of the loss or None)."""
+    B, n = x.shape[0], x.numel() // x.shape[0]
+    for name, v in (("x", x), ("eps", eps), ("table", TABLE if t is not None else None), ("t", t),
+                    ("t_next", t_next)):
+        if v is not None:
+            emulate.write(d / f"{name}.bin", v.contiguous())
+    emulate.run(exe, d, [emulate.DTYPE_CODE[x.dtype], _OP_CODE[op], B, n, TABLE.numel() - 1, seed, offset, float(eta),
+                         float(clip or 0.0), clip is not None, float(scale), _CUDA_BLOCK, False, t_next is not None,
+                         return_x0])
+    out = emulate.read(d / "out.bin", x.dtype, x.shape)
+    x0 = emulate.read(d / "x0.bin", x.dtype, x.shape) if return_x0 else None
+    partial = emulate.read(d / "partial.bin", torch.float64, (B, -(-n // _CUDA_BLOCK))) if op == "loss" else None
+    return out, x0, partial
+
+
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=lambda d: str(d).replace("torch.", ""))
+def test_cuda_kernel_emulated_on_host(diffusion_emulator, tmp_path, dtype):
+    # the CUDA kernel's per-thread code (detail::diffusion_thread) and block reduction, run on the host
+    exe = diffusion_emulator
     shape = (3, 1, 7, 9, 21)  # 1323 per sample: two blocks, a partial last group
     g = torch.Generator().manual_seed(12)
     x, e, _ = _inputs(shape, dtype, g)
@@ -171,24 +196,26 @@ def test_cuda_kernel_emulated_on_host(dtype):
         else:
             assert_close(name, got, want, low.to(dtype), dtype)
 
-    got = ops.diffusion_q_sample(x, t, TABLE, None, 21, 6, "cuda_emulated")
+    got, _, _ = _emulate_cuda(exe, tmp_path, "q_sample", x, 21, 6, t=t)
     check("q_sample", got, ref.q_sample_ref(x, t, TABLE, z), ref.q_sample_ref(x.float(), t, TABLE, z, upcast=False))
-    got, x0 = ops.diffusion_ddim_step(x, e, t, tn, TABLE, None, 21, 6, 0.8, True, "cuda_emulated")
+    got, x0, _ = _emulate_cuda(exe, tmp_path, "ddim", x, 21, 6, eps=e, t=t, t_next=tn, eta=0.8, return_x0=True)
     want, want0 = ref.ddim_step_ref(x, e, t, tn, TABLE, 0.8, z)
     low, low0 = ref.ddim_step_ref(x.float(), e.float(), t, tn, TABLE, 0.8, z, upcast=False)
     check("ddim", got, want, low)
     check("ddim x0", x0, want0, low0)
-    got, x0 = ops.diffusion_ddpm_step(x, e, t, tn, TABLE, None, 21, 6, 1.0, True, "cuda_emulated")
+    got, x0, _ = _emulate_cuda(exe, tmp_path, "ddpm", x, 21, 6, eps=e, t=t, t_next=tn, clip=1.0, return_x0=True)
     want, want0 = ref.ddpm_step_ref(x, e, t, tn, TABLE, z)
     low, low0 = ref.ddpm_step_ref(x.float(), e.float(), t, tn, TABLE, z, 1.0, upcast=False)
     check("ddpm", got, want, low)
     check("ddpm x0", x0, want0, low0)
-    loss, grad = ops.diffusion_loss(e, None, 21, 6, "sum_mean", "cuda_emulated")
+    den = shape[0]  # reduction "sum_mean": sum over C and space, mean over the batch
+    grad, _, partial = _emulate_cuda(exe, tmp_path, "loss", e, 21, 6, scale=2.0 / den)
+    loss = (partial.sum() / den).to(torch.float64 if dtype == torch.float64 else torch.float32)
     want = ref.diffusion_loss_ref(e, z)
     assert abs(loss.item() - want.item()) <= 1e-5 * want.item()
     gw = ref.diffusion_loss_grad_ref(e, z)
     check("loss grad", grad, gw, gw)
-    got = ops.diffusion_normal(x, 21, 6, "cuda_emulated")
+    got, _, _ = _emulate_cuda(exe, tmp_path, "normal", x, 21, 6)
     assert (got.double() - z.to(dtype).double()).abs().max().item() <= (2e-6 if dtype in (torch.float32, torch.float64)
                                                                         else 0.02)
 

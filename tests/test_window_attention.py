@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 
+import emulate
 import pytest
 import torch
 import torch.nn.functional as F
@@ -272,38 +273,51 @@ def test_noncontiguous_inputs_and_stride0_grad(backend):
         assert_close(f"grad {name}", g.cpu(), r)
 
 
-EMULATED = "cpu" in CPU_BACKENDS  # the _C module that has the C++ kernels also has the emulation
+# --- the CUDA kernels' per-thread code on the host: tests/window_attention_emulate.cpp ----------
+@pytest.fixture(scope="module")
+def wa_emulator(tmp_path_factory):
+    return emulate.build("window_attention", tmp_path_factory)
 
 
-def _run_kind(kind, case, dtype, seed=0):
-    """Forward and every gradient through one compiled kind ("cuda-emulated": the CUDA kernels'
-    per-thread code on the host), outputs poisoned first."""
+def _emulate_cuda(exe, d, case, dtype, seed=0):
+    """Forward and every gradient through the CUDA kernels' per-thread code run on the host, every
+    launch of the .cuh in its order, outputs and workspace NaN first. The table gradient comes
+    from the kernels' summed dS through bias_table_grad, as the cuda backend forms it."""
     qkv64, table64, pad64, (q, k, v), table, pad = _make(case, dtype, "cpu", seed, layout="contiguous")
     _, _, _, _, window, shift, mv, mp = case
     geom = window_geometry(q.shape[1:4], window, shift)
-    args = (geom, table, pad, q.shape[-1] ** -0.5, mv, mp)
-    outs = [poison(torch.empty_like(q))]
-    lse = wa_ops._FWD[kind]([q], [k], [v], outs, *args)
     go = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    grads = [poison(torch.empty_like(t)) for t in (q, k, v)]
-    d_table, d_pad = wa_ops._BWD[kind]([go.to(dtype)], [q], [k], [v], outs, lse, *[[g] for g in grads], *args, True)
+    g = go.to(dtype)
+    for name, t in (("q", q), ("k", k), ("v", v), ("table", table), ("pad", pad), ("g", g)):
+        emulate.write(d / f"{name}.bin", t)
+    heads, n = q.shape[4], geom.tokens
+    params = [emulate.DTYPE_CODE[dtype], q.shape[0], heads, q.shape[5], *geom.size, *geom.window, *geom.eff_window,
+              *geom.shift, *geom.padded, q.shape[-1] ** -0.5, float(mv), mp, True, True, *q.stride(), *k.stride(),
+              *v.stride(), *g.stride()]
+    lines = emulate.run(exe, d, [*params, 0])
+    assert [ln.split()[0] for ln in lines] == ["fwd"], lines
+    out = emulate.read(d / "o.bin", dtype, q.shape)
+    lines = emulate.run(exe, d, [*params, 1])
+    assert [ln.split()[0] for ln in lines] == ["delta", "dkdv", "dq", "pair", "reduce_pair", "reduce_pad"], lines
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    grads = [emulate.read(d / f"{name}.bin", dtype, q.shape) for name in ("dq", "dk", "dv")]
+    d_table = bias_table_grad(emulate.read(d / "pair.bin", acc, (heads, n, n)), geom.window, n)
+    d_pad = emulate.read(d / "dpad.bin", acc, pad.shape)
     out64, grads64 = _ref_grads(qkv64, table64, pad64, _opts(case), go)
-    return outs[0], [*grads, d_table, d_pad], out64, grads64
+    return out, [*grads, d_table, d_pad], out64, grads64
 
 
-@pytest.mark.skipif(not EMULATED, reason="medkernels._C is not built")
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_cuda_kernels_emulated_on_host(case):
-    out, grads, out64, grads64 = _run_kind("cuda-emulated", case, torch.float32)
+def test_cuda_kernels_emulated_on_host(wa_emulator, tmp_path, case):
+    out, grads, out64, grads64 = _emulate_cuda(wa_emulator, tmp_path, case, torch.float32)
     assert_close("cuda out", out, out64)
     for name, g, r in zip(GRAD_NAMES, grads, grads64):
         assert_close(f"cuda grad {name}", g, r)
 
 
-@pytest.mark.skipif(not EMULATED, reason="medkernels._C is not built")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
-def test_cuda_kernels_emulated_dtypes(dtype):
-    out, grads, out64, grads64 = _run_kind("cuda-emulated", LIGHT, dtype)
+def test_cuda_kernels_emulated_dtypes(wa_emulator, tmp_path, dtype):
+    out, grads, out64, grads64 = _emulate_cuda(wa_emulator, tmp_path, LIGHT, dtype)
     if dtype == torch.float64:
         assert_close("cuda out", out, out64)
         for name, g, r in zip(GRAD_NAMES, grads, grads64):

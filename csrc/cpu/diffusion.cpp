@@ -241,53 +241,6 @@ Status philox_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups
   return Status::kSuccess;
 }
 
-namespace {
-
-// lane 0 of `for (o = 16; o > 0; o >>= 1) v += __shfl_down_sync(~0u, v, o)` over 32 lanes
-double warp_tree_sum(double* a) {
-  for (int o = 16; o > 0; o >>= 1)
-    for (int l = 0; l + o < 32; ++l) a[l] += a[l + o];
-  return a[0];
-}
-
-template <typename T>
-Status emulate_cuda_typed(const DiffusionParams& p) {
-  using A = typename Io<T>::acc;
-  const int64_t nblk = (p.numel + p.block - 1) / p.block;
-  const int threads = static_cast<int>(p.block / 4);
-  const bool draw = !p.noise && !(p.op == DiffusionOp::kDdim && p.eta == 0.0);
-  std::vector<double> v(threads);
-  for (int64_t b = 0; b < p.batch; ++b) {
-    A c[5] = {A(0), A(0), A(0), A(0), A(0)};
-    if (p.op <= DiffusionOp::kDdpm) {
-      const detail::StepCoef k = detail::diffusion_coef(p.op, p.table, p.num_train_timesteps, p.t[b],
-                                                        p.t_next ? p.t_next[b] : -1, p.eta);
-      for (int i = 0; i < 5; ++i) c[i] = static_cast<A>(k.c[i]);
-    }
-    for (int64_t k = 0; k < nblk; ++k) {
-      for (int tid = 0; tid < threads; ++tid) v[tid] = detail::diffusion_thread<T>(p, c, b, k * p.block + 4 * tid, draw);
-      if (p.op != DiffusionOp::kLoss) continue;
-      double ws[32] = {0};
-      for (int w = 0; w * 32 < threads; ++w) {
-        double lanes[32];
-        for (int l = 0; l < 32; ++l) lanes[l] = v[w * 32 + l];
-        ws[w] = warp_tree_sum(lanes);
-      }
-      p.partial[b * nblk + k] = warp_tree_sum(ws);
-    }
-  }
-  return Status::kSuccess;
-}
-
-}  // namespace
-
-Status diffusion_fwd_emulate_cuda(const DiffusionParams& p) {
-  const Status st = diffusion_check(p, true);
-  if (st != Status::kSuccess) return st;
-  MK_CHECK_ARG(p.block % 128 == 0 && p.block <= 4096, "diffusion_fwd (cuda): block must be a multiple of 128, <= 4096");
-  MK_DTYPE_SWITCH(p.dtype, T, return emulate_cuda_typed<T>(p);)
-}
-
 Status philox_normal_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, float* out) {
   MK_CHECK_ARG(out && batch >= 0 && groups >= 0, "philox_normal_fill: out must not be null and sizes >= 0");
 #pragma omp parallel for schedule(static)

@@ -6,10 +6,10 @@
 #include <string>
 
 #include "medkernels/cuda/decomp_conv.cuh"
+#include "medkernels/cuda/status.h"
 #include "medkernels/decomp_conv.h"
 #include "medkernels/detail/decomp_conv_index.h"
 #include "medkernels/detail/dtype_switch.h"
-#include "medkernels/detail/cuda_status.h"
 #include "medkernels/detail/error.h"
 
 namespace medkernels {

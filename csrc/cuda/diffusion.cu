@@ -7,8 +7,8 @@
 #include <string>
 
 #include "medkernels/cuda/diffusion.cuh"
+#include "medkernels/cuda/status.h"
 #include "medkernels/detail/dtype_switch.h"
-#include "medkernels/detail/cuda_status.h"
 #include "medkernels/detail/error.h"
 #include "medkernels/diffusion.h"
 

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "medkernels/cuda/sigmoid_loss.cuh"
-#include "medkernels/detail/cuda_status.h"
+#include "medkernels/cuda/status.h"
 #include "medkernels/detail/dtype_switch.h"
 #include "medkernels/detail/error.h"
 #include "medkernels/detail/sigmoid_loss.h"

@@ -1,16 +1,16 @@
 // (Shifted) 3D window attention on CUDA: one thread per item (query, key, token or pair) runs the
-// per-thread functions of medkernels/detail/window_attention_kernels.h, which the CPU library also
-// runs on the host (cpu::window_attention_*_emulated) so they are tested without a GPU. Keys and
+// per-thread functions of medkernels/detail/window_attention_kernels.h, which the tests' host
+// emulation (tests/window_attention_emulate.cpp) also runs, so they are tested without a GPU. Keys and
 // values are read from global memory (the window's tokens stay in L1/L2 across a block's threads);
 // Triton is the fast GPU path, this is the dependency-free one.
 #include <cuda_runtime.h>
 
 #include <string>
 
-#include "medkernels/detail/dtype_switch.h"
-#include "medkernels/detail/cuda_status.h"
-#include "medkernels/detail/error.h"
+#include "medkernels/cuda/status.h"
 #include "medkernels/cuda/window_attention.cuh"
+#include "medkernels/detail/dtype_switch.h"
+#include "medkernels/detail/error.h"
 #include "medkernels/window_attention.h"
 
 namespace medkernels {

@@ -1,15 +1,28 @@
 // medkernels common definitions: status codes, dtypes, half/bfloat16 conversions and the
-// MK_HD macro that marks per-element math shared by the C++ CPU and the CUDA kernels.
+// MK_HD macro that marks every function shared by the C++ CPU and the CUDA kernels.
 // Plain C++17: no torch, no Python, so other frameworks can vendor it.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+// MK_HD: the one marker of shared code (per-element math, per-thread bodies, block programs).
+// Under nvcc: __host__ __device__, force-inlined. On the host with GCC/Clang: always inlined, so
+// each ISA version of a CPU loop (target_clones, MK_CPU_VERSIONS) gets its own copy of the math
+// instead of a call to one baseline-ISA copy. Elsewhere: inline.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MK_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define MK_HD __attribute__((always_inline)) inline
 #else
 #define MK_HD inline
+#endif
+// MK_UNROLL before a loop: unrolled on the device (register arrays must be indexed by
+// constants); a no-op elsewhere.
+#if defined(__CUDA_ARCH__)
+#define MK_UNROLL _Pragma("unroll")
+#else
+#define MK_UNROLL
 #endif
 
 namespace medkernels {

@@ -43,9 +43,6 @@ Status philox_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups
 // out[(b * groups + g) * 4 + l] = normal l of group g of sample b through the scalar MK_HD
 // detail::philox_normal4 (the code the CUDA kernel runs; the CPU kernel uses a vectorised twin).
 Status philox_normal_fill(uint64_t seed, uint64_t offset, int64_t batch, int64_t groups, float* out);
-// The CUDA kernel's computation run on the host, block by block and thread by thread
-// (detail::diffusion_thread and the kernel's warp-shuffle reduction order): for tests without a GPU.
-Status diffusion_fwd_emulate_cuda(const DiffusionParams& p);
 }  // namespace cpu
 
 namespace cuda {

@@ -37,7 +37,7 @@ struct WindowAttentionBwdParams {
 
 Status window_attention_check(const WindowAttentionParams& p);
 size_t window_attention_bwd_workspace_bytes(const WindowAttentionBwdParams& p);       // cpu::
-size_t window_attention_cuda_bwd_workspace_bytes(const WindowAttentionBwdParams& p);  // cuda:: and *_emulated
+size_t window_attention_cuda_bwd_workspace_bytes(const WindowAttentionBwdParams& p);  // cuda::
 
 namespace cpu {
 Status window_attention_fwd(const WindowAttentionParams& p);
@@ -47,9 +47,6 @@ Status window_attention_bwd(const WindowAttentionBwdParams& p);
 // in (i, j) order (the same bits on every run); heads in parallel. Both in the accumulation type
 // (double for float64, float otherwise); reads p.dtype, p.heads, p.window and p.eff_window.
 Status window_attention_table_grad(const WindowAttentionParams& p, const void* pair_grad, void* table_grad);
-// The CUDA kernels' per-thread code run over every thread on the host (tests without a GPU).
-Status window_attention_fwd_emulated(const WindowAttentionParams& p);
-Status window_attention_bwd_emulated(const WindowAttentionBwdParams& p);
 }  // namespace cpu
 
 namespace cuda {

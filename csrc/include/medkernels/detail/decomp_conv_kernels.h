@@ -1,8 +1,8 @@
 // The CUDA kernels of the decomposed 3D convolution, written as per-thread bodies (MK_HD) plus a
-// host-side plan that picks kernels and carves the workspace, generic in an executor `Exec`:
-//  - medkernels/cuda/decomp_conv.cuh wraps each body in a __global__ kernel (CudaExec), and
-//  - tests/decomp_conv_emulate.cpp runs the very same bodies on the host, block by block and
-//    phase by phase (HostExec), so the GPU code path is tested on machines without a GPU.
+// host-side plan that picks kernels and carves the workspace, generic in an executor of
+// medkernels/detail/exec.h: medkernels/cuda/decomp_conv.cuh launches it (CudaExec), and
+// tests/decomp_conv_emulate.cpp runs the very same plan on the host, block by block and phase by
+// phase (HostExec), so the GPU code path is tested on machines without a GPU.
 // Plain C++17 apart from the 16-bit conversion intrinsics under __CUDA_ARCH__.
 //
 // Kernels (see medkernels/decomp_conv.h for the math):
@@ -34,16 +34,10 @@
 #include "medkernels/decomp_conv.h"
 #include "medkernels/detail/activation.h"
 #include "medkernels/detail/decomp_conv_index.h"
+#include "medkernels/detail/exec.h"
 
 namespace medkernels {
 namespace detail {
-
-// Unrolled on the device (register arrays must be indexed by constants); a no-op elsewhere.
-#if defined(__CUDA_ARCH__)
-#define MK_UNROLL _Pragma("unroll")
-#else
-#define MK_UNROLL
-#endif
 
 // Io with the hardware conversions on the device; the host keeps common.h's bit math.
 template <typename T>
@@ -491,11 +485,86 @@ MK_HD void dx_gather_point(const BwdArgs& b, int64_t idx) {
                    acc);
 }
 
+// --- the kernels, as the executors launch them (medkernels/detail/exec.h) -----------------------------
+constexpr int kConvThreads = 256;  // threads per block of the per-item kernels (and the tiles' limit)
+
+template <typename TI, typename TW, typename TO, typename A, int MODE>
+struct ConvGeneric {
+  static constexpr const char* kName = "conv_generic";
+  ConvArgs a;
+  MK_HD void operator()(int64_t i) const { conv_generic_point<TI, TW, TO, A, MODE>(a, i); }
+};
+
+template <typename TI, typename TW, typename TO, typename A, int MODE, int VEC>
+struct ConvClVec {
+  static constexpr const char* kName = "conv_cl_vec";
+  ConvArgs a;
+  MK_HD void operator()(int64_t i) const { conv_cl_vec_point<TI, TW, TO, A, MODE, VEC>(a, i); }
+};
+
+// Block program: a grid-stride loop over the tiles; each tile staged (with its halo) into shared
+// memory by all threads, then computed.
+template <typename TI, typename TW, typename TO, typename A, int MODE, int VEC>
+struct ConvTile {
+  static constexpr const char* kName = "conv_tile";
+  ConvArgs a;
+  TilePlan t;
+  template <class BK>
+  MK_HD void operator()(const BK& bk, const BlockPos& pos, unsigned char* raw) const {
+    A* smem = reinterpret_cast<A*>(raw);
+    for (int64_t tile = pos.x; tile < t.tiles; tile += pos.nx) {
+      for (int s = 0; s < bk.slots(); ++s) tile_stage<TI, TW, A, VEC>(a, t, tile, bk.thread(s), smem);
+      bk.sync();
+      for (int s = 0; s < bk.slots(); ++s) tile_compute<TI, TO, A, MODE>(a, t, tile, bk.thread(s), smem);
+      bk.sync();  // the next tile's staging overwrites shared memory
+    }
+  }
+};
+
+template <typename T, typename A>
+struct GzCopy {
+  static constexpr const char* kName = "gz_copy";
+  BwdArgs b;
+  MK_HD void operator()(int64_t i) const { gz_copy_point<T, A>(b, i); }
+};
+
+template <typename T, typename A>
+struct DwPartial {
+  static constexpr const char* kName = "dw_partial";
+  BwdArgs b;
+  MK_HD void operator()(int64_t i) const { dw_partial_point<T, A>(b, i); }
+};
+
+template <typename A>
+struct DwReduce {
+  static constexpr const char* kName = "dw_reduce";
+  BwdArgs b;
+  MK_HD void operator()(int64_t i) const { dw_reduce_point<A>(b, i); }
+};
+
+template <typename T, typename A>
+struct WFlip {
+  static constexpr const char* kName = "wflip";
+  BwdArgs b;
+  MK_HD void operator()(int64_t i) const { wflip_point<T, A>(b, i); }
+};
+
+template <typename T, typename A>
+struct DxGather {
+  static constexpr const char* kName = "dx_gather";
+  BwdArgs b;
+  MK_HD void operator()(int64_t i) const { dx_gather_point<T, A>(b, i); }
+};
+
 // --- the plan: which kernels run, generic in the executor --------------------------------------------
-// Exec provides, each returning 0 or an error code (cudaError_t on the GPU):
-//   conv_generic<TI,TW,TO,A,MODE>(ConvArgs, total)       conv_tile<TI,TW,TO,A,MODE,VEC>(ConvArgs, TilePlan)
-//   conv_cl_vec<TI,TW,TO,A,MODE,VEC>(ConvArgs, total)     gz_copy<T,A>, dw_partial<T,A>, wflip<T,A>,
-//   dx_gather<T,A>(BwdArgs, total)                         dw_reduce<A>(BwdArgs, total)
+template <typename TI, typename TW, typename TO, typename A, int MODE, int VEC, typename Exec>
+int run_tile(const ConvArgs& a, const TilePlan& t, Exec& ex) {
+  if (t.tiles <= 0) return 0;
+  if (t.threads > kConvThreads) return 9;  // cudaErrorInvalidConfiguration: the plan keeps tiles within
+  return ex.template blocks<kConvThreads>(ConvTile<TI, TW, TO, A, MODE, VEC>{a, t}, grid_for(t.tiles, 1), 1,
+                                          t.threads, static_cast<size_t>(t.smem_elems) * sizeof(A));
+}
+
 template <typename TI, typename TW, typename TO, typename A, int MODE, typename Exec>
 int run_conv(ConvArgs a, Exec& ex) {
   const int64_t total = a.N * a.Co * a.out[0] * a.out[1] * a.out[2];
@@ -505,15 +574,15 @@ int run_conv(ConvArgs a, Exec& ex) {
   if (depthwise && a.xs[1] == 1 && a.Co > 1) {
     const bool vec_ok = a.Co % VEC == 0 && aligned16(a.x) && a.xs[0] % VEC == 0 && a.xs[2] % VEC == 0 &&
                         a.xs[3] % VEC == 0 && a.xs[4] % VEC == 0;
-    if (vec_ok) return ex.template conv_cl_vec<TI, TW, TO, A, MODE, VEC>(a, cl_vec_threads(a, VEC));
+    if (vec_ok) return ex.template items<kConvThreads>(ConvClVec<TI, TW, TO, A, MODE, VEC>{a}, cl_vec_threads(a, VEC));
   } else if (depthwise && a.s == 1) {
     const bool vec_ok = a.xs[4] == 1 && aligned16(a.x) && a.xs[0] % VEC == 0 && a.xs[1] % VEC == 0 &&
                         a.xs[2] % VEC == 0 && a.xs[3] % VEC == 0;
-    if (vec_ok) return ex.template conv_tile<TI, TW, TO, A, MODE, VEC>(a, tile_plan(a, VEC));
-    return ex.template conv_tile<TI, TW, TO, A, MODE, 1>(a, tile_plan(a, 1));
+    if (vec_ok) return run_tile<TI, TW, TO, A, MODE, VEC>(a, tile_plan(a, VEC), ex);
+    return run_tile<TI, TW, TO, A, MODE, 1>(a, tile_plan(a, 1), ex);
   }
   a.channels_inner = a.ys[1] == 1 && a.Co > 1;
-  return ex.template conv_generic<TI, TW, TO, A, MODE>(a, total);
+  return ex.template items<kConvThreads>(ConvGeneric<TI, TW, TO, A, MODE>{a}, total);
 }
 
 template <typename T, typename Exec>
@@ -559,15 +628,15 @@ int decomp_conv_bwd_run(const DecompConvBwdParams& bp, Exec& ex) {
     for (int i = 0; i < 5; ++i) { a.ys[i] = b.gs[i]; a.gys[i] = bp.grad_y_strides[i]; }
     err = run_conv<T, T, A, A, 1>(a, ex);
   } else {
-    err = ex.template gz_copy<T, A>(b, out_total);
+    err = ex.template items<kConvThreads>(GzCopy<T, A>{b}, out_total);
   }
   if (err) return err;
 
   // 2. weight and bias gradients
   if (bp.grad_bias || bp.grad_w_d || bp.grad_w_h || bp.grad_w_w) {
     if (b.work > 0) {
-      if ((err = ex.template dw_partial<T, A>(b, b.splits * b.work))) return err;
-      if ((err = ex.template dw_reduce<A>(b, b.work))) return err;
+      if ((err = ex.template items<kConvThreads>(DwPartial<T, A>{b}, b.splits * b.work))) return err;
+      if ((err = ex.template items<kConvThreads>(DwReduce<A>{b}, b.work))) return err;
     }
   }
 
@@ -576,7 +645,7 @@ int decomp_conv_bwd_run(const DecompConvBwdParams& bp, Exec& ex) {
   const int64_t in_total = p.batch * p.in_channels * p.in_size[0] * p.in_size[1] * p.in_size[2];
   if (in_total <= 0) return 0;
   if (p.stride == 1) {
-    if ((err = ex.template wflip<T, A>(b, 3 * b.Ci * b.cout_g * b.K))) return err;
+    if ((err = ex.template items<kConvThreads>(WFlip<T, A>{b}, 3 * b.Ci * b.cout_g * b.K))) return err;
     ConvArgs t;
     t.x = b.gz;
     const int64_t fper = b.Ci * b.cout_g * b.K;
@@ -589,7 +658,7 @@ int decomp_conv_bwd_run(const DecompConvBwdParams& bp, Exec& ex) {
     t.act = Activation::kNone;
     return run_conv<A, A, T, A, 0>(t, ex);
   }
-  return ex.template dx_gather<T, A>(b, in_total);
+  return ex.template items<kConvThreads>(DxGather<T, A>{b}, in_total);
 }
 
 }  // namespace detail

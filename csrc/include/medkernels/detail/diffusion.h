@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/detail/exec.h"
 #include "medkernels/detail/philox.h"
 #include "medkernels/diffusion.h"
 
@@ -68,8 +69,9 @@ MK_HD A diffusion_elem(DiffusionOp op, const A c[5], A x, A e, A z, bool has_cli
 
 // One CUDA thread's work: elements i0 .. i0 + 3 of sample b (one Philox group), with the
 // sample's coefficients c; returns its sum of d^2 for the loss (0 otherwise). The CUDA kernel
-// runs this per thread and the host emulation (cpu::diffusion_fwd_emulate_cuda) runs it thread by
-// thread, so the tests execute the CUDA code path without a GPU.
+// (DiffusionStep below) runs this per thread and the tests' host emulation
+// (tests/diffusion_emulate.cpp) runs the same plan thread by thread, so the tests execute the
+// CUDA code path without a GPU.
 template <typename T>
 MK_HD double diffusion_thread(const DiffusionParams& p, const typename Io<T>::acc c[5], int64_t b, int64_t i0,
                               bool draw) {
@@ -108,6 +110,61 @@ MK_HD double diffusion_thread(const DiffusionParams& p, const typename Io<T>::ac
     }
   }
   return static_cast<double>(dsum);
+}
+
+// --- the CUDA kernel, as the executors launch it (medkernels/detail/exec.h) ----------------------------
+// Block program: block (k, b) owns elements k * block .. of sample b, one Philox group of 4 per
+// thread (block / 4 threads). Thread 0 computes the sample's coefficients in double into shared
+// memory; the loss's per-block sum of d^2 is the fixed tree of exec.h over the threads' sums.
+template <typename T>
+struct DiffusionStep {
+  static constexpr const char* kName = "diffusion";
+  DiffusionParams p;
+  int64_t nblk;
+  bool draw;
+
+  static size_t smem_bytes(int threads) { return (8 + static_cast<size_t>(threads)) * sizeof(double); }
+
+  template <class BK>
+  MK_HD void operator()(const BK& bk, const BlockPos& pos, unsigned char* smem) const {
+    using A = typename Io<T>::acc;
+    double* coef = reinterpret_cast<double*>(smem);  // 5 used of 8
+    double* red = coef + 8;                          // one per thread
+    const int64_t b = pos.y, k = pos.x;
+    const bool step = p.op <= DiffusionOp::kDdpm;
+    if (step) {
+      for (int s = 0; s < bk.slots(); ++s)
+        if (bk.thread(s) == 0) {
+          const StepCoef c = diffusion_coef(p.op, p.table, p.num_train_timesteps, p.t[b], p.t_next ? p.t_next[b] : -1,
+                                            p.eta);
+          for (int i = 0; i < 5; ++i) coef[i] = c.c[i];
+        }
+      bk.sync();
+    }
+    A c[5];
+    for (int i = 0; i < 5; ++i) c[i] = step ? static_cast<A>(coef[i]) : A(0);
+    for (int s = 0; s < bk.slots(); ++s) {
+      const int tid = bk.thread(s);
+      const double v = diffusion_thread<T>(p, c, b, k * p.block + 4 * static_cast<int64_t>(tid), draw);
+      if (p.op == DiffusionOp::kLoss) red[tid] = v;
+    }
+    if (p.op != DiffusionOp::kLoss) return;
+    const int threads = static_cast<int>(p.block / 4);
+    block_tree_sum(bk, red, threads);
+    for (int s = 0; s < bk.slots(); ++s)
+      if (bk.thread(s) == 0) p.partial[b * nblk + k] = red[0];
+  }
+};
+
+// --- launch plan (the .cuh launches it; the tests' emulation runs it on the host) -----------------
+// Grid (ceil(numel / block), batch) of block / 4 threads (block a multiple of 128, <= 4096).
+template <typename T, class X>
+int diffusion_fwd_run(const DiffusionParams& p, X& ex) {
+  const int64_t nblk = (p.numel + p.block - 1) / p.block;
+  const bool draw = !p.noise && !(p.op == DiffusionOp::kDdim && p.eta == 0.0);
+  const int threads = static_cast<int>(p.block / 4);
+  return ex.template blocks<1024>(DiffusionStep<T>{p, nblk, draw}, nblk, p.batch, threads,
+                                  DiffusionStep<T>::smem_bytes(threads));
 }
 
 }  // namespace detail

@@ -11,16 +11,10 @@
 
 #include "medkernels/common.h"
 
-#if defined(__CUDACC__) || !defined(__GNUC__)
-#define MK_FM_INLINE MK_HD
-#else
-#define MK_FM_INLINE __attribute__((always_inline)) inline
-#endif
-
 namespace medkernels {
 namespace detail {
 
-MK_FM_INLINE float fast_expf(float x) {
+MK_HD float fast_expf(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float k = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
@@ -39,7 +33,7 @@ MK_FM_INLINE float fast_expf(float x) {
 
 // Natural log of a normal positive finite float (Cephes logf), branch-free: x = m 2^e with m in
 // [sqrt(1/2), sqrt(2)), the mantissa select done with bit masks so it vectorises.
-MK_FM_INLINE float fast_logf(float x) {
+MK_HD float fast_logf(float x) {
   const uint32_t ux = float_to_bits(x);
   int e = static_cast<int>((ux >> 23) & 0xff) - 126;  // x = m * 2^e, m in [0.5, 1)
   const float m = bits_to_float((ux & 0x007fffffu) | 0x3f000000u);
@@ -63,7 +57,7 @@ MK_FM_INLINE float fast_logf(float x) {
   return f + y + 0.693359375f * fe;
 }
 
-MK_FM_INLINE float fast_erff(float x) {
+MK_HD float fast_erff(float x) {
   const float a = std::fabs(x);
   const float t = 1.0f / (1.0f + 0.3275911f * a);
   const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));

@@ -40,19 +40,9 @@
 #include <type_traits>
 
 #include "medkernels/common.h"
+#include "medkernels/detail/exec.h"
 #include "medkernels/sigmoid_loss.h"
 
-#if defined(__CUDACC__) || !defined(__GNUC__)
-#define MK_SL_HD MK_HD
-#else
-// always inlined on the host, so each ISA version of the CPU kernel's loops gets its own copy
-#define MK_SL_HD __attribute__((always_inline)) inline
-#endif
-#if defined(__CUDA_ARCH__)
-#define MK_SL_UNROLL _Pragma("unroll")
-#else
-#define MK_SL_UNROLL
-#endif
 
 namespace medkernels {
 namespace detail {
@@ -60,7 +50,7 @@ namespace detail {
 // --- per-element math (CPU and CUDA) ---------------------------------------------------------------
 // softplus(u) = log(1 + e^u), stable for any u
 template <class M, typename V>
-MK_SL_HD V sl_softplus(const V& u) {
+MK_HD V sl_softplus(const V& u) {
   const V zero = M::splat(0);
   const V au = u < zero ? -u : u;
   return (u > zero ? u : zero) + M::log1p01(M::exp(-au));
@@ -68,30 +58,30 @@ MK_SL_HD V sl_softplus(const V& u) {
 
 // the loss of one pair: softplus(-z l), z = +1 for a positive pair (pos true), -1 otherwise
 template <class M, typename V, typename P>
-MK_SL_HD V sl_pair_loss(const V& l, const P& pos) {
+MK_HD V sl_pair_loss(const V& l, const P& pos) {
   return sl_softplus<M>(pos ? -l : l);
 }
 
 // dloss/dl = -z sigmoid(-z l) = -z / (1 + exp(z l)); z is +1 or -1
 template <class M, typename V>
-MK_SL_HD V sl_pair_dloss(const V& z, const V& l) {
+MK_HD V sl_pair_dloss(const V& z, const V& l) {
   return -z / (M::exp(z * l) + M::splat(1));
 }
 
 // symmetric variant: the mean of dloss/dl over z_ij and z_ji (the two pairs share the logit)
 template <class M, typename V>
-MK_SL_HD V sl_pair_dloss_sym(const V& z, const V& zt, const V& l) {
+MK_HD V sl_pair_dloss_sym(const V& z, const V& zt, const V& l) {
   return M::splat(0.5) * (sl_pair_dloss<M>(z, l) + sl_pair_dloss<M>(zt, l));
 }
 
 // Accurate libm math: the CUDA kernels (and their host emulation) and the CPU's float64 path.
 template <typename A>
 struct SlStdMath {
-  MK_SL_HD static A splat(double v) { return static_cast<A>(v); }
-  MK_SL_HD static float exp(float v) { return ::expf(v); }
-  MK_SL_HD static double exp(double v) { return ::exp(v); }
-  MK_SL_HD static float log1p01(float e) { return ::log1pf(e); }
-  MK_SL_HD static double log1p01(double e) { return ::log1p(e); }
+  MK_HD static A splat(double v) { return static_cast<A>(v); }
+  MK_HD static float exp(float v) { return ::expf(v); }
+  MK_HD static double exp(double v) { return ::exp(v); }
+  MK_HD static float log1p01(float e) { return ::log1pf(e); }
+  MK_HD static double log1p01(double e) { return ::log1p(e); }
 };
 
 // Which pairs are positive, seen from the side whose rows a pass walks (swap: the y side).
@@ -102,7 +92,7 @@ struct SlPositives {
   const uint8_t* mask = nullptr;
   int64_t ms0 = 0, ms1 = 0, off = 0;
 
-  MK_SL_HD bool operator()(int64_t i, int64_t j) const {
+  MK_HD bool operator()(int64_t i, int64_t j) const {
     switch (mode) {
       case SigmoidLossPositives::kDiagonal: return i - j == off;
       case SigmoidLossPositives::kLabels: return la[i] == lb[j];
@@ -138,33 +128,33 @@ template <> struct SlTraits<float> {
   using E = float; using A = float;
   static constexpr bool kMma = false;
   static constexpr int KC = 16, DC = 64, DCS = 32;
-  MK_SL_HD static E load(const float* p) { return *p; }
-  MK_SL_HD static E from_acc(float v) { return v; }
-  MK_SL_HD static A to_acc(E v) { return v; }
+  MK_HD static E load(const float* p) { return *p; }
+  MK_HD static E from_acc(float v) { return v; }
+  MK_HD static A to_acc(E v) { return v; }
 };
 template <> struct SlTraits<double> {
   using E = double; using A = double;
   static constexpr bool kMma = false;
   static constexpr int KC = 8, DC = 32, DCS = 16;
-  MK_SL_HD static E load(const double* p) { return *p; }
-  MK_SL_HD static E from_acc(double v) { return v; }
-  MK_SL_HD static A to_acc(E v) { return v; }
+  MK_HD static E load(const double* p) { return *p; }
+  MK_HD static E from_acc(double v) { return v; }
+  MK_HD static A to_acc(E v) { return v; }
 };
 template <> struct SlTraits<half_t> {
   using E = uint16_t; using A = float;  // raw bits: staged as loaded, no conversion
   static constexpr bool kMma = true;
   static constexpr int KC = 32, DC = 256, DCS = 128;
-  MK_SL_HD static E load(const half_t* p) { return p->bits; }
-  MK_SL_HD static E from_acc(float v) { return float_to_half(v); }
-  MK_SL_HD static A to_acc(E v) { return half_to_float(v); }
+  MK_HD static E load(const half_t* p) { return p->bits; }
+  MK_HD static E from_acc(float v) { return float_to_half(v); }
+  MK_HD static A to_acc(E v) { return half_to_float(v); }
 };
 template <> struct SlTraits<bfloat16_t> {
   using E = uint16_t; using A = float;
   static constexpr bool kMma = true;
   static constexpr int KC = 32, DC = 256, DCS = 128;
-  MK_SL_HD static E load(const bfloat16_t* p) { return p->bits; }
-  MK_SL_HD static E from_acc(float v) { return float_to_bf16(v); }
-  MK_SL_HD static A to_acc(E v) { return bf16_to_float(v); }
+  MK_HD static E load(const bfloat16_t* p) { return p->bits; }
+  MK_HD static E from_acc(float v) { return float_to_bf16(v); }
+  MK_HD static A to_acc(E v) { return bf16_to_float(v); }
 };
 
 template <typename T, bool SYM>
@@ -176,16 +166,16 @@ struct SlFragB { uint32_t r[2]; };                 // 16 x 8 B fragment of one l
 
 // C fragment of mma.m16n8k16 (PTX ISA): lane l holds c0,c1 at (l/4, 2(l%4) + {0,1}) and c2,c3 at
 // row l/4 + 8. The fp32/fp64 FMA tiles use the same ownership.
-MK_SL_HD int sl_frag_row(int lane, int e) { return (lane >> 2) + ((e >> 1) << 3); }
-MK_SL_HD int sl_frag_col(int lane, int e) { return ((lane & 3) << 1) + (e & 1); }
+MK_HD int sl_frag_row(int lane, int e) { return (lane >> 2) + ((e >> 1) << 3); }
+MK_HD int sl_frag_col(int lane, int e) { return ((lane & 3) << 1) + (e & 1); }
 
-MK_SL_HD uint32_t sl_pack2(const uint16_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 16); }
+MK_HD uint32_t sl_pack2(const uint16_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 16); }
 
 // A fragment (row-major 16 x 16 at rows row0.., k0..; smem [row][k], ld elements): register r holds
 // (row l/4 + 8 (r & 1), k 2(l%4) + 8 (r >> 1) + {0, 1}).
-MK_SL_HD SlFragA sl_load_a(const uint16_t* s, int ld, int row0, int k0, int lane) {
+MK_HD SlFragA sl_load_a(const uint16_t* s, int ld, int row0, int k0, int lane) {
   SlFragA f;
-  MK_SL_UNROLL for (int r = 0; r < 4; ++r) {
+  MK_UNROLL for (int r = 0; r < 4; ++r) {
     const int row = row0 + (lane >> 2) + ((r & 1) << 3);
     const int k = k0 + ((lane & 3) << 1) + ((r >> 1) << 3);
     f.r[r] = sl_pack2(s + row * ld + k);
@@ -194,9 +184,9 @@ MK_SL_HD SlFragA sl_load_a(const uint16_t* s, int ld, int row0, int k0, int lane
 }
 
 // B fragment ("col": 16 (k) x 8 (n) at n0.., k0..; smem [n][k]): register r holds (k 2(l%4) + 8 r + {0, 1}, n l/4).
-MK_SL_HD SlFragB sl_load_b(const uint16_t* s, int ld, int n0, int k0, int lane) {
+MK_HD SlFragB sl_load_b(const uint16_t* s, int ld, int n0, int k0, int lane) {
   SlFragB f;
-  MK_SL_UNROLL for (int r = 0; r < 2; ++r) {
+  MK_UNROLL for (int r = 0; r < 2; ++r) {
     const int n = n0 + (lane >> 2);
     const int k = k0 + ((lane & 3) << 1) + (r << 3);
     f.r[r] = sl_pack2(s + n * ld + k);
@@ -207,7 +197,7 @@ MK_SL_HD SlFragB sl_load_b(const uint16_t* s, int ld, int n0, int k0, int lane) 
 // acc[l][f] += A[row0 + r][k] * B[8 f + c][k] summed over k < kdim (a multiple of 16 for MMA), for the
 // (r, c) each lane slot l owns. as: [row][k], bs: [n][k] in shared memory.
 template <typename T, class BK, int NF>
-MK_SL_HD void sl_warp_gemm(const BK& bk, int ws, const typename SlTraits<T>::E* as, int lda,
+MK_HD void sl_warp_gemm(const BK& bk, int ws, const typename SlTraits<T>::E* as, int lda,
                            const typename SlTraits<T>::E* bs, int ldb, int kdim, int row0,
                            SlFragC<typename SlTraits<T>::A> (&acc)[BK::kLanes][NF]) {
   using Tr = SlTraits<T>;
@@ -215,23 +205,23 @@ MK_SL_HD void sl_warp_gemm(const BK& bk, int ws, const typename SlTraits<T>::E* 
   if constexpr (Tr::kMma) {
     for (int k0 = 0; k0 < kdim; k0 += 16) {
       SlFragA fa[BK::kLanes];
-      MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) fa[l] = sl_load_a(as, lda, row0, k0, bk.lane(ws, l));
-      MK_SL_UNROLL for (int f = 0; f < NF; ++f) {
+      MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) fa[l] = sl_load_a(as, lda, row0, k0, bk.lane(ws, l));
+      MK_UNROLL for (int f = 0; f < NF; ++f) {
         SlFragB fb[BK::kLanes];
         SlFragC<float> fc[BK::kLanes];
-        MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
+        MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
           fb[l] = sl_load_b(bs, ldb, 8 * f, k0, bk.lane(ws, l));
           fc[l] = acc[l][f];
         }
         BK::template mma<T>(fc, fa, fb);
-        MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) acc[l][f] = fc[l];
+        MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) acc[l][f] = fc[l];
       }
     }
   } else {
-    MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
+    MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
       const int lane = bk.lane(ws, l);
-      MK_SL_UNROLL for (int f = 0; f < NF; ++f)
-        MK_SL_UNROLL for (int e = 0; e < 4; ++e) {
+      MK_UNROLL for (int f = 0; f < NF; ++f)
+        MK_UNROLL for (int e = 0; e < 4; ++e) {
           const typename Tr::E* ar = as + (row0 + sl_frag_row(lane, e)) * lda;
           const typename Tr::E* br = bs + (8 * f + sl_frag_col(lane, e)) * ldb;
           A sum = acc[l][f].v[e];
@@ -269,7 +259,7 @@ struct SlFinish {
   double mul[2] = {1, 1};
 };
 
-MK_SL_HD int64_t sl_blocks(int64_t n) { return (n + kSlTile - 1) / kSlTile; }
+MK_HD int64_t sl_blocks(int64_t n) { return (n + kSlTile - 1) / kSlTile; }
 
 // Column splits of the forward: enough blocks to fill a large GPU, chosen from the sizes only so the
 // summation order (and the bits) do not depend on the device.
@@ -303,13 +293,13 @@ struct SlSmem {
   static constexpr size_t round16(size_t b) { return (b + 15) / 16 * 16; }
   static constexpr size_t fwd_bytes = round16(fwd_elems * sizeof(E)) + 2 * kSlThreads * sizeof(double);
   static constexpr size_t bwd_bytes = round16(bwd_elems * sizeof(E)) + 2 * kSlThreads * sizeof(double);
-  MK_SL_HD static double* red(unsigned char* smem, bool backward) {
+  MK_HD static double* red(unsigned char* smem, bool backward) {
     return reinterpret_cast<double*>(smem + round16((backward ? bwd_elems : fwd_elems) * sizeof(E)));
   }
 };
 
 // 16 bytes from global to shared memory (both 16-byte aligned)
-MK_SL_HD void sl_copy16(void* dst, const void* src) {
+MK_HD void sl_copy16(void* dst, const void* src) {
 #if defined(__CUDA_ARCH__)
   *static_cast<uint4*>(dst) = *static_cast<const uint4*>(src);
 #else
@@ -327,7 +317,7 @@ inline bool sl_vec_ok(const void* src, int64_t s0, int64_t s1) {
 // column k0: zero outside. One thread's share (thread tid of kSlThreads). vec (sl_vec_ok): 16-byte
 // copies where a whole vector is inside the rows and d (k0, cols and the row pitch ld keep them aligned).
 template <typename T>
-MK_SL_HD void sl_stage_rows(int tid, const T* src, int64_t n, int64_t d, int64_t s0, int64_t s1, int64_t r0,
+MK_HD void sl_stage_rows(int tid, const T* src, int64_t n, int64_t d, int64_t s0, int64_t s1, int64_t r0,
                             int64_t k0, int cols, typename SlTraits<T>::E* dst, int ld, bool vec) {
   using E = typename SlTraits<T>::E;
   if (vec) {
@@ -354,7 +344,7 @@ MK_SL_HD void sl_stage_rows(int tid, const T* src, int64_t n, int64_t d, int64_t
 
 // Stage the transposed d chunk: dst[dd][j] = src[r0 + j][k0 + dd] for dd < cols, j < 64 (zero outside).
 template <typename T>
-MK_SL_HD void sl_stage_cols(int tid, const T* src, int64_t n, int64_t d, int64_t s0, int64_t s1, int64_t r0,
+MK_HD void sl_stage_cols(int tid, const T* src, int64_t n, int64_t d, int64_t s0, int64_t s1, int64_t r0,
                             int64_t k0, int cols, typename SlTraits<T>::E* dst, int ld) {
   using E = typename SlTraits<T>::E;
   for (int e = tid; e < kSlTile * cols; e += kSlThreads) {
@@ -367,22 +357,14 @@ MK_SL_HD void sl_stage_cols(int tid, const T* src, int64_t n, int64_t d, int64_t
 // Fixed-order block reduction of red[0 .. kSlThreads) (and red[kSlThreads ..) when two): a tree
 // with the same shape on every run. Leaves the sums in red[0] (and red[kSlThreads]).
 template <class BK>
-MK_SL_HD void sl_block_reduce(const BK& bk, double* red, int nsums) {
-  for (int stride = kSlThreads / 2; stride > 0; stride >>= 1) {
-    bk.sync();
-    for (int t = 0; t < BK::kThreads; ++t) {
-      const int tid = bk.thread(t);
-      if (tid < stride)
-        for (int k = 0; k < nsums; ++k) red[k * kSlThreads + tid] += red[k * kSlThreads + tid + stride];
-    }
-  }
-  bk.sync();
+MK_HD void sl_block_reduce(const BK& bk, double* red, int nsums) {
+  block_tree_sum(bk, red, kSlThreads, nsums, kSlThreads);
 }
 
 // S tile of rows i0.. (of a) against rows j0.. (of b) into acc (and acc2 = b_I . a_J for the symmetric
 // variant): the k loop over d, staging KC columns at a time.
 template <typename T, bool SYM, class BK>
-MK_SL_HD void sl_logits_tile(const BK& bk, const SlArgs& g, int64_t i0, int64_t j0, unsigned char* smem,
+MK_HD void sl_logits_tile(const BK& bk, const SlArgs& g, int64_t i0, int64_t j0, unsigned char* smem,
                              SlFragC<typename SlTraits<T>::A> (&acc)[BK::kWarps][BK::kLanes][8],
                              SlFragC<typename SlTraits<T>::A> (&acc2)[BK::kWarps][BK::kLanes][8]) {
   using Tr = SlTraits<T>;
@@ -391,10 +373,10 @@ MK_SL_HD void sl_logits_tile(const BK& bk, const SlArgs& g, int64_t i0, int64_t 
   E* s = reinterpret_cast<E*>(smem);
   const T* a = static_cast<const T*>(g.a);
   const T* b = static_cast<const T*>(g.b);
-  MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-    MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l)
-      MK_SL_UNROLL for (int f = 0; f < 8; ++f)
-        MK_SL_UNROLL for (int e = 0; e < 4; ++e) acc[w][l][f].v[e] = acc2[w][l][f].v[e] = 0;
+  MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+    MK_UNROLL for (int l = 0; l < BK::kLanes; ++l)
+      MK_UNROLL for (int f = 0; f < 8; ++f)
+        MK_UNROLL for (int e = 0; e < 4; ++e) acc[w][l][f].v[e] = acc2[w][l][f].v[e] = 0;
   for (int64_t k0 = 0; k0 < g.d; k0 += Tr::KC) {
     bk.sync();
     for (int t = 0; t < BK::kThreads; ++t) {
@@ -407,7 +389,7 @@ MK_SL_HD void sl_logits_tile(const BK& bk, const SlArgs& g, int64_t i0, int64_t 
       }
     }
     bk.sync();
-    MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w) {
+    MK_UNROLL for (int w = 0; w < BK::kWarps; ++w) {
       const int row0 = 16 * bk.warp(w);
       sl_warp_gemm<T, BK, 8>(bk, w, s + L::xs, L::ldk, s + L::ys, L::ldk, Tr::KC, row0, acc[w]);
       // symmetric: s2[r][c] = b_{i0 + r} . a_{j0 + c}
@@ -418,7 +400,7 @@ MK_SL_HD void sl_logits_tile(const BK& bk, const SlArgs& g, int64_t i0, int64_t 
 
 // Forward block (row block ib, column split): the sum of the pair losses of its tiles -> g.part.
 template <typename T, bool SYM, class BK>
-MK_SL_HD void sl_fwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t split, unsigned char* smem) {
+MK_HD void sl_fwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t split, unsigned char* smem) {
   using Tr = SlTraits<T>;
   using A = typename Tr::A;
   using M = SlStdMath<A>;
@@ -428,17 +410,17 @@ MK_SL_HD void sl_fwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t sp
   const A scale = static_cast<A>(g.scale), bias = static_cast<A>(g.bias);
   SlFragC<A> acc[BK::kWarps][BK::kLanes][8], acc2[BK::kWarps][BK::kLanes][8];
   double total[BK::kWarps][BK::kLanes];
-  MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-    MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) total[w][l] = 0;
+  MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+    MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) total[w][l] = 0;
   for (int64_t jb = jb0; jb < jb1; ++jb) {
     const int64_t j0 = jb * kSlTile;
     sl_logits_tile<T, SYM, BK>(bk, g, i0, j0, smem, acc, acc2);
-    MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-      MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
+    MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+      MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
         const int lane = bk.lane(w, l), row0 = 16 * bk.warp(w);
         A sum = 0;
-        MK_SL_UNROLL for (int f = 0; f < 8; ++f)
-          MK_SL_UNROLL for (int e = 0; e < 4; ++e) {
+        MK_UNROLL for (int f = 0; f < 8; ++f)
+          MK_UNROLL for (int e = 0; e < 4; ++e) {
             const int64_t i = i0 + row0 + sl_frag_row(lane, e), j = j0 + 8 * f + sl_frag_col(lane, e);
             if (i >= g.na || j >= g.nb) continue;
             const A s = SYM ? A(0.5) * (acc[w][l][f].v[e] + acc2[w][l][f].v[e]) : acc[w][l][f].v[e];
@@ -449,8 +431,8 @@ MK_SL_HD void sl_fwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t sp
   }
   double* red = SlSmem<T>::red(smem, false);
   bk.sync();
-  MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-    MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) red[32 * bk.warp(w) + bk.lane(w, l)] = total[w][l];
+  MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+    MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) red[32 * bk.warp(w) + bk.lane(w, l)] = total[w][l];
   sl_block_reduce(bk, red, 1);
   for (int t = 0; t < BK::kThreads; ++t)
     if (bk.thread(t) == 0) g.part[ib * g.splits + split] = red[0];
@@ -460,7 +442,7 @@ MK_SL_HD void sl_fwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t sp
 // (symmetric: also d(b)[rows, chunk] = scale c sum_J G_s,IJ a_J[:, chunk]); chunk 0 records
 // sum dloss and sum dloss * s of its rows in g.part (when set).
 template <typename T, bool SYM, class BK>
-MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc, unsigned char* smem) {
+MK_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc, unsigned char* smem) {
   using Tr = SlTraits<T>;
   using L = SlSmem<T>;
   using A = typename Tr::A;
@@ -475,22 +457,22 @@ MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc
   SlFragC<A> acc[BK::kWarps][BK::kLanes][8], acc2[BK::kWarps][BK::kLanes][8];
   SlFragC<A> da[BK::kWarps][BK::kLanes][NF], db[BK::kWarps][BK::kLanes][NF];
   double sums[BK::kWarps][BK::kLanes][2];
-  MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-    MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
+  MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+    MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
       sums[w][l][0] = sums[w][l][1] = 0;
-      MK_SL_UNROLL for (int f = 0; f < NF; ++f)
-        MK_SL_UNROLL for (int e = 0; e < 4; ++e) da[w][l][f].v[e] = db[w][l][f].v[e] = 0;
+      MK_UNROLL for (int f = 0; f < NF; ++f)
+        MK_UNROLL for (int e = 0; e < 4; ++e) da[w][l][f].v[e] = db[w][l][f].v[e] = 0;
     }
   for (int64_t jb = 0; jb < mblk; ++jb) {
     const int64_t j0 = jb * kSlTile;
     sl_logits_tile<T, SYM, BK>(bk, g, i0, j0, smem, acc, acc2);
     // G (without c) into shared memory in the operand type; zero outside the valid corner
-    MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-      MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
+    MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+      MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
         const int lane = bk.lane(w, l), row0 = 16 * bk.warp(w);
         A g1 = 0, g2 = 0;
-        MK_SL_UNROLL for (int f = 0; f < 8; ++f)
-          MK_SL_UNROLL for (int e = 0; e < 4; ++e) {
+        MK_UNROLL for (int f = 0; f < 8; ++f)
+          MK_UNROLL for (int e = 0; e < 4; ++e) {
             const int r = row0 + sl_frag_row(lane, e), c = 8 * f + sl_frag_col(lane, e);
             const int64_t i = i0 + r, j = j0 + c;
             A v = 0, sv = 0;
@@ -519,7 +501,7 @@ MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc
       if (SYM) sl_stage_cols<T>(tid, a, g.na, g.d, g.sa0, g.sa1, j0, d0, DC, s + L::bt2, L::ldn);
     }
     bk.sync();
-    MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w) {
+    MK_UNROLL for (int w = 0; w < BK::kWarps; ++w) {
       const int row0 = 16 * bk.warp(w);
       sl_warp_gemm<T, BK, NF>(bk, w, s + L::gs, L::ldn, s + L::bt, L::ldn, kSlTile, row0, da[w]);
       if (SYM) sl_warp_gemm<T, BK, NF>(bk, w, s + L::gs, L::ldn, s + L::bt2, L::ldn, kSlTile, row0, db[w]);
@@ -527,11 +509,11 @@ MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc
   }
   // store scale * c * acc through the output strides
   const A mul = static_cast<A>(g.scale * g.c);
-  MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-    MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
+  MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+    MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
       const int lane = bk.lane(w, l), row0 = 16 * bk.warp(w);
-      MK_SL_UNROLL for (int f = 0; f < NF; ++f)
-        MK_SL_UNROLL for (int e = 0; e < 4; ++e) {
+      MK_UNROLL for (int f = 0; f < NF; ++f)
+        MK_UNROLL for (int e = 0; e < 4; ++e) {
           const int64_t i = i0 + row0 + sl_frag_row(lane, e), k = d0 + 8 * f + sl_frag_col(lane, e);
           if (i >= g.na || k >= g.d) continue;
           Io<T>::store(static_cast<T*>(g.out_a) + i * g.soa0 + k * g.soa1, mul * da[w][l][f].v[e]);
@@ -541,8 +523,8 @@ MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc
   if (g.part == nullptr || dc != 0) return;
   double* red = SlSmem<T>::red(smem, true);
   bk.sync();
-  MK_SL_UNROLL for (int w = 0; w < BK::kWarps; ++w)
-    MK_SL_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
+  MK_UNROLL for (int w = 0; w < BK::kWarps; ++w)
+    MK_UNROLL for (int l = 0; l < BK::kLanes; ++l) {
       const int tid = 32 * bk.warp(w) + bk.lane(w, l);
       red[tid] = sums[w][l][0];
       red[kSlThreads + tid] = sums[w][l][1];
@@ -557,7 +539,7 @@ MK_SL_HD void sl_bwd_block(const BK& bk, const SlArgs& g, int64_t ib, int64_t dc
 
 // Finishing block: each thread sums a fixed strided share in order, then the fixed tree.
 template <class BK>
-MK_SL_HD void sl_finish_block(const BK& bk, const SlFinish& f, double* red) {
+MK_HD void sl_finish_block(const BK& bk, const SlFinish& f, double* red) {
   for (int t = 0; t < BK::kThreads; ++t) {
     const int tid = bk.thread(t);
     for (int k = 0; k < f.nsums; ++k) {
@@ -573,9 +555,56 @@ MK_SL_HD void sl_finish_block(const BK& bk, const SlFinish& f, double* red) {
         if (f.out[k]) *f.out[k] = f.mul[k] * red[k * kSlThreads];
 }
 
-// --- launch plan (the .cuh's executor launches; the host emulation loops) -------------------------
-// X provides: fwd<T, SYM>(args, grid_x, grid_y), bwd<T, SYM>(args, grid_x, grid_y), finish(SlFinish); each
-// returns 0 or an error code.
+// --- the kernels, as the executors launch them (medkernels/detail/exec.h) -----------------------------
+// Block programs of kSlThreads threads. The executor's Block type BK adds to exec.h's block the
+// warp slots (BK::kThreads, kWarps, kLanes, warp(w), lane(w, l)) and BK::mma<T>: the .cuh's
+// device block and the tests' host block.
+template <typename T, bool SYM>
+struct SlFwdProgram {
+  static constexpr const char* kName = "fwd";
+  SlArgs g;
+  template <class BK>
+  MK_HD void operator()(const BK& bk, const BlockPos& pos, unsigned char* smem) const {
+    sl_fwd_block<T, SYM>(bk, g, pos.x, pos.y, smem);
+  }
+};
+
+template <typename T, bool SYM>
+struct SlBwdProgram {
+  static constexpr const char* kName = "bwd";
+  SlArgs g;
+  template <class BK>
+  MK_HD void operator()(const BK& bk, const BlockPos& pos, unsigned char* smem) const {
+    sl_bwd_block<T, SYM>(bk, g, pos.x, pos.y, smem);
+  }
+};
+
+struct SlFinishProgram {
+  static constexpr const char* kName = "finish";
+  static constexpr size_t kSmemBytes = 2 * kSlThreads * sizeof(double);
+  SlFinish f;
+  template <class BK>
+  MK_HD void operator()(const BK& bk, const BlockPos&, unsigned char* smem) const {
+    sl_finish_block(bk, f, reinterpret_cast<double*>(smem));
+  }
+};
+
+// --- launch plan (the .cuh launches it; the tests' emulation runs it on the host) -----------------
+template <typename T, bool SYM, class X>
+int sl_fwd_launch(X& ex, const SlArgs& g, int64_t gx, int64_t gy) {
+  return ex.template blocks<kSlThreads>(SlFwdProgram<T, SYM>{g}, gx, gy, kSlThreads, SlSmem<T>::fwd_bytes);
+}
+
+template <typename T, bool SYM, class X>
+int sl_bwd_launch(X& ex, const SlArgs& g, int64_t gx, int64_t gy) {
+  return ex.template blocks<kSlThreads>(SlBwdProgram<T, SYM>{g}, gx, gy, kSlThreads, SlSmem<T>::bwd_bytes);
+}
+
+template <class X>
+int sl_finish_launch(X& ex, const SlFinish& f) {
+  return ex.template blocks<kSlThreads>(SlFinishProgram{f}, 1, 1, kSlThreads, SlFinishProgram::kSmemBytes);
+}
+
 template <typename T>
 SlArgs sl_args(const SigmoidLossParams& p, bool swap) {
   SlArgs g;
@@ -602,13 +631,13 @@ int sl_fwd_run(const SigmoidLossParams& p, X& ex) {
   g.splits = sl_fwd_splits(p.n, p.m);
   g.part = static_cast<double*>(p.workspace);
   const int64_t nblk = sl_blocks(p.n);
-  int rc = p.symmetric ? ex.template fwd<T, true>(g, nblk, g.splits) : ex.template fwd<T, false>(g, nblk, g.splits);
+  int rc = p.symmetric ? sl_fwd_launch<T, true>(ex, g, nblk, g.splits) : sl_fwd_launch<T, false>(ex, g, nblk, g.splits);
   if (rc) return rc;
   SlFinish f;
   f.part = g.part;
   f.count = nblk * g.splits;
   f.out[0] = p.loss;
-  return ex.finish(f);
+  return sl_finish_launch(ex, f);
 }
 
 template <typename T, class X>
@@ -625,15 +654,15 @@ int sl_bwd_run(const SigmoidLossBwdParams& bp, X& ex) {
     g.out_b = bp.grad_y;
     g.sob0 = bp.grad_y_strides[0]; g.sob1 = bp.grad_y_strides[1];
   }
-  int rc = p.symmetric ? ex.template bwd<T, true>(g, sl_blocks(p.n), dchunks)
-                       : ex.template bwd<T, false>(g, sl_blocks(p.n), dchunks);
+  int rc = p.symmetric ? sl_bwd_launch<T, true>(ex, g, sl_blocks(p.n), dchunks)
+                       : sl_bwd_launch<T, false>(ex, g, sl_blocks(p.n), dchunks);
   if (rc) return rc;
   if (!p.symmetric) {
     SlArgs h = sl_args<T>(p, true);
     h.c = bp.grad_scale;
     h.out_a = bp.grad_y;
     h.soa0 = bp.grad_y_strides[0]; h.soa1 = bp.grad_y_strides[1];
-    rc = ex.template bwd<T, false>(h, sl_blocks(p.m), dchunks);
+    rc = sl_bwd_launch<T, false>(ex, h, sl_blocks(p.m), dchunks);
     if (rc) return rc;
   }
   SlFinish f;
@@ -645,7 +674,7 @@ int sl_bwd_run(const SigmoidLossBwdParams& bp, X& ex) {
   f.out[1] = bp.grad_t_prime;
   f.mul[0] = bp.grad_scale;
   f.mul[1] = bp.grad_scale * p.logit_scale;
-  return ex.finish(f);
+  return sl_finish_launch(ex, f);
 }
 
 }  // namespace detail

@@ -1,7 +1,7 @@
 // Per-thread work of the CUDA window-attention kernels, plain C++ marked MK_HD: the CUDA file
-// launches one thread per item; csrc/cpu/window_attention.cpp runs the very same functions over
-// every item on the host (the "emulated" entry points), which is how machines without a GPU test
-// them. See medkernels/window_attention.h for the math.
+// launches one thread per item; the tests' host emulation (tests/window_attention_emulate.cpp) runs
+// the very same functions over every item, which is how machines without a GPU test them. See
+// medkernels/window_attention.h for the math.
 //
 // Items:
 //   fwd    (dir, batch*window*head, query i): online softmax over the window's keys -> out, lse
@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "medkernels/common.h"
+#include "medkernels/detail/exec.h"
 #include "medkernels/window_attention.h"
 
 namespace medkernels {
@@ -345,6 +346,131 @@ MK_HD void wa_reduce_pad_item(const WindowAttentionBwdParams& bp, const WaGeo& g
         }
   }
   static_cast<A*>(bp.grad_pad_kv)[item] = s;
+}
+
+// --- the kernels, as the executors launch them (medkernels/detail/exec.h) -----------------------------
+// One item per thread; a launch covers both directions (item = dir * per_dir + item in direction).
+constexpr int kWaThreads = 128;
+
+template <typename T, typename A, int EMAX>
+struct WaFwd {
+  static constexpr const char* kName = "fwd";
+  WindowAttentionParams p;
+  WaGeo g;
+  int64_t per_dir;
+  MK_HD void operator()(int64_t i) const { wa_fwd_item<T, A, EMAX>(p, g, int(i / per_dir), i % per_dir); }
+};
+
+template <typename T, typename A>
+struct WaDelta {
+  static constexpr const char* kName = "delta";
+  WindowAttentionBwdParams bp;
+  WaGeo g;
+  int64_t per_dir;
+  A* delta;
+  MK_HD void operator()(int64_t i) const { wa_delta_item<T, A>(bp, g, int(i / per_dir), i % per_dir, delta); }
+};
+
+template <typename T, typename A, int EMAX>
+struct WaDkDv {
+  static constexpr const char* kName = "dkdv";
+  WindowAttentionBwdParams bp;
+  WaGeo g;
+  int64_t per_dir;
+  const A* delta;
+  A* slots;
+  MK_HD void operator()(int64_t i) const {
+    wa_dkdv_item<T, A, EMAX>(bp, g, int(i / per_dir), i % per_dir, delta, slots);
+  }
+};
+
+template <typename T, typename A, int EMAX>
+struct WaDq {
+  static constexpr const char* kName = "dq";
+  WindowAttentionBwdParams bp;
+  WaGeo g;
+  int64_t per_dir;
+  const A* delta;
+  MK_HD void operator()(int64_t i) const { wa_dq_item<T, A, EMAX>(bp, g, int(i / per_dir), i % per_dir, delta); }
+};
+
+template <typename T, typename A, int EMAX>
+struct WaPair {
+  static constexpr const char* kName = "pair";
+  WindowAttentionBwdParams bp;
+  WaGeo g;
+  WaBwdLayout L;
+  int64_t per_dir;
+  const A* delta;
+  A* pair;
+  MK_HD void operator()(int64_t i) const {
+    wa_pair_item<T, A, EMAX>(bp, g, L, int(i / per_dir), i % per_dir, delta, pair);
+  }
+};
+
+template <typename A>
+struct WaReducePair {
+  static constexpr const char* kName = "reduce_pair";
+  WindowAttentionBwdParams bp;
+  WaGeo g;
+  WaBwdLayout L;
+  const A* pair;
+  MK_HD void operator()(int64_t i) const { wa_reduce_pair_item<A>(bp, g, L, i, pair); }
+};
+
+template <typename A>
+struct WaReducePad {
+  static constexpr const char* kName = "reduce_pad";
+  WindowAttentionBwdParams bp;
+  WaGeo g;
+  const A* slots;
+  MK_HD void operator()(int64_t i) const { wa_reduce_pad_item<A>(bp, g, i, slots); }
+};
+
+// --- launch plan (the .cuh launches it; the tests' emulation runs it on the host) -----------------
+// EMAX: the per-thread arrays' length, the head_dim rounded up to 16, 32, 64 or 128.
+template <typename T, int EMAX, class X>
+int wa_fwd_plan(const WindowAttentionParams& p, X& ex) {
+  using A = typename Io<T>::acc;
+  const WaGeo g = wa_geo(p);
+  const int64_t items = g.batch * g.nW * g.heads * g.N;
+  return ex.template items<kWaThreads>(WaFwd<T, A, EMAX>{p, g, items}, p.directions * items);
+}
+
+template <typename T, int EMAX, class X>
+int wa_bwd_plan(const WindowAttentionBwdParams& bp, X& ex) {
+  using A = typename Io<T>::acc;
+  const WaGeo g = wa_geo(bp.fwd);
+  const WaBwdLayout L = wa_bwd_layout(bp);
+  const WaBwdWork<A> w = wa_bwd_work<A>(bp, L);
+  const int64_t dirs = bp.fwd.directions;
+  const int64_t tokens = g.batch * g.vol * g.heads, items = g.batch * g.nW * g.heads * g.N;
+  int rc = ex.template items<kWaThreads>(WaDelta<T, A>{bp, g, tokens, w.delta}, dirs * tokens);
+  if (!rc) rc = ex.template items<kWaThreads>(WaDkDv<T, A, EMAX>{bp, g, items, w.delta, w.slots}, dirs * items);
+  if (!rc) rc = ex.template items<kWaThreads>(WaDq<T, A, EMAX>{bp, g, items, w.delta}, dirs * items);
+  if (!rc && w.pair) {
+    const int64_t pairs = L.chunks * g.heads * g.N * g.N;
+    rc = ex.template items<kWaThreads>(WaPair<T, A, EMAX>{bp, g, L, pairs, w.delta, w.pair}, dirs * pairs);
+    if (!rc) rc = ex.template items<kWaThreads>(WaReducePair<A>{bp, g, L, w.pair}, g.heads * g.N * g.N);
+  }
+  if (!rc && w.slots) rc = ex.template items<kWaThreads>(WaReducePad<A>{bp, g, w.slots}, 2 * g.heads * g.E);
+  return rc;
+}
+
+template <typename T, class X>
+int wa_fwd_run(const WindowAttentionParams& p, X& ex) {
+  if (p.head_dim <= 16) return wa_fwd_plan<T, 16>(p, ex);
+  if (p.head_dim <= 32) return wa_fwd_plan<T, 32>(p, ex);
+  if (p.head_dim <= 64) return wa_fwd_plan<T, 64>(p, ex);
+  return wa_fwd_plan<T, 128>(p, ex);
+}
+
+template <typename T, class X>
+int wa_bwd_run(const WindowAttentionBwdParams& bp, X& ex) {
+  if (bp.fwd.head_dim <= 16) return wa_bwd_plan<T, 16>(bp, ex);
+  if (bp.fwd.head_dim <= 32) return wa_bwd_plan<T, 32>(bp, ex);
+  if (bp.fwd.head_dim <= 64) return wa_bwd_plan<T, 64>(bp, ex);
+  return wa_bwd_plan<T, 128>(bp, ex);
 }
 
 }  // namespace detail

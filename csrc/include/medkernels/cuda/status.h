@@ -1,4 +1,6 @@
-// Internal (CUDA sources only): a cudaError_t becomes a Status with a message for last_error().
+// A cudaError_t becomes a Status with a message for last_error() (the compiled library's
+// csrc/cuda/*.cu; it calls the library's detail::fail). Needs the CUDA toolkit, like everything
+// under medkernels/cuda/; the headers outside it compile without one.
 #pragma once
 
 #include <cuda_runtime.h>
