@@ -16,7 +16,13 @@ using mk_capi::no_cuda;
 int diffusion_run(const char* fn, bool on_cuda, medkernels::DiffusionParams& p, void* stream) {
   return guarded(fn, [&]() -> int {
     if (!p.table || !p.t) return fail(MK_INVALID_ARGUMENT, std::string(fn) + ": table and t must not be NULL");
-    if (!on_cuda) return from_status(medkernels::cpu::diffusion_fwd(p));
+    if (!on_cuda) {
+      // C callers have no Python check in front: the host timesteps are range-checked here (the
+      // kernels themselves clamp, as every backend does under check_timesteps=False)
+      const int checked = from_status(medkernels::diffusion_check(p, true));
+      if (checked != MK_SUCCESS) return checked;
+      return from_status(medkernels::cpu::diffusion_fwd(p));
+    }
 #ifdef MEDKERNELS_WITH_CUDA
     return from_status(medkernels::cuda::diffusion_fwd(p, stream));
 #else
@@ -75,7 +81,8 @@ int diffusion_loss(const char* fn, medkernels::DType dt, const void* eps_pred, c
     const int64_t nblk = (numel + p.block - 1) / p.block;
     std::vector<double> partial(static_cast<size_t>(batch * nblk));
     p.partial = partial.data();
-    const int st = from_status(medkernels::cpu::diffusion_fwd(p));
+    int st = from_status(medkernels::diffusion_check(p, true));
+    if (st == MK_SUCCESS) st = from_status(medkernels::cpu::diffusion_fwd(p));
     if (st != MK_SUCCESS) return st;
     double s = 0.0;
     for (double v : partial) s += v;  // fixed order: the same bits on every run

@@ -44,6 +44,12 @@ inline string operator+(const string&, const string&) { return string(); }
 inline string operator+(const char*, const string&) { return string(); }
 inline string operator+(const string&, const char*) { return string(); }
 template <typename T> inline string to_string(T) { return string(); }
+// the host executor's shared-memory poison (detail/exec.h); never called on the device
+inline void* memset(void* p, int v, size_t n) {
+  unsigned char* b = static_cast<unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(v);
+  return p;
+}
 }  // namespace std
 #else
 #include <cmath>

@@ -325,8 +325,8 @@ class Op:
         self.forward, self.backward, self.no_grad_outputs = forward, backward, tuple(no_grad_outputs)
         self.save = save or (lambda tensors, outs: (*tensors, *outs))
         self.n_tensors = n = len([a for a in tensors.split(",") if a.strip()])
-        option_schema = ", ".join(f"{t} {name}" for name, t, _ in opts._schema_fields)
-        schema = f"({tensors}, {option_schema + ', ' if option_schema else ''}str backend) -> Tensor[]"
+        option_schema = "".join(f"{t} {name}, " for name, t, _ in opts._schema_fields)
+        schema = f"({tensors}, {option_schema}str backend) -> Tensor[]"
 
         def run(*args):
             return list(forward(dispatcher.impl(args[-1]), _options_from(opts, args[n:-1]), *args[:n]))
@@ -340,7 +340,7 @@ class Op:
             return
         self._bwd = None
         if backward_op:
-            bwd_schema = f"(Tensor?[] grads, Tensor?[] saved, bool[] needs, {option_schema + ', ' if option_schema else ''}str backend) -> Tensor[]"
+            bwd_schema = f"(Tensor?[] grads, Tensor?[] saved, bool[] needs, {option_schema}str backend) -> Tensor[]"
 
             def run_bwd(grads, saved, needs, *rest):
                 impl, o = dispatcher.impl(rest[-1]), _options_from(opts, rest[:-1])

@@ -87,8 +87,6 @@ def _launch_compiled(device_kind, op, x, out, *, eps=None, noise=None, x0_out=No
     p.block = LOSS_BLOCK
     if device_kind == "cuda":
         C.diffusion_fwd_cuda(p, cuda_stream(x))
-    elif device_kind == "cuda_emulated":
-        C.diffusion_fwd_emulate_cuda_cpu(p)
     else:
         C.diffusion_fwd_cpu(p)
     return out
@@ -121,9 +119,7 @@ def _run_reference(op, x, out, *, eps=None, noise=None, x0_out=None, partial=Non
     return out.copy_(y)
 
 
-_RUN = {"cuda": _run_compiled("cuda"), "triton": _run_triton, "cpu": _run_compiled("cpu"), "reference": _run_reference,
-        # tests only (the custom ops called directly): the CUDA kernel's code run thread by thread on the host
-        "cuda_emulated": _run_compiled("cuda_emulated")}
+_RUN = {"cuda": _run_compiled("cuda"), "triton": _run_triton, "cpu": _run_compiled("cpu"), "reference": _run_reference}
 
 
 def _empty0(x: torch.Tensor) -> torch.Tensor:

@@ -208,7 +208,8 @@ _DISPATCH = _dispatch.Dispatcher(
                           machine=_dispatch.triton_machine, limits=_head_dim_limit, auto=_dispatch.triton_auto,
                           impl=_Triton()),
         _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("window_attention_fwd_cpu"),
-                          impl=_Compiled(_kit.CPU, {"fwd": "window_attention_fwd_cpu", "bwd": "window_attention_bwd_cpu",
+                          impl=_Compiled(_kit.CPU, {"fwd": "window_attention_fwd_cpu",
+                                                    "bwd": "window_attention_bwd_cpu",
                                                     "bwd_workspace": "window_attention_bwd_workspace_bytes"},
                                          fused_table_grad=True)),
         _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
@@ -417,8 +418,8 @@ def cross_window_attention3d_separate(
     differ, since the kernels address both directions with one set of strides per role).
     Returns (out_a, out_b)."""
     tensors = [q_a, k_a, v_a, q_b, k_b, v_b]
-    out_a, out_b, _ = _run(_CROSS_OP, ("q_a", "k_a", "v_a", "q_b", "k_b", "v_b"), tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale,
-                           mask_padded, backend)
+    out_a, out_b, _ = _run(_CROSS_OP, ("q_a", "k_a", "v_a", "q_b", "k_b", "v_b"), tensors, window, shift,
+                           rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend)
     return out_a, out_b
 
 
