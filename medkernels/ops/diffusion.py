@@ -412,7 +412,9 @@ def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, se
         return_x0: also return the x0 prediction.
         check_timesteps: check the ranges of t and t_next (on CUDA tensors with
             ``torch._assert_async``: no host sync, but a few small launches per call); a caller
-            whose timesteps are valid by construction (the sampler) may turn it off.
+            whose timesteps are valid by construction (the sampler) may turn it off. Without the
+            check every backend clamps out-of-range tensor timesteps into the table (t to 0..T-1,
+            t_next to -1..T-1) and does not refuse t_next >= t (t_next > t gives NaN).
 
     Returns:
         x_next, or (x_next, x0_pred) with ``return_x0``; contiguous, in x_t's dtype;
