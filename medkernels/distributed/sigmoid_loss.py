@@ -29,9 +29,9 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from ..ops._kit import acc_dtype as _acc_dtype
 from ..ops.sigmoid_loss import (
     _DISPATCH,
-    _acc_dtype,
     _check_t_prime,
     _sigmoid_loss_op,
     prepare_sigmoid_loss_inputs,

@@ -148,9 +148,9 @@ class Compiled:
 
     def dtype(self, dtype: torch.dtype):
         """The ``medkernels._C.DType`` of a torch dtype."""
-        D = extension.module.DType
-        return {torch.float32: D.float32, torch.float16: D.float16, torch.bfloat16: D.bfloat16,
-                torch.float64: D.float64}[dtype]
+        from ._common import dtype_code
+
+        return dtype_code(dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,10 +275,9 @@ class _Eager(torch.autograd.Function):
     def forward(ctx, op, opts, backend, *tensors):
         impl = op.dispatcher.impl(backend)
         outs = op.forward(impl, opts, *tensors)
-        if op.backward is not None:
-            ctx.op, ctx.opts, ctx.impl, ctx.present = op, opts, impl, [t is not None for t in tensors]
-            ctx.save_for_backward(*op.save(tensors, outs))
-            ctx.mark_non_differentiable(*(outs[i] for i in op.no_grad_outputs))
+        ctx.op, ctx.opts, ctx.impl, ctx.present = op, opts, impl, [t is not None for t in tensors]
+        ctx.save_for_backward(*op.save(tensors, outs))
+        ctx.mark_non_differentiable(*(outs[i] for i in op.no_grad_outputs))
         return tuple(outs)
 
     @staticmethod

@@ -19,6 +19,7 @@ from .. import _dispatch
 from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference import diffusion as ref
+from . import _kit
 from ._common import check_same, check_tensor, cuda_stream, describe, dtype_code
 
 OP_Q_SAMPLE, OP_DDIM, OP_DDPM, OP_LOSS, OP_NORMAL = 0, 1, 2, 3, 4
@@ -216,9 +217,6 @@ _ddim_step_op.register_autograd(_step_backward("ddim"), setup_context=_step_setu
 _ddpm_step_op.register_autograd(_step_backward("ddpm"), setup_context=_step_setup_context)
 
 
-def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _nblocks(eps_pred: torch.Tensor) -> int:
     n = eps_pred.numel() // eps_pred.shape[0]
@@ -236,12 +234,12 @@ def _loss_op(
     _RUN[backend](OP_LOSS, eps_pred, grad, noise=noise, partial=partial, seed=seed, offset=offset, scale=2.0 / den)
     # fixed-order reduction of the per-block sums: the same bits on every run
     loss = partial.sum() / den
-    return loss.to(_loss_dtype(eps_pred.dtype)), grad
+    return loss.to(_kit.acc_dtype(eps_pred.dtype)), grad
 
 
 @_loss_op.register_fake
 def _(eps_pred, noise, seed, offset, reduction, backend):
-    return eps_pred.new_empty((), dtype=_loss_dtype(eps_pred.dtype)), torch.empty_like(eps_pred)
+    return eps_pred.new_empty((), dtype=_kit.acc_dtype(eps_pred.dtype)), torch.empty_like(eps_pred)
 
 
 def _loss_setup_context(ctx, inputs, output):

@@ -17,6 +17,7 @@ import torch
 from .. import _dispatch
 from .._extension import extension
 from ..reference.group_norm import ACTIVATIONS, group_moments_ref, group_norm_act_bwd_ref, group_norm_act_ref
+from . import _kit
 from ._common import check_int, check_same, check_tensor, describe, dtype_code
 
 _DISPATCH = _dispatch.Dispatcher(
@@ -30,9 +31,6 @@ _DISPATCH = _dispatch.Dispatcher(
     ),
 )
 
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _ncm_strides(t: torch.Tensor):
@@ -101,7 +99,7 @@ _BWD = {"cpu": _cpu_bwd, "reference": _reference_bwd}
 
 
 def _stats(x: torch.Tensor, num_groups: int):
-    return [x.new_empty((x.shape[0], num_groups), dtype=_acc(x.dtype)) for _ in range(2)]
+    return [x.new_empty((x.shape[0], num_groups), dtype=_kit.acc_dtype(x.dtype)) for _ in range(2)]
 
 
 # --- the custom ops: the one compile-safe boundary ----------------------------------------
@@ -145,7 +143,7 @@ def _group_norm_act_bwd_op(
     activation: str,
     backend: str,
 ) -> List[torch.Tensor]:
-    acc = _acc(x.dtype)
+    acc = _kit.acc_dtype(x.dtype)
     grads = [torch.empty_like(x)] + [None if t is None else torch.empty(t.shape, dtype=acc) for t in
                                      (weight, bias, scale, shift, add)]
     _BWD[backend](grad_y, x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation or None, grads)

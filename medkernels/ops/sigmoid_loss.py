@@ -25,6 +25,7 @@ from ..reference.sigmoid_loss import (
     sigmoid_loss_ref,
     sigmoid_loss_scale,
 )
+from . import _kit
 from ._common import check_same, check_tensor, cuda_stream, describe, dtype_code
 
 
@@ -48,9 +49,6 @@ _DISPATCH = _dispatch.Dispatcher(
 )
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _mask_u8(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if mask is None else mask.view(torch.uint8)
@@ -63,7 +61,7 @@ def _reference_fwd(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, s
         x, y, t_prime.reshape(()), bias.reshape(()), labels=labels_x, labels_y=labels_y, positive_mask=mask,
         reduction="sum", variant="med3dvlm" if symmetric else "siglip", diag_offset=diag_offset,
     )
-    return loss.to(_acc_dtype(x.dtype))
+    return loss.to(_kit.acc_dtype(x.dtype))
 
 
 def _reference_bwd(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
@@ -126,7 +124,7 @@ def _compiled_fwd(kind: str):
             C.sigmoid_loss_fwd_cuda(p, cuda_stream(x))
         else:
             C.sigmoid_loss_fwd_cpu(p)
-        return out.reshape(()).to(_acc_dtype(x.dtype))
+        return out.reshape(()).to(_kit.acc_dtype(x.dtype))
 
     return run
 
@@ -152,7 +150,7 @@ def _compiled_bwd(kind: str):
             C.sigmoid_loss_bwd_cuda(b, cuda_stream(x))
         else:
             C.sigmoid_loss_bwd_cpu(b)
-        acc = _acc_dtype(x.dtype)
+        acc = _kit.acc_dtype(x.dtype)
         return dx, dy, sums[0].to(acc), sums[1].to(acc)
 
     return run
@@ -200,7 +198,7 @@ def _sigmoid_loss_op(
 
 @_sigmoid_loss_op.register_fake
 def _(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric, scale, backend):
-    return x.new_empty((), dtype=_acc_dtype(x.dtype))
+    return x.new_empty((), dtype=_kit.acc_dtype(x.dtype))
 
 
 @torch.library.custom_op("medkernels::sigmoid_loss_bwd", mutates_args=())
@@ -218,7 +216,7 @@ def _sigmoid_loss_bwd_op(
     scale: float,
     backend: str,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    c = (grad.to(_acc_dtype(x.dtype)) * scale).reshape(())
+    c = (grad.to(_kit.acc_dtype(x.dtype)) * scale).reshape(())
     dx, dy, dt, db = _BWD[backend](c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric)
     return (
         dx.to(x.dtype),
@@ -263,7 +261,7 @@ def _scalar(name: str, v, like: torch.Tensor) -> torch.Tensor:
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a number or a one-element tensor, got {type(v).__name__}")
-    return torch.tensor(float(v), dtype=_acc_dtype(like.dtype), device=like.device)
+    return torch.tensor(float(v), dtype=_kit.acc_dtype(like.dtype), device=like.device)
 
 
 def _labels(name: str, v: torch.Tensor, n: int, side: str, like: torch.Tensor) -> torch.Tensor:

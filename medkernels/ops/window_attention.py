@@ -251,10 +251,6 @@ def _fake(impl, o, *tensors):
     return [*outs, lse]
 
 
-def _save(tensors, outs):
-    return (*tensors, *outs)
-
-
 def _split_saved(saved):
     """saved = (*qkv, table, pad_kv, *outs, lse) -> qkv, table, pad_kv, outs, lse."""
     n = 3 if len(saved) == 7 else 6
@@ -285,7 +281,7 @@ def _backward_fake(impl, o, needs, grads, saved):
 
 
 _COMMON = dict(opts=WindowOptions, dispatcher=_DISPATCH, forward=_forward, fake=_fake, backward=_backward,
-               backward_fake=_backward_fake, save=_save)
+               backward_fake=_backward_fake)
 _SELF_OP = _kit.Op("window_attention3d", tensors="Tensor q, Tensor k, Tensor v, Tensor? table, Tensor? pad_kv",
                    no_grad_outputs=(1,), **_COMMON)
 _CROSS_OP = _kit.Op("cross_window_attention3d",
