@@ -216,7 +216,16 @@ def poisoned():
 
 def empty(shape, *, dtype: torch.dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:
     """``torch.empty`` for a backend's outputs (poisoned under :func:`poisoned`)."""
-    t = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    return _poison(torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format))
+
+
+def empty_like(t: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like`` (the same strides for a dense tensor) for a backend's outputs
+    (poisoned under :func:`poisoned`)."""
+    return _poison(torch.empty_like(t))
+
+
+def _poison(t: torch.Tensor) -> torch.Tensor:
     if getattr(_POISON, "on", 0):
         t.fill_(float("nan") if t.is_floating_point() else -1)
     return t

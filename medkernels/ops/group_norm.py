@@ -1,5 +1,6 @@
 """``group_norm_act``: GroupNorm + per-(sample, channel) add / FiLM scale-shift + activation, the
-norm of the diffusion UNets' ResBlocks, as a torch custom op with autograd.
+norm of the diffusion UNets' ResBlocks, as a torch custom op with autograd, written on
+:mod:`medkernels.ops._kit`.
 
 Backends today: ``cpu`` (our C++/OpenMP: one read of x for the statistics, one read and one
 write for the output; the backward reads x and grad_y twice and writes grad_x once) and
@@ -10,27 +11,21 @@ activation as separate ops). The Triton and CUDA kernels of this family are not 
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
 from .. import _dispatch
-from .._extension import extension
 from ..reference.group_norm import ACTIVATIONS, group_moments_ref, group_norm_act_bwd_ref, group_norm_act_ref
 from . import _kit
-from ._common import check_int, check_same, check_tensor, describe, dtype_code
+from ._common import check_int, check_same, check_tensor, describe
 
-_DISPATCH = _dispatch.Dispatcher(
-    "group_norm_act",
-    (
-        # auto skips the C++ kernel for now: on 2 busy cores it measured 1.27x eager GroupNorm+SiLU
-        # forward at 1x128x48^3 fp32 NCDHW but 0.27-0.45x elsewhere and 0.24-0.45x fwd+bwd (its
-        # statistics and backward loops are scalar); it becomes auto's pick once vectorised and faster.
-        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("group_norm_fwd_cpu"), auto=lambda **_: False),
-        _dispatch.Backend("reference", ("cpu", "cuda")),
-    ),
-)
 
+@_kit.options
+class NormOptions:
+    num_groups: int
+    eps: float
+    activation: str  # "" for none
 
 
 def _ncm_strides(t: torch.Tensor):
@@ -44,140 +39,112 @@ def _ncm_strides(t: torch.Tensor):
     return None
 
 
-def _ptr(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
+# --- backends: fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd) fills y and the
+# --- statistics; bwd(o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads) fills the
+# --- gradients that are not None (the parameters' in the accumulation dtype)
+class _Compiled(_kit.Compiled):
+    def _params(self, o, x, weight, bias, scale, shift, add, mean, rstd):
+        p = self.C.GroupNormParams()
+        p.dtype = self.dtype(x.dtype)
+        p.x, p.weight, p.bias = x.data_ptr(), _kit.ptr(weight), _kit.ptr(bias)
+        p.scale, p.shift, p.add = _kit.ptr(scale), _kit.ptr(shift), _kit.ptr(add)
+        p.mean, p.rstd = mean.data_ptr(), rstd.data_ptr()
+        p.batch, p.channels, p.groups, p.spatial = x.shape[0], x.shape[1], o.num_groups, math.prod(x.shape[2:])
+        p.x_strides = _ncm_strides(x)
+        p.eps = o.eps
+        p.activation = getattr(self.C.Activation, o.activation or "none")
+        return p
+
+    def fwd(self, o, x, weight, bias, scale, shift, add, y, mean, rstd):
+        p = self._params(o, x, weight, bias, scale, shift, add, mean, rstd)
+        p.y, p.y_strides = y.data_ptr(), _ncm_strides(y)
+        self.launch("fwd", p, x)
+
+    def bwd(self, o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads):
+        b = self.C.GroupNormBwdParams()
+        b.fwd = self._params(o, x, weight, bias, scale, shift, add, mean, rstd)
+        b.grad_y, b.grad_y_strides = grad_y.data_ptr(), _ncm_strides(grad_y)
+        gx, gw, gb, gsc, gsh, gad = grads
+        b.grad_x, b.grad_x_strides = _kit.ptr(gx), _ncm_strides(x if gx is None else gx)
+        b.grad_weight, b.grad_bias = _kit.ptr(gw), _kit.ptr(gb)
+        b.grad_scale, b.grad_shift, b.grad_add = _kit.ptr(gsc), _kit.ptr(gsh), _kit.ptr(gad)
+        self.launch("bwd", b, x)
 
 
-def _params(x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation):
-    C = extension.module
-    p = C.GroupNormParams()
-    p.dtype = dtype_code(x.dtype)
-    p.x, p.weight, p.bias = x.data_ptr(), _ptr(weight), _ptr(bias)
-    p.scale, p.shift, p.add = _ptr(scale), _ptr(shift), _ptr(add)
-    p.mean, p.rstd = mean.data_ptr(), rstd.data_ptr()
-    p.batch, p.channels, p.groups, p.spatial = x.shape[0], x.shape[1], num_groups, math.prod(x.shape[2:])
-    p.x_strides = _ncm_strides(x)
-    p.eps = eps
-    p.activation = getattr(C.Activation, activation or "none")
-    return p
+class _Reference:
+    def fwd(self, o, x, weight, bias, scale, shift, add, y, mean, rstd):
+        y.copy_(group_norm_act_ref(x, o.num_groups, weight, bias, o.eps, scale, shift, add, o.activation or None))
+        _, mu, r = group_moments_ref(x, o.num_groups, add, o.eps, mean.dtype)
+        mean.copy_(mu.squeeze(-1))
+        rstd.copy_(r.squeeze(-1))
+
+    def bwd(self, o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads):
+        got = group_norm_act_bwd_ref(grad_y, x, o.num_groups, weight, bias, o.eps, scale, shift, add,
+                                     o.activation or None)
+        for out, g in zip(grads, got):
+            if out is not None:
+                out.copy_(g)
 
 
-def _cpu_fwd(x, weight, bias, scale, shift, add, num_groups, eps, activation, y, mean, rstd):
-    p = _params(x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation)
-    p.y, p.y_strides = y.data_ptr(), _ncm_strides(y)
-    extension.module.group_norm_fwd_cpu(p)
+_DISPATCH = _dispatch.Dispatcher(
+    "group_norm_act",
+    (
+        # auto skips the C++ kernel for now: on 2 busy cores it measured 1.27x eager GroupNorm+SiLU
+        # forward at 1x128x48^3 fp32 NCDHW but 0.27-0.45x elsewhere and 0.24-0.45x fwd+bwd (its
+        # statistics and backward loops are scalar); it becomes auto's pick once vectorised and faster.
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("group_norm_fwd_cpu"), auto=lambda **_: False,
+                          impl=_Compiled(_kit.CPU, {"fwd": "group_norm_fwd_cpu", "bwd": "group_norm_bwd_cpu"})),
+        _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
+    ),
+)
 
 
-def _reference_fwd(x, weight, bias, scale, shift, add, num_groups, eps, activation, y, mean, rstd):
-    y.copy_(group_norm_act_ref(x, num_groups, weight, bias, eps, scale, shift, add, activation))
-    _, mu, r = group_moments_ref(x, num_groups, add, eps, mean.dtype)
-    mean.copy_(mu.squeeze(-1))
-    rstd.copy_(r.squeeze(-1))
+# --- the op ---------------------------------------------------------------------------------
+def _outputs(o, x: torch.Tensor):
+    # y in x's layout (NC... contiguous or channels-last), the statistics (N, groups) in the
+    # accumulation dtype
+    stats = [_kit.empty((x.shape[0], o.num_groups), dtype=_kit.acc_dtype(x.dtype), device=x.device) for _ in range(2)]
+    return [_kit.empty_like(x), *stats]
 
 
-def _cpu_bwd(grad_y, x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation, grads):
-    C = extension.module
-    b = C.GroupNormBwdParams()
-    b.fwd = _params(x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation)
-    b.grad_y, b.grad_y_strides = grad_y.data_ptr(), _ncm_strides(grad_y)
-    gx, gw, gb, gsc, gsh, gad = grads
-    b.grad_x, b.grad_x_strides = gx.data_ptr(), _ncm_strides(gx)
-    b.grad_weight, b.grad_bias = _ptr(gw), _ptr(gb)
-    b.grad_scale, b.grad_shift, b.grad_add = _ptr(gsc), _ptr(gsh), _ptr(gad)
-    C.group_norm_bwd_cpu(b)
+def _forward(impl, o, x, weight, bias, scale, shift, add):
+    y, mean, rstd = outs = _outputs(o, x)
+    impl.fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd)
+    return outs
 
 
-def _reference_bwd(grad_y, x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation, grads):
-    got = group_norm_act_bwd_ref(grad_y, x, num_groups, weight, bias, eps, scale, shift, add, activation)
-    for out, g in zip(grads, got):
-        if out is not None:
-            out.copy_(g)
+def _fake(impl, o, x, weight, bias, scale, shift, add):
+    return _outputs(o, x)
 
 
-_FWD = {"cpu": _cpu_fwd, "reference": _reference_fwd}
-_BWD = {"cpu": _cpu_bwd, "reference": _reference_bwd}
+def _grads(needs, x, params, make):
+    return [make(x) if needs[0] else None] + [make(t) if n else None for n, t in zip(needs[1:], params)]
 
 
-def _stats(x: torch.Tensor, num_groups: int):
-    return [x.new_empty((x.shape[0], num_groups), dtype=_kit.acc_dtype(x.dtype)) for _ in range(2)]
-
-
-# --- the custom ops: the one compile-safe boundary ----------------------------------------
-@torch.library.custom_op("medkernels::group_norm_act", mutates_args=())
-def _group_norm_act_op(
-    x: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    scale: Optional[torch.Tensor],
-    shift: Optional[torch.Tensor],
-    add: Optional[torch.Tensor],
-    num_groups: int,
-    eps: float,
-    activation: str,
-    backend: str,
-) -> List[torch.Tensor]:
-    y = torch.empty_like(x)
-    mean, rstd = _stats(x, num_groups)
-    _FWD[backend](x, weight, bias, scale, shift, add, num_groups, eps, activation or None, y, mean, rstd)
-    return [y, mean, rstd]
-
-
-@_group_norm_act_op.register_fake
-def _(x, weight, bias, scale, shift, add, num_groups, eps, activation, backend):
-    return [torch.empty_like(x), *_stats(x, num_groups)]
-
-
-@torch.library.custom_op("medkernels::group_norm_act_bwd", mutates_args=())
-def _group_norm_act_bwd_op(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    scale: Optional[torch.Tensor],
-    shift: Optional[torch.Tensor],
-    add: Optional[torch.Tensor],
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    num_groups: int,
-    eps: float,
-    activation: str,
-    backend: str,
-) -> List[torch.Tensor]:
-    acc = _kit.acc_dtype(x.dtype)
-    grads = [torch.empty_like(x)] + [None if t is None else torch.empty(t.shape, dtype=acc) for t in
-                                     (weight, bias, scale, shift, add)]
-    _BWD[backend](grad_y, x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation or None, grads)
-    # an absent input's gradient is an empty tensor (a custom op returns tensors only)
-    return [grads[0]] + [x.new_empty((0,)) if g is None else g.to(t.dtype) for g, t in
-                         zip(grads[1:], (weight, bias, scale, shift, add))]
-
-
-@_group_norm_act_bwd_op.register_fake
-def _(grad_y, x, weight, bias, scale, shift, add, mean, rstd, num_groups, eps, activation, backend):
-    return [torch.empty_like(x)] + [x.new_empty((0,)) if t is None else torch.empty_like(t)
-                                    for t in (weight, bias, scale, shift, add)]
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, scale, shift, add, num_groups, eps, activation, backend = inputs
-    ctx.save_for_backward(x, weight, bias, scale, shift, add, output[1], output[2])
-    ctx.options = (num_groups, eps, activation, backend)
-    ctx.present = [t is not None for t in (weight, bias, scale, shift, add)]
-
-
-def _backward(ctx, grads):
-    x, weight, bias, scale, shift, add, mean, rstd = ctx.saved_tensors
-    num_groups, eps, activation, backend = ctx.options
+def _backward(impl, o, needs, grads, saved):
+    x, *params, mean, rstd = saved
     gy = grads[0]
     if gy is None:
         gy = torch.zeros_like(x)
-    got = _group_norm_act_bwd_op(gy.contiguous() if _ncm_strides(gy) is None else gy, x, weight, bias, scale,
-                                 shift, add, mean, rstd, num_groups, eps, activation, backend)
-    rest = [g if present else None for g, present in zip(got[1:], ctx.present)]
-    return (got[0], *rest, None, None, None, None)
+    elif _ncm_strides(gy) is None:
+        gy = gy.contiguous()
+    acc = _kit.acc_dtype(x.dtype)
+    got = _grads(needs, x, params, lambda t: _kit.empty_like(x) if t is x else
+                 _kit.empty(t.shape, dtype=acc, device=x.device))
+    impl.bwd(o, gy, x, *params, mean, rstd, got)
+    return [None if g is None else g.to(t.dtype) for g, t in zip(got, (x, *params))]
 
 
-_group_norm_act_op.register_autograd(_backward, setup_context=_setup_context)
+def _backward_fake(impl, o, needs, grads, saved):
+    x, *params, _, _ = saved
+    return _grads(needs, x, params, torch.empty_like)
+
+
+_OP = _kit.Op("group_norm_act",
+              tensors="Tensor x, Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, Tensor? add",
+              opts=NormOptions, dispatcher=_DISPATCH, forward=_forward, fake=_fake, backward=_backward,
+              backward_fake=_backward_fake, no_grad_outputs=(1, 2),
+              save=lambda tensors, outs: (*tensors, outs[1], outs[2]))
 
 
 # --- the public function -------------------------------------------------------------------
@@ -199,6 +166,7 @@ def _per_feature(name: str, t: Optional[torch.Tensor], C: int) -> Optional[torch
     return t.contiguous()
 
 
+@_kit.public
 def group_norm_act(
     x: torch.Tensor,
     num_groups: int,
@@ -250,4 +218,4 @@ def group_norm_act(
     if _ncm_strides(x) is None:
         x = x.contiguous()
     name = _DISPATCH.select(backend, x.device, x.dtype, x=x)
-    return _group_norm_act_op(x, weight, bias, scale, shift, add, num_groups, float(eps), activation or "", name)[0]
+    return _OP(NormOptions(num_groups, float(eps), activation or ""), name, x, weight, bias, scale, shift, add)[0]
