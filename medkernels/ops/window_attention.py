@@ -1,16 +1,11 @@
 """``window_attention3d`` / ``cross_window_attention3d``: (shifted) 3D window attention as torch
-custom ops with autograd (grads for q, k, v, the relative-position bias table and the padding
-key/value), written on :mod:`medkernels.ops._kit`.
-
-Backends: ``cuda`` (our CUDA kernels, chosen by name only until benchmarked on a GPU),
-``triton`` (fused kernels: shift, padding, partition, bias gather, mask and the online softmax
-inside the kernel, no partition copies), ``cpu`` (our C++/OpenMP kernels) and ``reference``
-(MONAI's code path in PyTorch). All compute the same function; ``auto`` picks
-Triton on GPU tensors and C++ on CPU tensors.
-
-Every backend runs lists of directions: ``outs[i] = attn(qs[i], ks[i], vs[i])``, one direction
-for self-attention, two for the cross-modal form (a's queries on b's keys and values, and b's on
-a's) sharing one bias table and one ``pad_kv``.
+custom ops with autograd (for q, k, v, the bias table and the padding key/value), on
+:mod:`medkernels.ops._kit`. Backends: ``cuda`` (by name only until benchmarked on a GPU),
+``triton`` (shift, padding, partition, bias, mask and online softmax fused, no partition copies),
+``cpu`` (our C++/OpenMP) and ``reference`` (MONAI's code path); ``auto`` picks Triton on GPU
+tensors and C++ on CPU tensors. Every backend runs lists of directions, ``outs[i] = attn(qs[i],
+ks[i], vs[i])``: one for self-attention, two for the cross-modal form (a's queries on b's keys and
+values, and b's on a's) sharing one bias table and one ``pad_kv``.
 """
 
 from __future__ import annotations
@@ -44,9 +39,7 @@ class WindowOptions:
     mask_padded: bool
 
 
-@lru_cache(maxsize=256)
-def _geometry(size: Tuple[int, ...], window, shift) -> WindowGeometry:
-    return window_geometry(size, window, shift)
+_geometry = lru_cache(maxsize=256)(window_geometry)
 
 
 def _geom(o: WindowOptions, q: torch.Tensor) -> WindowGeometry:
@@ -189,6 +182,10 @@ class _Compiled(_kit.Compiled):
         return d_table, d_pad
 
 
+def _symbols(kind: str, workspace: str):
+    return {"fwd": f"window_attention_fwd_{kind}", "bwd": f"window_attention_bwd_{kind}", "bwd_workspace": workspace}
+
+
 def _head_dim_limit(head_dim: int = 0, **_):
     return [f"head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}"] if head_dim > MAX_HEAD_DIM else []
 
@@ -200,17 +197,13 @@ _DISPATCH = _dispatch.Dispatcher(
         # run exists yet, so auto runs Triton on GPU tensors
         _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("window_attention_fwd_cuda"),
                           limits=_head_dim_limit, auto=lambda **_: False,
-                          impl=_Compiled(_kit.CUDA, {"fwd": "window_attention_fwd_cuda",
-                                                     "bwd": "window_attention_bwd_cuda",
-                                                     "bwd_workspace": "window_attention_cuda_bwd_workspace_bytes"},
+                          impl=_Compiled(_kit.CUDA, _symbols("cuda", "window_attention_cuda_bwd_workspace_bytes"),
                                          fused_table_grad=False)),
         _dispatch.Backend("triton", _dispatch.triton_devices(), dtypes=(torch.float32, torch.float16, torch.bfloat16),
                           machine=_dispatch.triton_machine, limits=_head_dim_limit, auto=_dispatch.triton_auto,
                           impl=_Triton()),
         _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("window_attention_fwd_cpu"),
-                          impl=_Compiled(_kit.CPU, {"fwd": "window_attention_fwd_cpu",
-                                                    "bwd": "window_attention_bwd_cpu",
-                                                    "bwd_workspace": "window_attention_bwd_workspace_bytes"},
+                          impl=_Compiled(_kit.CPU, _symbols("cpu", "window_attention_bwd_workspace_bytes"),
                                          fused_table_grad=True)),
         _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
     ),
