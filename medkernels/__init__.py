@@ -19,4 +19,14 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["BACKEND_ORDER", "backends", "build_info", "__version__"]
+def convert(model, *, backend: str = "auto"):
+    """Swap, in place and with the same state dict, the patterns our kernels cover in an existing
+    model (MONAI's diffusion UNet / ControlNet / AutoencoderKL ResBlocks, GroupNorm + SiLU pairs,
+    SwinUNETR's 3D window attention); returns a report of what was replaced. See
+    :mod:`medkernels._convert`."""
+    from ._convert import convert as _convert
+
+    return _convert(model, backend=backend)
+
+
+__all__ = ["BACKEND_ORDER", "backends", "build_info", "convert", "__version__"]
