@@ -110,7 +110,7 @@ class _Compiled(_Fused, _kit.Compiled):
             raise RuntimeError(f"philox_bits: backend {self.kind.device!r} is unavailable: {why}")
         B, groups = shape[0], (math.prod(shape[1:]) + 3) // 4
         out = torch.empty((B, groups, 4), dtype=torch.int64)
-        self.C.philox_fill_cpu(seed, offset, B, groups, out.data_ptr())
+        getattr(self.C, self.symbols["philox_bits"])(seed, offset, B, groups, out.data_ptr())  # a host loop
         return out.to(device)
 
 
@@ -172,14 +172,10 @@ class _Reference:
         return ref.philox_bits_ref(shape, seed, offset, device)
 
 
-def _cuda_auto(**inputs) -> bool:
-    # auto picks the CUDA kernel only once it has beaten Triton on a GPU in our benchmarks; no
-    # GPU run is recorded yet, so auto runs Triton on GPU tensors.
-    return False
-
-
 _BACKENDS = (
-    _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("diffusion_fwd_cuda"), auto=_cuda_auto,
+    # auto picks the CUDA kernel only once it has beaten Triton on a GPU in our benchmarks; no GPU
+    # run is recorded yet, so auto runs Triton on GPU tensors
+    _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("diffusion_fwd_cuda"), auto=lambda **_: False,
                       impl=_Compiled(_kit.CUDA, {"fwd": "diffusion_fwd_cuda"})),
     _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
                       auto=_dispatch.triton_auto, impl=_Triton()),
@@ -250,16 +246,12 @@ _DDIM = _step_op("diffusion_ddim_step", "ddim", DdimOptions, lambda impl: impl.d
 _DDPM = _step_op("diffusion_ddpm_step", "ddpm", DdpmOptions, lambda impl: impl.ddpm_step, lambda o: {"clip": o.clip})
 
 
-def _loss_outputs(o, eps_pred):
-    """(the loss's denominator, grad wrt eps_pred, the (B, blocks) float64 partial sums)."""
-    B = eps_pred.shape[0]
-    blocks = (eps_pred.numel() // B + LOSS_BLOCK - 1) // LOSS_BLOCK
-    den = eps_pred.numel() if o.reduction == "mean" else B
-    return den, _new(eps_pred), _kit.empty((B, blocks), dtype=torch.float64, device=eps_pred.device)
-
-
 def _loss_forward(impl, o, eps_pred, noise):
-    den, grad, partial = _loss_outputs(o, eps_pred)
+    B = eps_pred.shape[0]
+    den = eps_pred.numel() if o.reduction == "mean" else B
+    grad = _new(eps_pred)
+    blocks = (eps_pred.numel() // B + LOSS_BLOCK - 1) // LOSS_BLOCK
+    partial = _kit.empty((B, blocks), dtype=torch.float64, device=eps_pred.device)  # sums of d^2 per block
     impl.loss(o, eps_pred, noise, 2.0 / den, grad, partial)
     # fixed-order reduction of the per-block sums: the same bits on every run
     return [(partial.sum() / den).to(_kit.acc_dtype(eps_pred.dtype)), grad]
