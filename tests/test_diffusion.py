@@ -628,6 +628,15 @@ def test_torch_compile_fullgraph():
     got = torch.compile(step, fullgraph=True)(x, e, t, tn)
     assert torch.equal(got, step(x, e, t, tn))
 
+    def train(x, e):  # the custom ops' autograd under torch.compile
+        return (q_sample(x, t, schedule=SCHED, seed=1, backend=be).sum()
+                + diffusion_loss(e, x, t, 1, schedule=SCHED, backend=be) + step(x, e, t, tn).square().sum())
+
+    xg, eg = x.clone().requires_grad_(), e.clone().requires_grad_()
+    got = torch.autograd.grad(torch.compile(train, fullgraph=True, backend="aot_eager")(xg, eg), (xg, eg))
+    for a, b in zip(got, torch.autograd.grad(train(xg, eg), (xg, eg))):
+        assert_close("compiled grad", a, b.double())
+
 
 @pytest.mark.skipif(not _environment.EXTENDED_TESTS, reason="large shapes: MEDKERNELS_EXTENDED_TESTS=1")
 @pytest.mark.parametrize("backend", _backends())
