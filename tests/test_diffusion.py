@@ -22,6 +22,8 @@ from medkernels.diffusion import (
     q_sample,
     randn,
 )
+from medkernels.ops import _kit
+from medkernels.ops import diffusion as dops
 from medkernels.ops.diffusion import _DISPATCH, philox_bits
 from medkernels.reference import diffusion as ref
 from medkernels.testing import assert_close
@@ -364,7 +366,8 @@ def test_noncontiguous_and_channels_last(backend):
 
 @pytest.mark.parametrize("backend", _backends())
 def test_every_output_element_written(backend):
-    # deterministic mode makes torch.empty* fill with NaN: an element a kernel skips stays NaN
+    # every output a backend allocates starts NaN-filled (_kit.poisoned; deterministic mode does the
+    # same for torch.empty*): an element a kernel skips stays NaN
     shape = (2, 3, 5, 7, 11)  # 1155 per sample: partial blocks and a partial Philox group
     g = torch.Generator().manual_seed(13)
     x, e, _ = _inputs(shape, torch.float32, g)
@@ -372,13 +375,15 @@ def test_every_output_element_written(backend):
     prev = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        outs = [q_sample(x, t, schedule=SCHED, seed=1, backend=backend),
-                *ddim_step(x, e, t, tn, schedule=SCHED, eta=1.0, seed=1, return_x0=True, backend=backend),
-                *ddpm_step(x, e, t, tn, schedule=SCHED, seed=1, return_x0=True, backend=backend),
-                randn(x, 1, backend=backend)]
-        ep = e.clone().requires_grad_()
-        diffusion_loss(ep, x, t, 1, schedule=SCHED, backend=backend).backward()
-        outs.append(ep.grad)
+        with _kit.poisoned():
+            outs = [q_sample(x, t, schedule=SCHED, seed=1, backend=backend),
+                    *ddim_step(x, e, t, tn, schedule=SCHED, eta=1.0, seed=1, return_x0=True, backend=backend),
+                    *ddpm_step(x, e, t, tn, schedule=SCHED, seed=1, return_x0=True, backend=backend),
+                    randn(x, 1, backend=backend)]
+            ep = e.clone().requires_grad_()
+            loss = diffusion_loss(ep, x, t, 1, schedule=SCHED, backend=backend)  # from poisoned partial sums
+            loss.backward()
+            outs += [loss, ep.grad]
     finally:
         torch.use_deterministic_algorithms(prev)
     for i, o in enumerate(outs):
@@ -565,14 +570,49 @@ def test_reference_formulas_clamp_timesteps_into_the_table():
 # --- the custom-op boundary --------------------------------------------------------------------
 @pytest.mark.parametrize("backend", _backends())
 def test_opcheck(backend):
+    # the kit's schema: (tensors..., option fields..., str backend) -> Tensor[]
     x, e = torch.randn(2, 1, 4, 6), torch.randn(2, 1, 4, 6)
+    z = torch.randn(2, 1, 4, 6, requires_grad=True)
     t, tn = torch.tensor([999, 3]), torch.tensor([899, -1])
-    ops = torch.ops.medkernels
-    torch.library.opcheck(ops.diffusion_q_sample.default, (x, t, TABLE, None, 3, 1, backend))
-    torch.library.opcheck(ops.diffusion_ddim_step.default, (x, e, t, tn, TABLE, None, 3, 1, 0.5, True, backend))
-    torch.library.opcheck(ops.diffusion_ddpm_step.default, (x, e, t, tn, TABLE, None, 3, 1, 1.0, False, backend))
-    torch.library.opcheck(ops.diffusion_loss.default, (x.requires_grad_(), None, 3, 1, "sum_mean", backend))
-    torch.library.opcheck(ops.diffusion_normal.default, (x.detach(), 3, 1, backend))
+    xg, eg = x.clone().requires_grad_(), e.clone().requires_grad_()
+    torch.library.opcheck(dops._Q_SAMPLE.custom_op, (xg, t, TABLE, None, 3, 1, backend))
+    torch.library.opcheck(dops._Q_SAMPLE.custom_op, (xg, t, TABLE, z, 0, 1, backend))
+    for return_x0 in (True, False):
+        torch.library.opcheck(dops._DDIM.custom_op, (xg, eg, t, tn, TABLE, None, 3, 1, 0.5, return_x0, backend))
+        torch.library.opcheck(dops._DDPM.custom_op, (xg, eg, t, tn, TABLE, None, 3, 1, 1.0, return_x0, backend))
+    torch.library.opcheck(dops._DDPM.custom_op, (xg, eg, t, tn, TABLE, z, 0, 1, None, True, backend))
+    torch.library.opcheck(dops._LOSS.custom_op, (xg, None, 3, 1, "sum_mean", backend))
+    torch.library.opcheck(dops._LOSS.custom_op, (xg, None, 3, 1, "mean", backend))
+    torch.library.opcheck(dops._NORMAL.custom_op, (x, 3, 1, backend))
+    assert [dops._Q_SAMPLE.custom_op._qualname, dops._DDIM.custom_op._qualname, dops._DDPM.custom_op._qualname,
+            dops._LOSS.custom_op._qualname, dops._NORMAL.custom_op._qualname] == [
+        f"medkernels::diffusion_{n}" for n in ("q_sample", "ddim_step", "ddpm_step", "loss", "normal")]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_eager_path_equals_custom_ops(backend):
+    """Eager calls on plain tensors run the ops' forward and backward through the kit's
+    autograd.Function: outputs and gradients equal the custom ops' bit for bit."""
+    g = torch.Generator().manual_seed(14)
+    x, e, z = _inputs((2, 1, 5, 7), torch.float64, g)
+    t, tn = torch.tensor([999, 3]), torch.tensor([899, -1])
+
+    def run():
+        xl, el, zl = (v.clone().requires_grad_() for v in (x, e, z))
+        outs = [q_sample(xl, t, schedule=SCHED, noise=zl, backend=backend),
+                *ddim_step(xl, el, t, tn, schedule=SCHED, eta=0.5, noise=zl, return_x0=True, backend=backend),
+                *ddpm_step(xl, el, t, tn, schedule=SCHED, seed=4, return_x0=True, backend=backend),
+                ddpm_step(xl, el, t, tn, schedule=SCHED, noise=zl, clip=None, backend=backend),
+                diffusion_loss(el, x, t, 6, schedule=SCHED, offset=2, backend=backend), randn(x, 3, 1, backend=backend)]
+        loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i), dtype=o.dtype)).sum()
+                   for i, o in enumerate(outs))
+        return (*outs, *torch.autograd.grad(loss, (xl, el, zl)))
+
+    fast = run()
+    with _kit.custom_ops_only():
+        slow = run()
+    for i, (a, b) in enumerate(zip(fast, slow)):
+        assert torch.equal(a, b), f"tensor {i} differs between the eager path and the custom ops"
 
 
 def test_torch_compile_fullgraph():
@@ -587,6 +627,15 @@ def test_torch_compile_fullgraph():
     torch._dynamo.reset()
     got = torch.compile(step, fullgraph=True)(x, e, t, tn)
     assert torch.equal(got, step(x, e, t, tn))
+
+    def train(x, e):  # the custom ops' autograd under torch.compile
+        return (q_sample(x, t, schedule=SCHED, seed=1, backend=be).sum()
+                + diffusion_loss(e, x, t, 1, schedule=SCHED, backend=be) + step(x, e, t, tn).square().sum())
+
+    xg, eg = x.clone().requires_grad_(), e.clone().requires_grad_()
+    got = torch.autograd.grad(torch.compile(train, fullgraph=True, backend="aot_eager")(xg, eg), (xg, eg))
+    for a, b in zip(got, torch.autograd.grad(train(xg, eg), (xg, eg))):
+        assert_close("compiled grad", a, b.double())
 
 
 @pytest.mark.skipif(not _environment.EXTENDED_TESTS, reason="large shapes: MEDKERNELS_EXTENDED_TESTS=1")

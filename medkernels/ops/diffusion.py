@@ -1,6 +1,7 @@
 """Few-step diffusion (Fast-DDPM) ops: ``q_sample``, ``ddim_step``, ``ddpm_step`` and the fused
 training loss ``diffusion_loss``, each one pass over the volume with the noise made in the
-kernel from ``(seed, offset)`` (see the noise contract in ``medkernels.reference.diffusion``).
+kernel from ``(seed, offset)`` (see the noise contract in ``medkernels.reference.diffusion``),
+written on :mod:`medkernels.ops._kit`.
 
 Backends: ``cuda`` (our CUDA kernels, when built with nvcc), ``triton`` (GPU, or the interpreter on
 CPU tensors), ``cpu`` (our C++/OpenMP) and
@@ -11,258 +12,273 @@ CPU tensors), ``cpu`` (our C++/OpenMP) and
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
 from .. import _dispatch
-from .._dlpack import accepts_dlpack
 from .._extension import extension
 from ..reference import diffusion as ref
 from . import _kit
-from ._common import check_same, check_tensor, cuda_stream, describe, dtype_code
+from ._common import check_same, check_tensor, describe
 
-OP_Q_SAMPLE, OP_DDIM, OP_DDPM, OP_LOSS, OP_NORMAL = 0, 1, 2, 3, 4
 REDUCTIONS = ("sum_mean", "mean")
 LOSS_BLOCK = 1024  # elements per partial sum of the loss, the same on every backend
 
 
-def _cuda_auto(**inputs) -> bool:
-    # auto picks the CUDA kernel only once it has beaten Triton on a GPU in our benchmarks; no
-    # GPU run is recorded yet, so auto runs Triton on GPU tensors.
-    return False
+@_kit.options
+class NoiseOptions:  # q_sample and the noise itself
+    seed: int
+    offset: int
 
 
-def _make_dispatcher(name: str) -> _dispatch.Dispatcher:
-    return _dispatch.Dispatcher(
-        name,
-        (
-            _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("diffusion_fwd_cuda"), auto=_cuda_auto),
-            _dispatch.Backend(
-                "triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine, auto=_dispatch.triton_auto
-            ),
-            _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("diffusion_fwd_cpu")),
-            _dispatch.Backend("reference", ("cpu", "cuda")),
-        ),
-    )
+@_kit.options
+class DdimOptions:
+    seed: int
+    offset: int
+    eta: float
+    return_x0: bool
 
 
-_DISPATCH = {op: _make_dispatcher(op) for op in ("q_sample", "ddim_step", "ddpm_step", "diffusion_loss")}
+@_kit.options
+class DdpmOptions:
+    seed: int
+    offset: int
+    clip: Optional[float]  # None: x0 unclamped
+    return_x0: bool
 
 
-# --- backends: one entry point each, ``run(op, x, out, **kw)`` ------------------------------
-def _run_triton(op, x, out, **kw):
-    from ..triton.diffusion import diffusion_fwd
-
-    return diffusion_fwd(op, x, out, **kw)
-
-
-def _run_compiled(device_kind: str):
-    def run(op, x, out, **kw):
-        return _launch_compiled(device_kind, op, x, out, **kw)
-
-    return run
+@_kit.options
+class LossOptions:
+    seed: int
+    offset: int
+    reduction: str  # one of REDUCTIONS
 
 
-def _launch_compiled(device_kind, op, x, out, *, eps=None, noise=None, x0_out=None, partial=None, table=None,
-                     t=None, t_next=None, seed=0, offset=0, eta=0.0, clip=None, scale=0.0):
-    C = extension.module
-    p = C.DiffusionParams()
-    p.dtype = dtype_code(x.dtype)
-    p.op = op
-    p.x, p.out = x.data_ptr(), out.data_ptr()
-    p.eps = eps.data_ptr() if eps is not None else 0
-    p.noise = noise.data_ptr() if noise is not None else 0
-    p.x0_out = x0_out.data_ptr() if x0_out is not None else 0
-    p.partial = partial.data_ptr() if partial is not None else 0
-    p.table = table.data_ptr() if table is not None else 0
-    p.num_train_timesteps = table.numel() - 1 if table is not None else 0
-    p.t = t.data_ptr() if t is not None else 0
-    p.t_next = t_next.data_ptr() if t_next is not None else 0
-    p.batch = x.shape[0]
-    p.numel = x.numel() // max(x.shape[0], 1)
-    p.seed, p.offset = seed, offset
-    p.eta, p.scale = float(eta), float(scale)
-    p.has_clip = clip is not None
-    p.clip = float(clip) if clip is not None else 0.0
-    p.block = LOSS_BLOCK
-    if device_kind == "cuda":
-        C.diffusion_fwd_cuda(p, cuda_stream(x))
-    else:
-        C.diffusion_fwd_cpu(p)
-    return out
+# --- backends: one method per op, each filling the outputs it is given (contiguous (B, ...)):
+# --- q_sample(o, x0, t, table, noise, out); ddim_step / ddpm_step(o, x_t, eps, t, t_next, table,
+# --- noise, out, x0_out or None); loss(o, eps_pred, noise, scale, grad, partial) with partial
+# --- (B, cdiv(N, LOSS_BLOCK)) float64 sums of d^2; normal(o, out); philox_bits(shape, seed, offset,
+# --- device) -> (B, ceil(N / 4), 4) int64, where ``has_philox_bits``
+class _Fused:
+    """The backends that run every op as one kernel with an op code, ``_fused(op, x, out, **kw)``
+    (op one of the kernels' ``DiffusionOp`` names)."""
+
+    def q_sample(self, o, x0, t, table, noise, out):
+        self._fused("q_sample", x0, out, noise=noise, table=table, t=t, seed=o.seed, offset=o.offset)
+
+    def ddim_step(self, o, x_t, eps, t, t_next, table, noise, out, x0_out):
+        self._fused("ddim", x_t, out, eps=eps, noise=noise, x0_out=x0_out, table=table, t=t, t_next=t_next,
+                    seed=o.seed, offset=o.offset, eta=o.eta)
+
+    def ddpm_step(self, o, x_t, eps, t, t_next, table, noise, out, x0_out):
+        self._fused("ddpm", x_t, out, eps=eps, noise=noise, x0_out=x0_out, table=table, t=t, t_next=t_next,
+                    seed=o.seed, offset=o.offset, clip=o.clip)
+
+    def loss(self, o, eps_pred, noise, scale, grad, partial):
+        self._fused("loss", eps_pred, grad, noise=noise, partial=partial, seed=o.seed, offset=o.offset, scale=scale)
+
+    def normal(self, o, out):
+        self._fused("normal", out, out, seed=o.seed, offset=o.offset)
 
 
-def _run_reference(op, x, out, *, eps=None, noise=None, x0_out=None, partial=None, table=None, t=None, t_next=None,
-                   seed=0, offset=0, eta=0.0, clip=None, scale=0.0):
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    z = noise if noise is not None else ref.normal_ref(x.shape, seed, offset, device=x.device)
-    z = z.to(acc)
-    if op == OP_NORMAL:
-        y = z
-    elif op == OP_Q_SAMPLE:
-        y = ref.q_sample_ref(x.to(acc), t, table, z, upcast=False)
-    elif op == OP_DDIM:
-        y, x0 = ref.ddim_step_ref(x.to(acc), eps.to(acc), t, t_next, table, eta, z, upcast=False)
-    elif op == OP_DDPM:
-        y, x0 = ref.ddpm_step_ref(x.to(acc), eps.to(acc), t, t_next, table, z, clip, upcast=False)
-    else:  # loss
-        d = x.to(acc) - z
-        y = d * scale
-        B = x.shape[0]
+class _Compiled(_Fused, _kit.Compiled):
+    @property
+    def has_philox_bits(self) -> bool:
+        return "philox_bits" in self.symbols
+
+    def _fused(self, op, x, out, *, eps=None, noise=None, x0_out=None, partial=None, table=None, t=None,
+               t_next=None, seed=0, offset=0, eta=0.0, clip=None, scale=0.0):
+        p = self.C.DiffusionParams()
+        p.dtype = self.dtype(x.dtype)
+        p.op = getattr(self.C.DiffusionOp, op).value
+        p.x, p.out, p.eps, p.noise, p.x0_out = (_kit.ptr(a) for a in (x, out, eps, noise, x0_out))
+        p.partial, p.table, p.t, p.t_next = (_kit.ptr(a) for a in (partial, table, t, t_next))
+        p.num_train_timesteps = table.numel() - 1 if table is not None else 0
+        p.batch = x.shape[0]
+        p.numel = x.numel() // max(x.shape[0], 1)
+        p.seed, p.offset = seed, offset
+        p.eta, p.scale = float(eta), float(scale)
+        p.has_clip = clip is not None
+        p.clip = float(clip) if clip is not None else 0.0
+        p.block = LOSS_BLOCK
+        self.launch("fwd", p, x)
+
+    def philox_bits(self, shape, seed, offset, device):
+        why = extension.missing_reason(self.symbols["philox_bits"], self.kind.device)
+        if why:
+            raise RuntimeError(f"philox_bits: backend {self.kind.device!r} is unavailable: {why}")
+        B, groups = shape[0], (math.prod(shape[1:]) + 3) // 4
+        out = torch.empty((B, groups, 4), dtype=torch.int64)
+        getattr(self.C, self.symbols["philox_bits"])(seed, offset, B, groups, out.data_ptr())  # a host loop
+        return out.to(device)
+
+
+class _Triton(_Fused):
+    has_philox_bits = True
+
+    def _fused(self, op, x, out, **kw):
+        from ..triton import diffusion as tri
+
+        tri.diffusion_fwd(getattr(tri, "OP_" + op.upper()), x, out, **kw)
+
+    def philox_bits(self, shape, seed, offset, device):
+        from ..triton.diffusion import philox_bits
+
+        return philox_bits(shape, seed, offset, device)
+
+
+class _Reference:
+    """The float64-capable eager chain: the formulas in the accumulation dtype, noise from
+    ``normal_ref`` (or the given tensor)."""
+
+    has_philox_bits = True
+
+    def _z(self, o, x, noise):
+        z = noise if noise is not None else ref.normal_ref(x.shape, o.seed, o.offset, device=x.device)
+        return z.to(_kit.acc_dtype(x.dtype))
+
+    def q_sample(self, o, x0, t, table, noise, out):
+        acc = _kit.acc_dtype(x0.dtype)
+        out.copy_(ref.q_sample_ref(x0.to(acc), t, table, self._z(o, x0, noise), upcast=False))
+
+    def _step(self, y, x0, out, x0_out):
+        out.copy_(y)
+        if x0_out is not None:
+            x0_out.copy_(x0)
+
+    def ddim_step(self, o, x_t, eps, t, t_next, table, noise, out, x0_out):
+        acc = _kit.acc_dtype(x_t.dtype)
+        self._step(*ref.ddim_step_ref(x_t.to(acc), eps.to(acc), t, t_next, table, o.eta, self._z(o, x_t, noise),
+                                      upcast=False), out, x0_out)
+
+    def ddpm_step(self, o, x_t, eps, t, t_next, table, noise, out, x0_out):
+        acc = _kit.acc_dtype(x_t.dtype)
+        self._step(*ref.ddpm_step_ref(x_t.to(acc), eps.to(acc), t, t_next, table, self._z(o, x_t, noise), o.clip,
+                                      upcast=False), out, x0_out)
+
+    def loss(self, o, eps_pred, noise, scale, grad, partial):
+        d = eps_pred.to(_kit.acc_dtype(eps_pred.dtype)) - self._z(o, eps_pred, noise)
+        grad.copy_(d * scale)
+        B = eps_pred.shape[0]
         dd = (d * d).reshape(B, -1)
-        n = dd.shape[1]
-        pad = partial.shape[1] * LOSS_BLOCK - n
-        dd = torch.nn.functional.pad(dd, (0, pad)).view(B, -1, LOSS_BLOCK)
+        dd = torch.nn.functional.pad(dd, (0, partial.shape[1] * LOSS_BLOCK - dd.shape[1])).view(B, -1, LOSS_BLOCK)
         partial.copy_(dd.sum(-1).to(partial.dtype))
-    if x0_out is not None:
-        x0_out.copy_(x0)
-    return out.copy_(y)
+
+    def normal(self, o, out):
+        out.copy_(self._z(o, out, None))
+
+    def philox_bits(self, shape, seed, offset, device):
+        return ref.philox_bits_ref(shape, seed, offset, device)
 
 
-_RUN = {"cuda": _run_compiled("cuda"), "triton": _run_triton, "cpu": _run_compiled("cpu"), "reference": _run_reference}
+_BACKENDS = (
+    # auto picks the CUDA kernel only once it has beaten Triton on a GPU in our benchmarks; no GPU
+    # run is recorded yet, so auto runs Triton on GPU tensors
+    _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("diffusion_fwd_cuda"), auto=lambda **_: False,
+                      impl=_Compiled(_kit.CUDA, {"fwd": "diffusion_fwd_cuda"})),
+    _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
+                      auto=_dispatch.triton_auto, impl=_Triton()),
+    _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("diffusion_fwd_cpu"),
+                      impl=_Compiled(_kit.CPU, {"fwd": "diffusion_fwd_cpu", "philox_bits": "philox_fill_cpu"})),
+    _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
+)
+_DISPATCH = {op: _dispatch.Dispatcher(op, _BACKENDS) for op in ("q_sample", "ddim_step", "ddpm_step", "diffusion_loss")}
+_BITS = {b.name: b.impl for b in _BACKENDS if b.impl.has_philox_bits}  # the backends philox_bits runs
 
 
-def _empty0(x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((0,))
+# --- the ops: the one compile-safe boundary (custom ops medkernels::diffusion_*) -------------------
+def _new(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous output of x's shape and dtype (the kernels fill memory order, which must be
+    logical order)."""
+    return _kit.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-# --- the custom ops: the one compile-safe boundary ----------------------------------------
-@torch.library.custom_op("medkernels::diffusion_q_sample", mutates_args=())
-def _q_sample_op(
-    x0: torch.Tensor, t: torch.Tensor, table: torch.Tensor, noise: Optional[torch.Tensor], seed: int, offset: int,
-    backend: str,
-) -> torch.Tensor:
-    out = torch.empty_like(x0)
-    return _RUN[backend](OP_Q_SAMPLE, x0, out, noise=noise, table=table, t=t, seed=seed, offset=offset)
+def _q_sample_forward(impl, o, x0, t, table, noise):
+    out = _new(x0)
+    impl.q_sample(o, x0, t, table, noise, out)
+    return [out]
 
 
-@_q_sample_op.register_fake
-def _(x0, t, table, noise, seed, offset, backend):
-    return torch.empty_like(x0)
-
-
-def _q_sample_setup_context(ctx, inputs, output):
-    x0, t, table, noise, seed, offset, backend = inputs
-    ctx.save_for_backward(t, table)
-    ctx.has_noise = noise is not None
-
-
-def _q_sample_backward(ctx, grad):
+def _q_sample_backward(impl, o, needs, grads, saved):
     # d x_t / d x0 = sqrt(abar_t), d x_t / d eps = sqrt(1 - abar_t), per sample
-    t, table = ctx.saved_tensors
+    t, table = saved
+    grad = grads[0]
     a = table.index_select(0, t + 1).view(-1, *([1] * (grad.dim() - 1)))
-    g = grad.to(torch.float64 if grad.dtype == torch.float64 else torch.float32)
-    gx = (g * a.sqrt().to(g.dtype)).to(grad.dtype)
-    gn = (g * (1 - a).sqrt().to(g.dtype)).to(grad.dtype) if ctx.has_noise else None
-    return gx, None, None, gn, None, None, None
+    g = grad.to(_kit.acc_dtype(grad.dtype))
+    gx = (g * a.sqrt().to(g.dtype)).to(grad.dtype) if needs[0] else None
+    gn = (g * (1 - a).sqrt().to(g.dtype)).to(grad.dtype) if needs[3] else None
+    return [gx, None, None, gn]
 
 
-_q_sample_op.register_autograd(_q_sample_backward, setup_context=_q_sample_setup_context)
+_Q_SAMPLE = _kit.Op("diffusion_q_sample", tensors="Tensor x0, Tensor t, Tensor table, Tensor? noise",
+                    opts=NoiseOptions, dispatcher=_DISPATCH["q_sample"], forward=_q_sample_forward,
+                    fake=lambda impl, o, x0, *_: [_new(x0)], backward=_q_sample_backward,
+                    save=lambda tensors, outs: tensors[1:3], backward_op=False)
 
 
-@torch.library.custom_op("medkernels::diffusion_ddim_step", mutates_args=())
-def _ddim_step_op(
-    x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, table: torch.Tensor,
-    noise: Optional[torch.Tensor], seed: int, offset: int, eta: float, return_x0: bool, backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty_like(x_t)
-    x0 = torch.empty_like(x_t) if return_x0 else _empty0(x_t)
-    _RUN[backend](OP_DDIM, x_t, out, eps=eps, noise=noise, x0_out=x0 if return_x0 else None, table=table, t=t,
-                  t_next=t_next, seed=seed, offset=offset, eta=eta)
-    return out, x0
+def _step_op(name: str, kind: str, opts, run, coef):
+    """A DDIM or DDPM step: ``run(impl)`` is the backend's method, ``coef(o)`` the step's
+    keyword (eta or clip) for the reference chain's gradients. The steps are linear in x_t, eps
+    and noise: their backward is the reference chain's (eager torch code)."""
+
+    def outputs(o, x_t):
+        return [_new(x_t) for _ in range(2 if o.return_x0 else 1)]
+
+    def forward(impl, o, x_t, eps, t, t_next, table, noise):
+        outs = outputs(o, x_t)
+        run(impl)(o, x_t, eps, t, t_next, table, noise, outs[0], outs[1] if o.return_x0 else None)
+        return outs
+
+    def backward(impl, o, needs, grads, saved):
+        x_t, eps, t, t_next, table, noise = saved
+        grad_x0 = grads[1] if len(grads) > 1 else None
+        gx, ge, gz = ref.step_vjp_ref(kind, x_t, eps, t, t_next, table, noise, grads[0], grad_x0, **coef(o))
+        return [gx, ge, None, None, None, gz]
+
+    return _kit.Op(name, tensors="Tensor x_t, Tensor eps, Tensor t, Tensor t_next, Tensor table, Tensor? noise",
+                   opts=opts, dispatcher=_DISPATCH[f"{kind}_step"], forward=forward,
+                   fake=lambda impl, o, x_t, *_: outputs(o, x_t), backward=backward,
+                   save=lambda tensors, outs: tensors, backward_op=False)
 
 
-@_ddim_step_op.register_fake
-def _(x_t, eps, t, t_next, table, noise, seed, offset, eta, return_x0, backend):
-    return torch.empty_like(x_t), (torch.empty_like(x_t) if return_x0 else _empty0(x_t))
+_DDIM = _step_op("diffusion_ddim_step", "ddim", DdimOptions, lambda impl: impl.ddim_step, lambda o: {"eta": o.eta})
+_DDPM = _step_op("diffusion_ddpm_step", "ddpm", DdpmOptions, lambda impl: impl.ddpm_step, lambda o: {"clip": o.clip})
 
 
-@torch.library.custom_op("medkernels::diffusion_ddpm_step", mutates_args=())
-def _ddpm_step_op(
-    x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, table: torch.Tensor,
-    noise: Optional[torch.Tensor], seed: int, offset: int, clip: Optional[float], return_x0: bool, backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty_like(x_t)
-    x0 = torch.empty_like(x_t) if return_x0 else _empty0(x_t)
-    _RUN[backend](OP_DDPM, x_t, out, eps=eps, noise=noise, x0_out=x0 if return_x0 else None, table=table, t=t,
-                  t_next=t_next, seed=seed, offset=offset, clip=clip)
-    return out, x0
-
-
-@_ddpm_step_op.register_fake
-def _(x_t, eps, t, t_next, table, noise, seed, offset, clip, return_x0, backend):
-    return torch.empty_like(x_t), (torch.empty_like(x_t) if return_x0 else _empty0(x_t))
-
-
-def _step_setup_context(ctx, inputs, output):
-    x_t, eps, t, t_next, table, noise = inputs[:6]
-    ctx.save_for_backward(x_t, eps, t, t_next, table, noise)
-    ctx.coef = inputs[8]  # eta (DDIM) or clip (DDPM)
-
-
-def _step_backward(kind):
-    def backward(ctx, grad_out, grad_x0):
-        x_t, eps, t, t_next, table, noise = ctx.saved_tensors
-        gx0 = grad_x0 if grad_x0 is not None and grad_x0.shape == x_t.shape else None
-        coef = {"eta": ctx.coef} if kind == "ddim" else {"clip": ctx.coef}
-        gx, ge, gz = ref.step_vjp_ref(kind, x_t, eps, t, t_next, table, noise, grad_out, gx0, **coef)
-        return gx, ge, None, None, None, gz, None, None, None, None, None
-
-    return backward
-
-
-# the steps are linear in x_t, eps and noise: their gradients are the reference chain's (eager)
-_ddim_step_op.register_autograd(_step_backward("ddim"), setup_context=_step_setup_context)
-_ddpm_step_op.register_autograd(_step_backward("ddpm"), setup_context=_step_setup_context)
-
-
-
-def _nblocks(eps_pred: torch.Tensor) -> int:
-    n = eps_pred.numel() // eps_pred.shape[0]
-    return (n + LOSS_BLOCK - 1) // LOSS_BLOCK
-
-
-@torch.library.custom_op("medkernels::diffusion_loss", mutates_args=())
-def _loss_op(
-    eps_pred: torch.Tensor, noise: Optional[torch.Tensor], seed: int, offset: int, reduction: str, backend: str
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def _loss_forward(impl, o, eps_pred, noise):
     B = eps_pred.shape[0]
-    den = eps_pred.numel() if reduction == "mean" else B
-    grad = torch.empty_like(eps_pred)
-    partial = torch.empty((B, _nblocks(eps_pred)), dtype=torch.float64, device=eps_pred.device)
-    _RUN[backend](OP_LOSS, eps_pred, grad, noise=noise, partial=partial, seed=seed, offset=offset, scale=2.0 / den)
+    den = eps_pred.numel() if o.reduction == "mean" else B
+    grad = _new(eps_pred)
+    blocks = (eps_pred.numel() // B + LOSS_BLOCK - 1) // LOSS_BLOCK
+    partial = _kit.empty((B, blocks), dtype=torch.float64, device=eps_pred.device)  # sums of d^2 per block
+    impl.loss(o, eps_pred, noise, 2.0 / den, grad, partial)
     # fixed-order reduction of the per-block sums: the same bits on every run
-    loss = partial.sum() / den
-    return loss.to(_kit.acc_dtype(eps_pred.dtype)), grad
+    return [(partial.sum() / den).to(_kit.acc_dtype(eps_pred.dtype)), grad]
 
 
-@_loss_op.register_fake
-def _(eps_pred, noise, seed, offset, reduction, backend):
-    return eps_pred.new_empty((), dtype=_kit.acc_dtype(eps_pred.dtype)), torch.empty_like(eps_pred)
+def _loss_fake(impl, o, eps_pred, noise):
+    return [eps_pred.new_empty((), dtype=_kit.acc_dtype(eps_pred.dtype)), _new(eps_pred)]
 
 
-def _loss_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
+def _loss_backward(impl, o, needs, grads, saved):
+    (g,) = saved  # the gradient wrt eps_pred, made by the forward pass
+    return [g * grads[0].to(g.dtype), None]
 
 
-def _loss_backward(ctx, grad_loss, grad_grad):
-    (g,) = ctx.saved_tensors
-    return g * grad_loss.to(g.dtype), None, None, None, None, None
+_LOSS = _kit.Op("diffusion_loss", tensors="Tensor eps_pred, Tensor? noise", opts=LossOptions,
+                dispatcher=_DISPATCH["diffusion_loss"], forward=_loss_forward, fake=_loss_fake,
+                backward=_loss_backward, save=lambda tensors, outs: outs[1:], no_grad_outputs=(1,), backward_op=False)
 
 
-_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+def _normal_forward(impl, o, like):
+    out = _new(like)
+    impl.normal(o, out)
+    return [out]
 
 
-@torch.library.custom_op("medkernels::diffusion_normal", mutates_args=())
-def _normal_op(like: torch.Tensor, seed: int, offset: int, backend: str) -> torch.Tensor:
-    out = like.new_empty(like.shape)  # contiguous: the kernels fill memory order, which must be logical order
-    return _RUN[backend](OP_NORMAL, out, out, seed=seed, offset=offset)
-
-
-@_normal_op.register_fake
-def _(like, seed, offset, backend):
-    return like.new_empty(like.shape)
+_NORMAL = _kit.Op("diffusion_normal", tensors="Tensor like", opts=NoiseOptions, dispatcher=_DISPATCH["q_sample"],
+                  forward=_normal_forward, fake=lambda impl, o, like: [_new(like)])
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -355,8 +371,9 @@ def _select(op: str, backend: str, x: torch.Tensor) -> str:
     return _DISPATCH[op].select(backend, x.device, x.dtype, x=x)
 
 
+
 # --- the public functions ---------------------------------------------------------------------
-@accepts_dlpack
+@_kit.public
 def q_sample(x0, t, *, schedule, noise=None, seed=None, offset: int = 0, backend: str = "auto") -> torch.Tensor:
     """Forward noising ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` in one pass.
 
@@ -377,7 +394,7 @@ def q_sample(x0, t, *, schedule, noise=None, seed=None, offset: int = 0, backend
     t = _timesteps("t", t, x0, 0, table.numel() - 2)
     noise, seed, offset = _seed_args(noise, seed, offset, x0, True)
     name = _select("q_sample", backend, x0)
-    return _q_sample_op(x0.contiguous(), t, table, noise, seed, offset, name)
+    return _Q_SAMPLE(NoiseOptions(seed, offset), name, x0.contiguous(), t, table, noise)[0]
 
 
 def _step_inputs(x_t, eps, t, t_next, schedule, check: bool):
@@ -395,7 +412,12 @@ def _step_inputs(x_t, eps, t, t_next, schedule, check: bool):
     return table, t, t_next
 
 
-@accepts_dlpack
+def _step(op, opts, name, x_t, eps, table, t, t_next, noise, return_x0):
+    outs = op(opts, name, x_t.contiguous(), eps.contiguous(), t, t_next, table, noise)
+    return tuple(outs) if return_x0 else outs[0]
+
+
+@_kit.public
 def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, seed=None, offset: int = 0,
               return_x0: bool = False, backend: str = "auto", check_timesteps: bool = True):
     """One DDIM ("generalized") step from t to t_next, fused (Fast-DDPM ``generalized_steps``).
@@ -423,15 +445,12 @@ def ddim_step(x_t, eps, t, t_next, *, schedule, eta: float = 0.0, noise=None, se
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     noise, seed, offset = _seed_args(noise, seed, offset, x_t, eta != 0.0)
-    if noise is None and eta != 0.0 and seed is None:
-        raise ValueError("eta > 0 needs seed= or noise=")
     name = _select("ddim_step", backend, x_t)
-    out, x0 = _ddim_step_op(x_t.contiguous(), eps.contiguous(), t, t_next, table, noise, seed, offset, eta,
-                            return_x0, name)
-    return (out, x0) if return_x0 else out
+    return _step(_DDIM, DdimOptions(seed, offset, eta, bool(return_x0)), name, x_t, eps, table, t, t_next, noise,
+                 return_x0)
 
 
-@accepts_dlpack
+@_kit.public
 def ddpm_step(x_t, eps, t, t_next, *, schedule, noise=None, seed=None, offset: int = 0, clip: Optional[float] = 1.0,
               return_x0: bool = False, backend: str = "auto", check_timesteps: bool = True):
     """One ancestral DDPM step from t to t_next, fused (Fast-DDPM ``ddpm_steps``).
@@ -451,12 +470,11 @@ def ddpm_step(x_t, eps, t, t_next, *, schedule, noise=None, seed=None, offset: i
             raise ValueError(f"clip must be > 0 or None, got {clip}")
     noise, seed, offset = _seed_args(noise, seed, offset, x_t, True)
     name = _select("ddpm_step", backend, x_t)
-    out, x0 = _ddpm_step_op(x_t.contiguous(), eps.contiguous(), t, t_next, table, noise, seed, offset, clip,
-                            return_x0, name)
-    return (out, x0) if return_x0 else out
+    return _step(_DDPM, DdpmOptions(seed, offset, clip, bool(return_x0)), name, x_t, eps, table, t, t_next, noise,
+                 return_x0)
 
 
-@accepts_dlpack
+@_kit.public
 def diffusion_loss(eps_pred, x0, t, seed: int, *, schedule, offset: int = 0, reduction: str = "sum_mean",
                    backend: str = "auto") -> torch.Tensor:
     """The Fast-DDPM training loss with eps regenerated from ``(seed, offset)`` instead of stored.
@@ -484,8 +502,7 @@ def diffusion_loss(eps_pred, x0, t, seed: int, *, schedule, offset: int = 0, red
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     name = _select("diffusion_loss", backend, eps_pred)
-    loss, _ = _loss_op(eps_pred.contiguous(), None, seed, offset, reduction, name)
-    return loss
+    return _LOSS(LossOptions(seed, offset, reduction), name, eps_pred.contiguous(), None)[0]
 
 
 def randn(like: torch.Tensor, seed: int, offset: int = 0, backend: str = "auto") -> torch.Tensor:
@@ -496,31 +513,18 @@ def randn(like: torch.Tensor, seed: int, offset: int = 0, backend: str = "auto")
     backend."""
     _check_x("like", like)
     name = _select("q_sample", backend, like)
-    return _normal_op(like, ref.check_seed("seed", seed), ref.check_seed("offset", offset), name)
+    return _NORMAL(NoiseOptions(ref.check_seed("seed", seed), ref.check_seed("offset", offset)), name, like)[0]
 
 
 def philox_bits(shape, seed: int, offset: int = 0, *, device="cpu", backend: str = "reference") -> torch.Tensor:
     """(B, ceil(N / 4), 4) int64: the Philox words behind noise of ``shape`` (B, ...) for
     ``(seed, offset)``, made by one backend ("triton", "cpu" or "reference"): for bit-exact checks."""
     seed, offset = ref.check_seed("seed", seed), ref.check_seed("offset", offset)
-    shape = tuple(shape)
-    B, N = shape[0], math.prod(shape[1:])
-    device = torch.device(device)
-    if backend == "reference":
-        return ref.philox_bits_ref(shape, seed, offset, device)
-    if backend == "triton":
-        from ..triton.diffusion import philox_bits as triton_bits
-
-        return triton_bits(shape, seed, offset, device)
-    if backend == "cpu":
-        why = _dispatch.cpu_machine("philox_fill_cpu")()
-        if why:
-            raise RuntimeError(f"philox_bits: backend 'cpu' is unavailable: {why}")
-        groups = (N + 3) // 4
-        out = torch.empty((B, groups, 4), dtype=torch.int64)
-        extension.module.philox_fill_cpu(seed, offset, B, groups, out.data_ptr())
-        return out.to(device)
-    raise ValueError(f"backend must be 'triton', 'cpu' or 'reference', got {backend!r}")
+    impl = _BITS.get(backend)
+    if impl is None:
+        *rest, last = (repr(n) for n in _BITS)
+        raise ValueError(f"backend must be {', '.join(rest)} or {last}, got {backend!r}")
+    return impl.philox_bits(tuple(shape), seed, offset, torch.device(device))
 
 
 def diffusion_backend(x: torch.Tensor, backend: str = "auto") -> str:
