@@ -90,7 +90,7 @@ def _case(op, shape, dtype, device, eta=0.0, note=""):
     providers = {"reference": _eager(op, x, e, t, tn, table, eta)}
     for b in _backends(device, dtype, x):
         providers[b] = _ours(op, x, e, t, tn, eta, b)
-    providers["auto"] = _ours(op, x, e, t, tn, eta, "auto")
+    providers[f"auto({_DISPATCH[op].select('auto', device, dtype, x=x)})"] = _ours(op, x, e, t, tn, eta, "auto")
     if device.type == "cuda" and op != "diffusion_loss":
         providers["torch.compile"] = torch.compile(providers["reference"])
         peer = _peer(op, x, e, eta, device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from medkernels import _environment
 from medkernels.bench import Case
 from medkernels.models import DCFORMER_CONFIGS, ByteTokenizer, DCFormerCLIP, TextTransformer, dcformer
 from medkernels.reference.models import DCFormerRef
@@ -103,8 +104,17 @@ def _clip_case(variant, shape, device, note=""):
         out["loss"].backward()
         opt.step()
 
+    def plain():
+        # the same model and step with every op on its reference backend (plain PyTorch)
+        before = _environment.DEFAULT_BACKEND
+        _environment.DEFAULT_BACKEND = "reference"
+        try:
+            step()
+        finally:
+            _environment.DEFAULT_BACKEND = before
+
     return Case(op=f"clip-{variant} train step (sigmoid loss)", shape="x".join(map(str, shape)),
-                dtype=torch.float32, providers={"auto": step}, baseline="auto", note=note)
+                dtype=torch.float32, providers={"auto": step, "reference": plain}, note=note)
 
 
 def cases(device: torch.device, full: bool):
