@@ -85,6 +85,23 @@ def test_diffusion_unet_whole_network_train_mode():
     assert "replaced 12 module(s)" in str(report)
 
 
+def test_controlnet():
+    pytest.importorskip("einops")
+    controlnet = pytest.importorskip("monai.networks.nets.controlnet")
+    net = controlnet.ControlNet(spatial_dims=3, in_channels=1, channels=(8, 16, 16),
+                                attention_levels=(False, False, False), num_res_blocks=1, num_head_channels=8,
+                                norm_num_groups=4, conditioning_embedding_num_channels=(8,))
+    net = _randomise(net.double()).eval()
+    x, cond = torch.randn(2, 2, 1, 8, 8, 8, dtype=torch.float64)
+    conv = copy.deepcopy(net)
+    report = medkernels.convert(conv, backend="cpu")
+    assert report.counts() == {"DiffusionUNetResnetBlock -> fused GroupNorm+SiLU (+time add)": 5}
+    t = torch.tensor([5, 600])
+    (down0, mid0), (down1, mid1) = net(x, t, cond), conv(x, t, cond)
+    for a, b in zip([*down0, mid0], [*down1, mid1]):
+        assert testing.rel_err(b, a) <= 1e-12
+
+
 def test_autoencoder_kl():
     ae = monai_aekl.AutoencoderKL(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 16), latent_channels=4,
                                   attention_levels=(False, False), num_res_blocks=(1, 1), norm_num_groups=4,
