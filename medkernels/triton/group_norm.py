@@ -91,18 +91,28 @@ def _group_norm_stats_kernel(
 def _group_norm_stats_combine_kernel(
     part_ptr, mean_ptr, rstd_ptr,
     ROWS, M, CG, M_PER_SPLIT, SPLITS, eps_hi, eps_lo,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    # BLOCK_S splits at a time merged at once (count-weighted mean, then M2 plus the spread of
+    # the split means about it), the blocks one after the other by Chan's merge
     row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     r_m = row < ROWS
     cnt = tl.zeros([], tl.int64)
     mean = tl.zeros([BLOCK_R], ACC)
     m2 = tl.zeros([BLOCK_R], ACC)
-    for s in range(0, SPLITS):
-        p = part_ptr + (row * SPLITS + s) * 2
-        nb = (CG * tl.minimum(M_PER_SPLIT, M - s * M_PER_SPLIT)).to(tl.int64)
-        mb = tl.load(p, mask=r_m, other=0.0)
-        m2b = tl.load(p + 1, mask=r_m, other=0.0)
+    for s0 in range(0, SPLITS, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
+        s_m = s < SPLITS
+        mask = r_m[:, None] & s_m[None, :]
+        nk = tl.where(s_m, CG * tl.minimum(M_PER_SPLIT, M - s * M_PER_SPLIT), 0)
+        p = part_ptr + (row[:, None] * SPLITS + s[None, :]) * 2
+        mk = tl.load(p, mask=mask, other=0.0)
+        m2k = tl.load(p + 1, mask=mask, other=0.0)
+        nb = tl.sum(nk, axis=0)
+        w = nk.to(ACC)[None, :]
+        mb = tl.sum(tl.where(mask, w * mk, 0.0), axis=1) / nb.to(ACC)
+        dev = tl.where(mask, mk - mb[:, None], 0.0)
+        m2b = tl.sum(tl.where(mask, m2k + w * dev * dev, 0.0), axis=1)
         cnt, mean, m2 = _chan_merge(cnt, mean, m2, nb, mb, m2b, ACC)
     # var from M2 / count: NaN stays NaN (no clamp); eps in two fp32 halves, exact for float64
     var = m2 / cnt.to(ACC)
@@ -211,15 +221,40 @@ def _group_norm_bwd_sums_kernel(
 
 
 @triton.jit
+def _group_norm_bwd_reduce_kernel(
+    part_ptr, sums_ptr, C, SPLITS,
+    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # sums (N, 3, C) = part (N, SPLITS, 3, C) summed over the splits, BLOCK_S at a time, in order
+    c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    n = tl.program_id(1).to(tl.int64)
+    c_m = c < C
+    s_dz = tl.zeros([BLOCK_C], ACC)
+    s_dzx = tl.zeros([BLOCK_C], ACC)
+    s_x = tl.zeros([BLOCK_C], ACC)
+    for s0 in range(0, SPLITS, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
+        mask = (s < SPLITS)[:, None] & c_m[None, :]
+        p = part_ptr + ((n * SPLITS + s) * 3 * C)[:, None] + c[None, :]
+        s_dz += tl.sum(tl.load(p, mask=mask, other=0.0), axis=0)
+        s_dzx += tl.sum(tl.load(p + C, mask=mask, other=0.0), axis=0)
+        s_x += tl.sum(tl.load(p + 2 * C, mask=mask, other=0.0), axis=0)
+    out = sums_ptr + n * 3 * C + c
+    tl.store(out, s_dz, mask=c_m)
+    tl.store(out + C, s_dzx, mask=c_m)
+    tl.store(out + 2 * C, s_x, mask=c_m)
+
+
+@triton.jit
 def _group_norm_bwd_combine_kernel(
-    part_ptr, w_ptr, b_ptr, scale_ptr, rstd_ptr, coef_ptr,
+    sums_ptr, w_ptr, b_ptr, scale_ptr, rstd_ptr, coef_ptr,
     dw_ptr, db_ptr, dscale_ptr, dshift_ptr, dadd_ptr,
-    N, C, M, CG, G, SPLITS,
+    N, C, M, CG, G,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_SCALE: tl.constexpr,
     NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, NEED_DSCALE: tl.constexpr, NEED_DSHIFT: tl.constexpr,
     NEED_DADD: tl.constexpr, ACC: tl.constexpr, BLOCK_CG: tl.constexpr,
 ):
-    # one program per group: the samples in order, each sample's splits in order
+    # one program per group, the samples in order
     g = tl.program_id(0).to(tl.int64)
     cc = tl.arange(0, BLOCK_CG).to(tl.int64)
     c_m = cc < CG
@@ -232,14 +267,10 @@ def _group_norm_bwd_combine_kernel(
     dw = tl.zeros([BLOCK_CG], ACC)
     db = tl.zeros([BLOCK_CG], ACC)
     for n in range(0, N):
-        s_dz = tl.zeros([BLOCK_CG], ACC)
-        s_dzx = tl.zeros([BLOCK_CG], ACC)
-        s_x = tl.zeros([BLOCK_CG], ACC)
-        for s in range(0, SPLITS):
-            p = part_ptr + (n * SPLITS + s) * 3 * C + c
-            s_dz += tl.load(p, mask=c_m, other=0.0)
-            s_dzx += tl.load(p + C, mask=c_m, other=0.0)
-            s_x += tl.load(p + 2 * C, mask=c_m, other=0.0)
+        p = sums_ptr + n * 3 * C + c
+        s_dz = tl.load(p, mask=c_m, other=0.0)
+        s_dzx = tl.load(p + C, mask=c_m, other=0.0)
+        s_x = tl.load(p + 2 * C, mask=c_m, other=0.0)
         nc = n * C + c
         s1 = 1.0 + _load_channel(scale_ptr, nc, c_m, 0.0, HAS_SCALE, ACC, BLOCK_CG)
         dw += s1 * s_dzx
@@ -308,11 +339,11 @@ def _tiles(strides: Sequence[int], channels: int, M: int):
     return bc, bm
 
 
-def _splits(CG: int, M: int, block_m: int):
-    """(M_PER_SPLIT, SPLITS): about ELEMS_PER_PROGRAM elements of a (sample, group) per program,
-    a whole number of tiles each; a function of the shape only, so the bits do not depend on the
-    device or the thread count."""
-    want = max(1, min(triton.cdiv(CG * M, ELEMS_PER_PROGRAM), triton.cdiv(M, block_m), 65535))
+def _splits(channels: int, M: int, block_m: int):
+    """(M_PER_SPLIT, SPLITS): programs that each reduce ``channels`` channels over a range of M,
+    about ELEMS_PER_PROGRAM elements and a whole number of tiles each; a function of the shape
+    only, so the bits do not depend on the device or the thread count."""
+    want = max(1, min(triton.cdiv(channels * M, ELEMS_PER_PROGRAM), triton.cdiv(M, block_m), 65535))
     per = triton.cdiv(triton.cdiv(M, want), block_m) * block_m
     return per, triton.cdiv(M, per)
 
@@ -359,9 +390,10 @@ def group_norm_fwd(
         HAS_ADD=add is not None, ACC=acc, BLOCK_C=bc, BLOCK_M=bm,
     )
     eps_hi, eps_lo = _eps_halves(eps)
-    block_r = min(triton.next_power_of_2(N * G), 256)
+    block_s = min(triton.next_power_of_2(splits), 64)
+    block_r = min(triton.next_power_of_2(N * G), max(1, TILE // block_s), 256)
     _group_norm_stats_combine_kernel[(triton.cdiv(N * G, block_r),)](
-        part, mean, rstd, N * G, M, CG, per, splits, eps_hi, eps_lo, ACC=acc, BLOCK_R=block_r,
+        part, mean, rstd, N * G, M, CG, per, splits, eps_hi, eps_lo, ACC=acc, BLOCK_R=block_r, BLOCK_S=block_s,
     )
     bc, bm = _tiles(x_strides, C, M)
     _group_norm_fwd_kernel[(triton.cdiv(M, bm), triton.cdiv(C, bc), N)](
@@ -390,18 +422,24 @@ def group_norm_bwd(
     flags = _flags(weight, bias, scale, shift, add)
     act = _ACT_CODES[activation]
     bc, bm = _tiles(x_strides, C, M)
-    per, splits = _splits(CG, M, bm)
+    per, splits = _splits(min(bc, C), M, bm)
     part = torch.empty((N, splits, 3, C), dtype=mean.dtype, device=x.device)
     params = (_or(weight, x), _or(bias, x), _or(scale, x), _or(shift, x), _or(add, x))
     _group_norm_bwd_sums_kernel[(triton.cdiv(C, bc), splits, N)](
         grad_y, x, *params, mean, rstd, part, C, M, CG, G, per, splits, *x_strides, *grad_y_strides,
         **flags, ACT=act, ACC=acc, BLOCK_C=bc, BLOCK_M=bm,
     )
+    sums = torch.empty((N, 3, C), dtype=mean.dtype, device=x.device)
+    block_s = min(triton.next_power_of_2(splits), 64)
+    block_c = min(triton.next_power_of_2(C), max(1, TILE // block_s))
+    _group_norm_bwd_reduce_kernel[(triton.cdiv(C, block_c), N)](
+        part, sums, C, splits, ACC=acc, BLOCK_S=block_s, BLOCK_C=block_c,
+    )
     coef = torch.empty((N, G, 2), dtype=mean.dtype, device=x.device)
     _group_norm_bwd_combine_kernel[(G,)](
-        part, params[0], params[1], params[2], rstd, coef,
+        sums, params[0], params[1], params[2], rstd, coef,
         *(_or(t, coef) for t in (gw, gb, gsc, gsh, gad)),
-        N, C, M, CG, G, splits,
+        N, C, M, CG, G,
         HAS_W=flags["HAS_W"], HAS_B=flags["HAS_B"], HAS_SCALE=flags["HAS_SCALE"],
         NEED_DW=gw is not None, NEED_DB=gb is not None, NEED_DSCALE=gsc is not None,
         NEED_DSHIFT=gsh is not None, NEED_DADD=gad is not None, ACC=acc,
@@ -434,7 +472,7 @@ def lowering_specs():
         cx = {"HAS_ADD": opts, **tiles}
         specs.append((_group_norm_stats_kernel, {"x_ptr": f"*{dt}", "add_ptr": f"*{dt}", "part_ptr": f"*{acc_name}",
                                                  **ints_split, **strides("x"), **const(cx)}, cx))
-        cx = {"ACC": acc, "BLOCK_R": 256}
+        cx = {"ACC": acc, "BLOCK_R": 32, "BLOCK_S": 64}
         specs.append((_group_norm_stats_combine_kernel, {
             "part_ptr": f"*{acc_name}", **stat, "ROWS": "i32", "M": "i32", "CG": "i32", "M_PER_SPLIT": "i32",
             "SPLITS": "i32", "eps_hi": "fp32", "eps_lo": "fp32", **const(cx)}, cx))
@@ -451,7 +489,10 @@ def lowering_specs():
         cx = {"HAS_W": opts, "HAS_B": opts, "HAS_SCALE": opts, **need, "ACC": acc, "BLOCK_CG": 32}
         grads = {p: f"*{acc_name}" for p in ("dw_ptr", "db_ptr", "dscale_ptr", "dshift_ptr", "dadd_ptr")}
         specs.append((_group_norm_bwd_combine_kernel, {
-            "part_ptr": f"*{acc_name}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "scale_ptr": f"*{dt}",
+            "sums_ptr": f"*{acc_name}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "scale_ptr": f"*{dt}",
             "rstd_ptr": f"*{acc_name}", "coef_ptr": f"*{acc_name}", **grads,
-            **{k: "i32" for k in ("N", "C", "M", "CG", "G", "SPLITS")}, **const(cx)}, cx))
+            **{k: "i32" for k in ("N", "C", "M", "CG", "G")}, **const(cx)}, cx))
+        cx = {"ACC": acc, "BLOCK_S": 64, "BLOCK_C": 32}
+        specs.append((_group_norm_bwd_reduce_kernel, {"part_ptr": f"*{acc_name}", "sums_ptr": f"*{acc_name}",
+                                                      "C": "i32", "SPLITS": "i32", **const(cx)}, cx))
     return specs
