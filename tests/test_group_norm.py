@@ -373,3 +373,37 @@ def test_triton_many_tiles_and_splits(monkeypatch, layout, dtype):
     for name, g, e in zip(["x", "weight", "bias", "scale", "shift", "add"], got, exp):
         err = (g.double() - e).abs().max().item() / max(e.abs().max().item(), exp[0].abs().max().item())
         assert err <= 10 * tol, f"grad {name}: relative error {err:.2e}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+@pytest.mark.parametrize("shape,G,layout", [((2, 32, 9, 17, 23), 8, "ncdhw"), ((2, 32, 9, 17, 23), 8, "cl"),
+                                            ((1, 64, 40, 33), 32, "ncdhw"), ((3, 12, 301), 1, "ncdhw"),
+                                            ((1, 128, 24, 24, 24), 32, "cl")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_triton_on_gpu(shape, G, layout, dtype):
+    # the compiled kernels on CUDA tensors (the tests above run CPU tensors, so the interpreter)
+    # against the float64 oracle, and the same bits twice
+    x64, w64, b64, sc64, sh64, ad64 = _inputs(shape, G, mean=3.0, seed=7)
+    leaves = [t.to(dtype).cuda() for t in (x64, w64, b64, sc64, sh64, ad64)]
+    leaves = [_layout(leaves[0], layout)] + leaves[1:]
+    leaves = [t.requires_grad_(True) for t in leaves]
+    gy = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def run():
+        y = group_norm_act(leaves[0], G, leaves[1], leaves[2], scale=leaves[3], shift=leaves[4], add=leaves[5],
+                           activation="silu", backend="triton")
+        return [y, *torch.autograd.grad(y, leaves, gy.to(dtype).cuda())]
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    exact = [t.detach().cpu().double().requires_grad_(True) for t in leaves]
+    want = group_norm_act_ref(exact[0], G, exact[1], exact[2], 1e-5, *exact[3:], "silu")
+    lowp = group_norm_act_ref(*(t.detach().cpu() for t in leaves[:1]), G, leaves[1].detach().cpu(),
+                              leaves[2].detach().cpu(), 1e-5, *(t.detach().cpu() for t in leaves[3:]), "silu")
+    testing.assert_close("y", first[0].cpu(), want, lowp_reference=lowp)
+    exp = torch.autograd.grad(want, exact, gy)
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    for name, g, e in zip(["x", "weight", "bias", "scale", "shift", "add"], first[1:], exp):
+        err = (g.cpu().double() - e).abs().max().item() / max(e.abs().max().item(), exp[0].abs().max().item())
+        assert err <= tol, f"grad {name}: relative error {err:.2e} > {tol:.0e}"
