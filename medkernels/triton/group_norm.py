@@ -39,10 +39,20 @@ ELEMS_PER_PROGRAM = 16384  # elements of one (n, g) per statistics / backward-su
 
 
 @triton.jit
+def _div(a, b, ACC: tl.constexpr):
+    """a / b rounded to nearest (fp32 "/" lowers to the 2-ulp div.full on NVIDIA GPUs)."""
+    if ACC == tl.float64:
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)
+    return q
+
+
+@triton.jit
 def _chan_merge(na, ma, m2a, nb, mb, m2b, ACC: tl.constexpr):
     """(count, mean, M2) of the union of two sets (Chan et al.); counts are int64."""
     n = na + nb
-    f = nb.to(ACC) / n.to(ACC)
+    f = _div(nb.to(ACC), n.to(ACC), ACC)
     delta = mb - ma
     return n, ma + delta * f, m2a + m2b + delta * delta * (na.to(ACC) * f)
 
@@ -78,7 +88,7 @@ def _group_norm_stats_kernel(
             if HAS_ADD:
                 v = v + a[:, None]
             nb = (tl.minimum(CG - cb, BLOCK_C) * tl.minimum(m1 - mb, BLOCK_M)).to(tl.int64)
-            tmean = tl.sum(tl.sum(tl.where(mask, v, 0.0), axis=1), axis=0) / nb.to(ACC)
+            tmean = _div(tl.sum(tl.sum(tl.where(mask, v, 0.0), axis=1), axis=0), nb.to(ACC), ACC)
             d = tl.where(mask, v - tmean, 0.0)
             tm2 = tl.sum(tl.sum(d * d, axis=1), axis=0)
             cnt, mean, m2 = _chan_merge(cnt, mean, m2, nb, tmean, tm2, ACC)
@@ -110,17 +120,18 @@ def _group_norm_stats_combine_kernel(
         m2k = tl.load(p + 1, mask=mask, other=0.0)
         nb = tl.sum(nk, axis=0)
         w = nk.to(ACC)[None, :]
-        mb = tl.sum(tl.where(mask, w * mk, 0.0), axis=1) / nb.to(ACC)
+        mb = _div(tl.sum(tl.where(mask, w * mk, 0.0), axis=1), nb.to(ACC), ACC)
         dev = tl.where(mask, mk - mb[:, None], 0.0)
         m2b = tl.sum(tl.where(mask, m2k + w * dev * dev, 0.0), axis=1)
         cnt, mean, m2 = _chan_merge(cnt, mean, m2, nb, mb, m2b, ACC)
     # var from M2 / count: NaN stays NaN (no clamp); eps in two fp32 halves, exact for float64
-    var = m2 / cnt.to(ACC)
+    var = _div(m2, tl.full([BLOCK_R], 0.0, ACC) + cnt.to(ACC), ACC)
     eps = tl.full([BLOCK_R], eps_hi, ACC) + tl.full([BLOCK_R], eps_lo, ACC)
     if ACC == tl.float64:
-        rstd = 1.0 / tl.sqrt(var + eps)  # IEEE-rounded in fp64
+        sd = tl.sqrt(var + eps)  # IEEE-rounded in fp64
     else:
-        rstd = tl.div_rn(tl.full([BLOCK_R], 1.0, ACC), tl.sqrt_rn(var + eps))  # not the fp32 approximations
+        sd = tl.sqrt_rn(var + eps)  # not the fp32 approximation
+    rstd = _div(tl.full([BLOCK_R], 1.0, ACC), sd, ACC)
     tl.store(mean_ptr + row, mean, mask=r_m)
     tl.store(rstd_ptr + row, rstd, mask=r_m)
 
@@ -266,7 +277,8 @@ def _group_norm_bwd_combine_kernel(
     k = (m_len * CG).to(ACC)
     dw = tl.zeros([BLOCK_CG], ACC)
     db = tl.zeros([BLOCK_CG], ACC)
-    for n in range(0, N):
+    for n_ in range(0, N):
+        n = n_ + tl.zeros([], tl.int64)  # 64-bit offsets (the loop counter is 32-bit)
         p = sums_ptr + n * 3 * C + c
         s_dz = tl.load(p, mask=c_m, other=0.0)
         s_dzx = tl.load(p + C, mask=c_m, other=0.0)
