@@ -8,18 +8,23 @@ NC... contiguous and channels-last (sxc = 1) need no copy; G groups of CG = C / 
     xhat = (h - mean) rstd;  y0 = xhat w[c] + b[c];  z = y0 (1 + scale[n, c]) + shift[n, c];  y = act(z)
 
 Forward, three launches:
-  stats    one program per (n, g, split of M): its (count, mean, M2) by Chan's merge of exact
-           two-pass tile moments, tile after tile in a fixed order (one read of x);
-  combine  the splits of each (n, g) merged in split order: mean, rstd (no float atomics, so the
-           same inputs give the same bits; NaN in h makes its group's mean and rstd NaN);
+  stats    one program per (n, g, split of M): its mean and M2 by Chan's merge of two-pass tile
+           moments (the tile in registers), tile after tile in a fixed order (one read of x);
+  combine  the splits of each (n, g) merged in a fixed order: mean, rstd (no float atomics, so
+           the same inputs give the same bits; NaN in h makes its group's mean and rstd NaN);
   apply    y from x, mean, rstd and the per-channel parameters (one read, one write).
-Backward, with dz = dy act'(z), s1 = 1 + scale, and per (n, c) sums over m
-S1 = sum dz, S2 = sum dz xhat, S0 = sum xhat (partials per split, reduced in split order):
-  dshift = S1;  dscale = w S2 + b S1;  dweight = sum_n s1 S2;  dbias = sum_n s1 S1 (n in order);
-  D1 = sum_{c in g} s1 w S1, D2 = sum_{c in g} s1 w S2, K = CG M;
-  dx = rstd (dz s1 w - D1 / K - xhat D2 / K);  dadd = sum_m dx = rstd (s1 w S1 - M D1 / K - S0 D2 / K).
-x and grad_y are read twice (sums, then dx), dx written once. Statistics and arithmetic in fp32
-(fp64 for float64); 16-bit values are upcast right after the load and rounded once at the store.
+Backward, four launches, with dz = dy act'(z), s1 = 1 + scale, and per (n, c) sums over m
+S1 = sum dz, S2 = sum dz xhat, S0 = sum xhat:
+  sums     per (channel block, split of M, n): the split's S1, S2, S0 (a read of x and grad_y);
+  reduce   per (channel block, n): the splits summed in a fixed order;
+  combine  per group, the samples in order: dshift = S1, dscale = w S2 + b S1,
+           dweight = sum_n s1 S2, dbias = sum_n s1 S1, D1 = sum_{c in g} s1 w S1,
+           D2 = sum_{c in g} s1 w S2, dadd = sum_m dx = rstd (s1 w S1 - M D1 / K - S0 D2 / K), K = CG M;
+  dx       rstd (dz s1 w - D1 / K - xhat D2 / K) (a second read of x and grad_y, one write).
+Statistics and arithmetic in fp32 (fp64 for float64); 16-bit values are upcast right after the
+load and rounded once (to nearest even) at the store. The split counts are a function of the shape
+only (:func:`_splits`), so the bits do not depend on the device. Reuses decomp_conv's activations
+and diffusion's bf16 store, so it is vendored with those two modules.
 """
 
 from __future__ import annotations
@@ -146,6 +151,33 @@ def _load_channel(ptr, off, mask, default, HAS: tl.constexpr, ACC: tl.constexpr,
 
 
 @triton.jit
+def _channel_params(w_ptr, b_ptr, scale_ptr, shift_ptr, add_ptr, mean_ptr, rstd_ptr, n, c, c_m, C, CG, G,
+                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                    HAS_ADD: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per channel c of sample n: its group's mean and rstd, add, weight, bias, 1 + scale, shift."""
+    grp = n * G + c // CG
+    nc = n * C + c
+    mean = tl.load(mean_ptr + grp, mask=c_m, other=0.0)
+    rstd = tl.load(rstd_ptr + grp, mask=c_m, other=0.0)
+    a_add = _load_channel(add_ptr, nc, c_m, 0.0, HAS_ADD, ACC, BLOCK_C)
+    w = _load_channel(w_ptr, c, c_m, 1.0, HAS_W, ACC, BLOCK_C)
+    bb = _load_channel(b_ptr, c, c_m, 0.0, HAS_B, ACC, BLOCK_C)
+    s1 = 1.0 + _load_channel(scale_ptr, nc, c_m, 0.0, HAS_SCALE, ACC, BLOCK_C)
+    sh = _load_channel(shift_ptr, nc, c_m, 0.0, HAS_SHIFT, ACC, BLOCK_C)
+    return grp, mean, rstd, a_add, w, bb, s1, sh
+
+
+@triton.jit
+def _tile_coords(C, M, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(m, c, n, channel mask, tile mask) of an elementwise program on the grid (M blocks, C blocks, N)."""
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    n = tl.program_id(2).to(tl.int64)
+    c_m = c < C
+    return m, c, n, c_m, c_m[:, None] & (m < M)[None, :]
+
+
+@triton.jit
 def _group_norm_fwd_kernel(
     x_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, add_ptr, mean_ptr, rstd_ptr, y_ptr,
     C, M, CG, G,
@@ -153,24 +185,16 @@ def _group_norm_fwd_kernel(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     HAS_ADD: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    n = tl.program_id(2).to(tl.int64)
-    c_m = c < C
-    mask = c_m[:, None] & (m < M)[None, :]
-    grp = n * G + c // CG
-    nc = n * C + c
-    mean = tl.load(mean_ptr + grp, mask=c_m, other=0.0)
-    # (h - mean) (rstd w) (1 + scale) + (b (1 + scale) + shift): h - mean first, so a large mean
-    # cancels exactly before any scaling
-    s1 = 1.0 + _load_channel(scale_ptr, nc, c_m, 0.0, HAS_SCALE, ACC, BLOCK_C)
-    a = tl.load(rstd_ptr + grp, mask=c_m, other=0.0) * _load_channel(w_ptr, c, c_m, 1.0, HAS_W, ACC, BLOCK_C)
-    bb = _load_channel(b_ptr, c, c_m, 0.0, HAS_B, ACC, BLOCK_C)
-    sh = _load_channel(shift_ptr, nc, c_m, 0.0, HAS_SHIFT, ACC, BLOCK_C)
+    m, c, n, c_m, mask = _tile_coords(C, M, BLOCK_C, BLOCK_M)
+    _, mean, rstd, a_add, w, bb, s1, sh = _channel_params(
+        w_ptr, b_ptr, scale_ptr, shift_ptr, add_ptr, mean_ptr, rstd_ptr, n, c, c_m, C, CG, G,
+        HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT, HAS_ADD, ACC, BLOCK_C)
     v = tl.load(x_ptr + n * sxn + c[:, None] * sxc + m[None, :] * sxm, mask=mask, other=0.0).to(ACC)
     if HAS_ADD:
-        v = v + _load_channel(add_ptr, nc, c_m, 0.0, True, ACC, BLOCK_C)[:, None]
-    z = ((v - mean[:, None]) * a[:, None] + bb[:, None]) * s1[:, None] + sh[:, None]
+        v = v + a_add[:, None]
+    # (h - mean) (rstd w) (1 + scale) + shift: h - mean first, so a large mean cancels exactly
+    # before any scaling
+    z = ((v - mean[:, None]) * (rstd * w)[:, None] + bb[:, None]) * s1[:, None] + sh[:, None]
     y = _act_fwd(z, ACT)
     tl.store(y_ptr + n * syn + c[:, None] * syc + m[None, :] * sym, _cast_out(y, y_ptr), mask=mask)
 
@@ -203,15 +227,9 @@ def _group_norm_bwd_sums_kernel(
     split = tl.program_id(1).to(tl.int64)
     n = tl.program_id(2).to(tl.int64)
     c_m = c < C
-    grp = n * G + c // CG
-    nc = n * C + c
-    mean = tl.load(mean_ptr + grp, mask=c_m, other=0.0)
-    rstd = tl.load(rstd_ptr + grp, mask=c_m, other=0.0)
-    a_add = _load_channel(add_ptr, nc, c_m, 0.0, HAS_ADD, ACC, BLOCK_C)
-    w = _load_channel(w_ptr, c, c_m, 1.0, HAS_W, ACC, BLOCK_C)
-    bb = _load_channel(b_ptr, c, c_m, 0.0, HAS_B, ACC, BLOCK_C)
-    s1 = 1.0 + _load_channel(scale_ptr, nc, c_m, 0.0, HAS_SCALE, ACC, BLOCK_C)
-    sh = _load_channel(shift_ptr, nc, c_m, 0.0, HAS_SHIFT, ACC, BLOCK_C)
+    _, mean, rstd, a_add, w, bb, s1, sh = _channel_params(
+        w_ptr, b_ptr, scale_ptr, shift_ptr, add_ptr, mean_ptr, rstd_ptr, n, c, c_m, C, CG, G,
+        HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT, HAS_ADD, ACC, BLOCK_C)
     s_dz = tl.zeros([BLOCK_C], ACC)
     s_dzx = tl.zeros([BLOCK_C], ACC)
     s_x = tl.zeros([BLOCK_C], ACC)
@@ -313,22 +331,12 @@ def _group_norm_bwd_dx_kernel(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     HAS_ADD: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    n = tl.program_id(2).to(tl.int64)
-    c_m = c < C
-    mask = c_m[:, None] & (m < M)[None, :]
-    grp = n * G + c // CG
-    nc = n * C + c
-    mean = tl.load(mean_ptr + grp, mask=c_m, other=0.0)
-    rstd = tl.load(rstd_ptr + grp, mask=c_m, other=0.0)
+    m, c, n, c_m, mask = _tile_coords(C, M, BLOCK_C, BLOCK_M)
+    grp, mean, rstd, a_add, w, bb, s1, sh = _channel_params(
+        w_ptr, b_ptr, scale_ptr, shift_ptr, add_ptr, mean_ptr, rstd_ptr, n, c, c_m, C, CG, G,
+        HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT, HAS_ADD, ACC, BLOCK_C)
     d1 = tl.load(coef_ptr + grp * 2, mask=c_m, other=0.0)
     d2 = tl.load(coef_ptr + grp * 2 + 1, mask=c_m, other=0.0)
-    a_add = _load_channel(add_ptr, nc, c_m, 0.0, HAS_ADD, ACC, BLOCK_C)
-    w = _load_channel(w_ptr, c, c_m, 1.0, HAS_W, ACC, BLOCK_C)
-    bb = _load_channel(b_ptr, c, c_m, 0.0, HAS_B, ACC, BLOCK_C)
-    s1 = 1.0 + _load_channel(scale_ptr, nc, c_m, 0.0, HAS_SCALE, ACC, BLOCK_C)
-    sh = _load_channel(shift_ptr, nc, c_m, 0.0, HAS_SHIFT, ACC, BLOCK_C)
     xhat, dz = _bwd_tile(x_ptr, gy_ptr, n, c, m, mask, mean, rstd, a_add, w, bb, s1, sh,
                          sxn, sxc, sxm, sgn, sgc, sgm, HAS_ADD, ACT, ACC)
     dx = rstd[:, None] * (dz * (s1 * w)[:, None] - d1[:, None] - xhat * d2[:, None])
