@@ -105,11 +105,12 @@ class _Reference:
 _DISPATCH = _dispatch.Dispatcher(
     "group_norm_act",
     (
+        # auto runs Triton on GPU tensors (no GPU benchmark of it yet; the interpreter never)
+        _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
+                          auto=_dispatch.triton_auto, impl=_Triton()),
         # auto skips the C++ kernel for now: on 2 busy cores it measured 1.27x eager GroupNorm+SiLU
         # forward at 1x128x48^3 fp32 NCDHW but 0.27-0.45x elsewhere and 0.24-0.45x fwd+bwd (its
         # statistics and backward loops are scalar); it becomes auto's pick once vectorised and faster.
-        _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
-                          auto=_dispatch.triton_auto, impl=_Triton()),
         _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("group_norm_fwd_cpu"), auto=lambda **_: False,
                           impl=_Compiled(_kit.CPU, {"fwd": "group_norm_fwd_cpu", "bwd": "group_norm_bwd_cpu"})),
         _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
