@@ -116,6 +116,25 @@ BACKENDS = [b.name for b in gn_ops._DISPATCH.backends
             if not b.not_supported_reasons(torch.device("cpu"), torch.float32)]
 CASES = [((2, 6, 5, 3, 7), 3, "ncdhw"), ((2, 6, 5, 3, 7), 2, "cl"), ((1, 4, 9, 10), 2, "ncdhw"),
          ((3, 8, 2, 3, 1), 8, "cl"), ((2, 5, 7), 1, "ncdhw"), ((1, 3, 4, 4, 4), 3, "permuted")]
+# the Triton interpreter is slow: its 16-bit and float64 sweep runs on a 3D channels-last and a 2D
+# NC... case (every shape, layout and option combination runs in float32)
+INTERPRETED_DTYPE_CASES = (CASES[1], CASES[2])
+
+
+def _interpreted(backend):
+    return backend == "triton" and not torch.cuda.is_available()
+
+
+def _sweep():
+    for backend in BACKENDS:
+        for shape, G, layout in CASES:
+            for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+                trimmed = (shape, G, layout) not in INTERPRETED_DTYPE_CASES and dtype != torch.float32
+                if trimmed and _interpreted(backend):
+                    continue
+                name = "x".join(map(str, shape))
+                yield pytest.param(backend, shape, G, layout, dtype,
+                                   id=f"{backend}-{str(dtype)[6:]}-{name}-g{G}-{layout}")
 
 
 def _layout(t, layout):
@@ -126,9 +145,7 @@ def _layout(t, layout):
     return t
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape,G,layout", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("backend,shape,G,layout,dtype", list(_sweep()))
 @pytest.mark.parametrize("activation,film,add", [("silu", True, True), (None, False, True), ("gelu", True, False),
                                                  ("silu", False, False)])
 def test_forward_and_grads(backend, shape, G, layout, dtype, activation, film, add):
@@ -195,7 +212,7 @@ def test_gradcheck(backend):
     args = [t.requires_grad_(True) for t in (x, w, b, sc, sh, ad)]
     assert torch.autograd.gradcheck(
         lambda *a: group_norm_act(a[0], 2, a[1], a[2], scale=a[3], shift=a[4], add=a[5], activation="silu",
-                                  backend=backend), args)
+                                  backend=backend), args, fast_mode=_interpreted(backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -242,8 +259,8 @@ def test_bad_input_is_named():
         group_norm_act(x, 2.0)
     with pytest.raises(ValueError, match="1 to 3 spatial axes"):
         group_norm_act(torch.randn(2, 6), 3)
-    with pytest.raises(RuntimeError, match="backend 'triton' is not implemented for this op"):
-        group_norm_act(x, 3, backend="triton")
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not implemented for this op"):
+        group_norm_act(x, 3, backend="cuda")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -291,3 +308,102 @@ def test_eager_lane_and_custom_ops_give_the_same_bits(backend):
             custom = run(needs)
         for e, c in zip(eager, custom):
             assert torch.equal(e, c)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stable_for_a_large_mean(backend):
+    # a CT volume in HU: mean 1000, spread 1. E[x^2] - E[x]^2 in float32 would be off by ~1e-1;
+    # h = x + add in float32 already rounds at 1000 ulp(1), so d weight is off by 1.7e-4 on the
+    # cpu, reference and triton backends (PyTorch's float32 autograd of the reference: 2.4e-3)
+    x, w, b, sc, sh, ad = _inputs((1, 4, 12, 11, 13), 2, dtype=torch.float32, mean=1000.0)
+    leaves = [t.requires_grad_(True) for t in (x, w, b, sc, sh, ad)]
+    y = group_norm_act(leaves[0], 2, leaves[1], leaves[2], eps=1e-6, scale=leaves[3], shift=leaves[4], add=leaves[5],
+                       backend=backend)
+    exact = [t.detach().double().requires_grad_(True) for t in leaves]
+    want = group_norm_act_ref(exact[0], 2, exact[1], exact[2], 1e-6, *exact[3:], None)
+    assert testing.rel_err(y, want) <= 2e-5
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    got = torch.autograd.grad(y, leaves, gy)
+    exp = torch.autograd.grad(want, exact, gy.double())
+    for name, g, e in zip(["x", "weight", "bias", "scale", "shift", "add"], got, exp):
+        err = (g.double() - e).abs().max().item() / max(e.abs().max().item(), exp[0].abs().max().item())
+        assert err <= 5e-4, f"grad {name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_gradients_stay_in_their_group(backend):
+    x, w, b, sc, sh, ad = _inputs((2, 6, 3, 3, 3), 3, dtype=torch.float32)
+    x[1, 2, 0, 1, 2] = float("nan")  # sample 1, group 1 (channels 2, 3)
+    leaves = [t.requires_grad_(True) for t in (x, w, b, sc, sh, ad)]
+    y = group_norm_act(leaves[0], 3, leaves[1], leaves[2], scale=leaves[3], shift=leaves[4], add=leaves[5],
+                       activation="silu", backend=backend)
+    gx, gw, gb, gsc, gsh, gad = torch.autograd.grad(y, leaves, torch.ones_like(y))
+    nan = torch.isnan(gx)
+    assert nan[1, 2:4].all() and int(nan.sum()) == 2 * 27
+    for g in (gw, gb):  # summed over the samples: NaN in the group's channels only
+        assert torch.isnan(g[2:4]).all() and torch.isfinite(g[[0, 1, 4, 5]]).all()
+    for g in (gsc, gsh, gad):
+        assert torch.isnan(g[1, 2:4]).all() and int(torch.isnan(g).sum()) == 2
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="the triton backend is not runnable here")
+@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_many_tiles_and_splits(monkeypatch, layout, dtype):
+    # small tiles and programs: the statistics merge many tiles and splits, the backward sums
+    # many splits (the shapes above fit one tile and one split)
+    from medkernels.triton import group_norm as gn_triton
+
+    monkeypatch.setattr(gn_triton, "TILE", 16)
+    monkeypatch.setattr(gn_triton, "ELEMS_PER_PROGRAM", 40)
+    for strides in ([126, 42, 1], [252, 1, 6]):
+        bc, bm = gn_triton._tiles(strides, 2, 42)
+        assert gn_triton._splits(2, 42, bm)[1] == 3 and bm < 42
+    x, w, b, sc, sh, ad = _inputs((2, 6, 3, 2, 7), 3, dtype=dtype, mean=2.0, seed=5)
+    leaves = [_layout(x, layout).requires_grad_(True)] + [t.requires_grad_(True) for t in (w, b, sc, sh, ad)]
+    y = group_norm_act(leaves[0], 3, leaves[1], leaves[2], scale=leaves[3], shift=leaves[4], add=leaves[5],
+                       activation="gelu", backend="triton")
+    exact = [t.detach().double().requires_grad_(True) for t in leaves]
+    want = group_norm_act_ref(exact[0], 3, exact[1], exact[2], 1e-5, *exact[3:], "gelu")
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert testing.rel_err(y, want) <= tol
+    gy = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    got = torch.autograd.grad(y, leaves, gy.to(dtype))
+    exp = torch.autograd.grad(want, exact, gy)
+    for name, g, e in zip(["x", "weight", "bias", "scale", "shift", "add"], got, exp):
+        err = (g.double() - e).abs().max().item() / max(e.abs().max().item(), exp[0].abs().max().item())
+        assert err <= 10 * tol, f"grad {name}: relative error {err:.2e}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+@pytest.mark.parametrize("shape,G,layout", [((2, 32, 9, 17, 23), 8, "ncdhw"), ((2, 32, 9, 17, 23), 8, "cl"),
+                                            ((1, 64, 40, 33), 32, "ncdhw"), ((3, 12, 301), 1, "ncdhw"),
+                                            ((1, 128, 24, 24, 24), 32, "cl")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_triton_on_gpu(shape, G, layout, dtype):
+    # the compiled kernels on CUDA tensors (the tests above run CPU tensors, so the interpreter)
+    # against the float64 oracle, and the same bits twice
+    x64, w64, b64, sc64, sh64, ad64 = _inputs(shape, G, mean=3.0, seed=7)
+    leaves = [t.to(dtype).cuda() for t in (x64, w64, b64, sc64, sh64, ad64)]
+    leaves = [_layout(leaves[0], layout)] + leaves[1:]
+    leaves = [t.requires_grad_(True) for t in leaves]
+    gy = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def run():
+        y = group_norm_act(leaves[0], G, leaves[1], leaves[2], scale=leaves[3], shift=leaves[4], add=leaves[5],
+                           activation="silu", backend="triton")
+        return [y, *torch.autograd.grad(y, leaves, gy.to(dtype).cuda())]
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    exact = [t.detach().cpu().double().requires_grad_(True) for t in leaves]
+    want = group_norm_act_ref(exact[0], G, exact[1], exact[2], 1e-5, *exact[3:], "silu")
+    lowp = group_norm_act_ref(*(t.detach().cpu() for t in leaves[:1]), G, leaves[1].detach().cpu(),
+                              leaves[2].detach().cpu(), 1e-5, *(t.detach().cpu() for t in leaves[3:]), "silu")
+    testing.assert_close("y", first[0].cpu(), want, lowp_reference=lowp)
+    exp = torch.autograd.grad(want, exact, gy)
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    for name, g, e in zip(["x", "weight", "bias", "scale", "shift", "add"], first[1:], exp):
+        err = (g.cpu().double() - e).abs().max().item() / max(e.abs().max().item(), exp[0].abs().max().item())
+        assert err <= tol, f"grad {name}: relative error {err:.2e} > {tol:.0e}"

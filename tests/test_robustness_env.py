@@ -42,6 +42,11 @@ _TRITON_ORDER_SCRIPT = textwrap.dedent("""
     want = decomp_conv3d(x, *w, groups=2, activation="silu", backend="reference")
     got = decomp_conv3d(x, *w, groups=2, activation="silu", backend="triton")
     assert (got - want).abs().max().item() <= 1e-5, (got - want).abs().max()
+    from medkernels.ops import group_norm_act
+    x = torch.randn(2, 4, 3, 5, generator=g)
+    want = group_norm_act(x, 2, activation="silu", backend="reference")
+    got = group_norm_act(x, 2, activation="silu", backend="triton")
+    assert (got - want).abs().max().item() <= 1e-5, (got - want).abs().max()
     print("ok")
 """)
 

@@ -2,10 +2,11 @@
 norm of the diffusion UNets' ResBlocks, as a torch custom op with autograd, written on
 :mod:`medkernels.ops._kit`.
 
-Backends today: ``cpu`` (our C++/OpenMP: one read of x for the statistics, one read and one
-write for the output; the backward reads x and grad_y twice and writes grad_x once) and
-``reference`` (PyTorch's ``F.group_norm`` in float32/float64, then the affine, FiLM and
-activation as separate ops). The Triton and CUDA kernels of this family are not written yet.
+Backends today: ``triton`` (GPU, or the interpreter on CPU tensors; :mod:`medkernels.triton.group_norm`),
+``cpu`` (our C++/OpenMP) and ``reference`` (PyTorch's ``F.group_norm`` in float32/float64, then
+the affine, FiLM and activation as separate ops). The compiled backends read x once for the
+statistics and once more for the output, which they write once; their backward reads x and
+grad_y twice and writes grad_x once. The CUDA kernels of this family are not written yet.
 """
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ class _Compiled(_kit.Compiled):
         self.launch("bwd", b, x)
 
 
+class _Triton:
+    def fwd(self, o, x, weight, bias, scale, shift, add, y, mean, rstd):
+        from ..triton.group_norm import group_norm_fwd
+
+        group_norm_fwd(x, _ncm_strides(x), weight, bias, scale, shift, add, y, _ncm_strides(y), mean, rstd,
+                       o.num_groups, o.eps, o.activation or None)
+
+    def bwd(self, o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads):
+        from ..triton.group_norm import group_norm_bwd
+
+        gx = grads[0]
+        group_norm_bwd(grad_y, _ncm_strides(grad_y), x, _ncm_strides(x), weight, bias, scale, shift, add, mean, rstd,
+                       o.num_groups, o.activation or None, grads, None if gx is None else _ncm_strides(gx))
+
+
 class _Reference:
     def fwd(self, o, x, weight, bias, scale, shift, add, y, mean, rstd):
         y.copy_(group_norm_act_ref(x, o.num_groups, weight, bias, o.eps, scale, shift, add, o.activation or None))
@@ -89,6 +105,9 @@ class _Reference:
 _DISPATCH = _dispatch.Dispatcher(
     "group_norm_act",
     (
+        # auto runs Triton on GPU tensors (no GPU benchmark of it yet; the interpreter never)
+        _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
+                          auto=_dispatch.triton_auto, impl=_Triton()),
         # auto skips the C++ kernel for now: on 2 busy cores it measured 1.27x eager GroupNorm+SiLU
         # forward at 1x128x48^3 fp32 NCDHW but 0.27-0.45x elsewhere and 0.24-0.45x fwd+bwd (its
         # statistics and backward loops are scalar); it becomes auto's pick once vectorised and faster.
@@ -194,10 +213,11 @@ def group_norm_act(
         add: per (sample, channel) bias added before the norm (the time-embedding add of MONAI's
             and Fast-DDPM's ResBlocks), or None.
         activation: None, "silu" or "gelu" (exact erf).
-        backend: "auto", "cpu" or "reference".
+        backend: "auto", "triton", "cpu" or "reference".
 
-    Statistics in float64 blocks combined in a fixed order on the cpu backend (float32 for 16-bit
-    inputs in the reference); NaN in x stays in its (sample, group)'s outputs.
+    Statistics in float64 blocks combined in a fixed order on the cpu backend, in float32 (float64
+    for float64 inputs) tiles merged in a fixed order (Chan's formula) on the triton backend
+    (float32 for 16-bit inputs in the reference); NaN in x stays in its (sample, group)'s outputs.
     """
     check_tensor("x", x)
     if not 3 <= x.dim() <= 5:
