@@ -20,7 +20,7 @@ import medkernels.triton as mk_triton
 pytest.importorskip("triton")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = sorted(m.name for m in pkgutil.iter_modules(mk_triton.__path__))
+MODULES = sorted(m.name for m in pkgutil.iter_modules(mk_triton.__path__) if not m.name.startswith("_"))
 
 _SCRIPT = r"""
 import importlib, json, sys, traceback

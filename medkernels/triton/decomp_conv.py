@@ -25,33 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-_ACT_CODES = {None: 0, "none": 0, "gelu": 1, "relu": 2, "silu": 3}
-
-
-@triton.jit
-def _act_fwd(z, ACT: tl.constexpr):
-    if ACT == 1:
-        z = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
-    elif ACT == 2:
-        z = tl.where(z < 0, 0.0, z)  # NaN stays NaN, as torch.relu
-    elif ACT == 3:
-        z = z / (1.0 + tl.exp(-z))
-    return z
-
-
-@triton.jit
-def _act_grad(z, ACT: tl.constexpr):
-    if ACT == 1:
-        cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
-        d = cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
-    elif ACT == 2:
-        d = tl.where(z <= 0, 0.0, 1.0).to(z.dtype)  # torch's threshold_backward: NaN z passes the gradient
-    elif ACT == 3:
-        sig = 1.0 / (1.0 + tl.exp(-z))
-        d = sig * (1.0 + z * (1.0 - sig))
-    else:
-        d = tl.full(z.shape, 1.0, z.dtype)
-    return d
+from ._common import _ACT_CODES, _act_fwd, _act_grad
 
 
 @triton.jit

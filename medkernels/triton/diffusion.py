@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import _cast_out
+
 OP_Q_SAMPLE, OP_DDIM, OP_DDPM, OP_LOSS, OP_NORMAL = 0, 1, 2, 3, 4
 BLOCK = 1024
 
@@ -86,20 +88,6 @@ def _normal_block(b, start, seed, offset, BLOCK: tl.constexpr):
     n3 = r23 * tl.sin(th23)
     # element 4k + l is lane l of group k
     return tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))
-
-
-@triton.jit
-def _cast_out(v, ptr):
-    """v cast to ptr's element type, round-to-nearest-even also for bfloat16: the interpreter
-    truncates fp32 -> bf16, so round the fp32 bits first (then the cast is exact everywhere)."""
-    if ptr.dtype.element_ty == tl.bfloat16:
-        f = v.to(tl.float32)
-        u = f.to(tl.uint32, bitcast=True)
-        r = (u + (0x7FFF + ((u >> 16) & 1))) & 0xFFFF0000
-        f = tl.where(f != f, f, r.to(tl.float32, bitcast=True))
-        return f.to(tl.bfloat16)
-    else:
-        return v.to(ptr.dtype.element_ty)
 
 
 @triton.jit(do_not_specialize=["seed", "offset"])

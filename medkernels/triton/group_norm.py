@@ -36,8 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decomp_conv import _ACT_CODES, _act_fwd, _act_grad
-from .diffusion import _cast_out
+from ._common import _ACT_CODES, _act_fwd, _act_grad, _cast_out
 
 TILE = 2048  # elements per tile
 ELEMS_PER_PROGRAM = 16384  # elements of one (n, g) per statistics / backward-sum program (sets the splits)
