@@ -324,7 +324,9 @@ def test_opcheck(backend):
     x, y = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
     t, b = torch.tensor(0.5, requires_grad=True), torch.tensor(-1.0, requires_grad=True)
     lab = torch.tensor([0, 1, 0, 2, 1, 0])
+    xt = torch.randn(5, 6).t().requires_grad_()  # strided: the gradients' fake strides must match the real
     for args in ((x, y, t, b, None, None, None, 0, False, 1 / 6, backend),
+                 (xt, y, t, b, None, None, None, 0, False, 1 / 6, backend),
                  (x, y, t, b, lab, lab, None, 0, True, 1.0, backend),
                  (x, y, t, b, None, None, torch.eye(6, dtype=torch.bool), 0, False, 1 / 36, backend)):
         torch.library.opcheck(_OP.custom_op, args)

@@ -185,14 +185,14 @@ def _backward(impl, o, needs, grads, saved):
     c = (grads[0].to(_kit.acc_dtype(x.dtype)) * o.scale).reshape(())
     dx, dy, dt, db = impl.bwd(o, c, x, y, t_prime, bias, labels_x, labels_y, mask, *_grad_buffers(x, y))
     # the scalars may be views of one partials buffer: outputs must not alias
-    return [dx.to(x.dtype), dy.to(y.dtype), dt.to(t_prime.dtype).reshape(t_prime.shape).clone(),
+    return [dx, dy, dt.to(t_prime.dtype).reshape(t_prime.shape).clone(),
             db.to(bias.dtype).reshape(bias.shape).clone(), None, None, None]
 
 
 def _backward_fake(impl, o, needs, grads, saved):
     x, y, t_prime, bias = saved[:4]
-    return [torch.empty_like(x), torch.empty_like(y), torch.empty_like(t_prime), torch.empty_like(bias),
-            None, None, None]
+    # dx and dy contiguous, as _grad_buffers (empty_like would keep a transposed x's strides)
+    return [*_grad_buffers(x, y), torch.empty_like(t_prime), torch.empty_like(bias), None, None, None]
 
 
 _OP = _kit.Op("sigmoid_loss", tensors="Tensor x, Tensor y, Tensor t_prime, Tensor bias, Tensor? labels_x, "
