@@ -11,7 +11,7 @@ import torch
 
 from medkernels import _environment
 from medkernels.nn import SigLIPLoss
-from medkernels.ops import sigmoid_loss
+from medkernels.ops import _kit, sigmoid_loss
 from medkernels.ops import sigmoid_loss as sl_ops_fn  # noqa: F401  (the public function)
 from medkernels.ops.sigmoid_loss import _DISPATCH
 from medkernels.reference.sigmoid_loss import sigmoid_loss_ref
@@ -206,8 +206,9 @@ def test_deterministic_cpu():
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpu", "triton")])
 def test_poisoned_outputs(backend):
     """The kernels write every element of dx and dy (strided outputs too): NaN-filled buffers
-    come back finite and equal to the oracle."""
-    from medkernels.ops.sigmoid_loss import _cpu_params
+    come back finite and equal to the oracle, the workspace NaN-filled too (_kit.poisoned); and
+    through the op every output it allocates starts NaN-filled."""
+    from medkernels.ops.sigmoid_loss import LossOptions
     from medkernels.testing import poison
 
     x, y, t, b, _ = _make((70, 70, 19, "diag", "siglip", False))
@@ -216,30 +217,40 @@ def test_poisoned_outputs(backend):
     dx = poison(torch.empty(19, 70)).t()  # a transposed (strided) output
     dy = poison(torch.empty(70, 19))
     c = torch.tensor(1.0 / 70)
-    if backend == "triton":
-        from medkernels.triton.sigmoid_loss import sigmoid_loss_bwd
-
-        sigmoid_loss_bwd(c.reshape(1), x, y, t.float().reshape(1), b.float().reshape(1), None, None, None, 0, False,
-                         dx=dx, dy=dy)
-    else:
-        from medkernels._extension import extension
-
-        C = extension.module
-        bp = C.SigmoidLossBwdParams()
-        bp.fwd = _cpu_params(x, y, t, b, None, None, None, 0, False)
-        bp.grad_scale = float(c)
-        sums = torch.zeros(2, dtype=torch.float64)
-        bp.grad_x, bp.grad_x_strides = dx.data_ptr(), list(dx.stride())
-        bp.grad_y, bp.grad_y_strides = dy.data_ptr(), list(dy.stride())
-        bp.grad_t_prime, bp.grad_bias = sums.data_ptr(), sums.data_ptr() + 8
-        nbytes = C.sigmoid_loss_bwd_workspace_bytes_cpu(bp)
-        ws = poison(torch.empty(nbytes // 4 + 1))
-        fwd = bp.fwd
-        fwd.workspace, fwd.workspace_bytes = ws.data_ptr(), nbytes
-        bp.fwd = fwd
-        C.sigmoid_loss_bwd_cpu(bp)
+    with _kit.poisoned():
+        gx, gy, _, _ = _DISPATCH.impl(backend).bwd(LossOptions(0, False, 1.0), c, x, y, t.float(), b.float(),
+                                                   None, None, None, dx, dy)
+    assert gx is dx and gy is dy
     assert_close("dx", dx, gref[0], dtype=torch.float32)
     assert_close("dy", dy, gref[1], dtype=torch.float32)
+    leaves = [v.detach().float().requires_grad_() for v in (x, y, t, b)]
+    with _kit.poisoned():
+        loss = sigmoid_loss(*leaves, backend=backend)
+        grads = torch.autograd.grad(loss, leaves)
+    assert torch.isfinite(loss)
+    for name, g, want in zip(("dx", "dy", "dt'", "db"), grads, gref):
+        assert_close(name, g, want, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_eager_path_equals_custom_ops(backend):
+    """Eager calls on plain tensors skip torch.library's Python layers (the kit's autograd.Function
+    over the same forward / backward): the loss and every gradient equal the custom ops' bit for bit."""
+    if backend == "triton" and not GPU:
+        case = (13, 29, 16, "labels", "siglip", False)
+    else:
+        case = CASES[5]  # a positive mask, normalized inside autograd
+    x, y, t, b, kw = _make(case)
+
+    def run():
+        return _loss_and_grads(lambda *a, **k: sigmoid_loss(*a, **k, backend=backend), x.float(), y.float(),
+                               t.float(), b.float(), kw)
+
+    fast = run()
+    with _kit.custom_ops_only():
+        slow = run()
+    for i, (p, q) in enumerate(zip((fast[0], *fast[1]), (slow[0], *slow[1]))):
+        assert torch.equal(p, q), f"tensor {i} differs between the eager path and the custom ops"
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[4], CASES[5]], ids=_case_id)
@@ -308,17 +319,21 @@ def test_bad_inputs():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_opcheck(backend):
-    from medkernels.ops.sigmoid_loss import _sigmoid_loss_bwd_op, _sigmoid_loss_op
+    from medkernels.ops.sigmoid_loss import _OP
 
     x, y = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
     t, b = torch.tensor(0.5, requires_grad=True), torch.tensor(-1.0, requires_grad=True)
     lab = torch.tensor([0, 1, 0, 2, 1, 0])
+    xt = torch.randn(5, 6).t().requires_grad_()  # strided: the gradients' fake strides must match the real
     for args in ((x, y, t, b, None, None, None, 0, False, 1 / 6, backend),
+                 (xt, y, t, b, None, None, None, 0, False, 1 / 6, backend),
                  (x, y, t, b, lab, lab, None, 0, True, 1.0, backend),
                  (x, y, t, b, None, None, torch.eye(6, dtype=torch.bool), 0, False, 1 / 36, backend)):
-        torch.library.opcheck(_sigmoid_loss_op, args)
-        torch.library.opcheck(_sigmoid_loss_bwd_op, (torch.tensor(1.0), *[a.detach() if isinstance(a, torch.Tensor)
-                                                                           else a for a in args]))
+        torch.library.opcheck(_OP.custom_op, args)
+        saved = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:7]]
+        needs = [True] * 4 + [False] * 3
+        torch.library.opcheck(torch.ops.medkernels.sigmoid_loss_bwd.default,
+                              ([torch.tensor(1.0)], saved, needs, *args[7:]))
 
 
 def test_compile_fullgraph():

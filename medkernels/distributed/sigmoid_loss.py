@@ -32,8 +32,9 @@ import torch.distributed as dist
 from ..ops._kit import acc_dtype as _acc_dtype
 from ..ops.sigmoid_loss import (
     _DISPATCH,
+    _OP,
+    LossOptions,
     _check_t_prime,
-    _sigmoid_loss_op,
     prepare_sigmoid_loss_inputs,
     sigmoid_loss_sum_bwd,
     sigmoid_loss_sum_fwd,
@@ -271,4 +272,4 @@ def sigmoid_loss(
         ly_all = _AllGatherRows.apply(labels_y, m_sizes, group)
     rank = dist.get_rank(group)
     offset = _offsets(m_sizes)[0] - _offsets(n_sizes)[rank]  # i - j == -(global offset of my rows)
-    return _sigmoid_loss_op(x, y_all, t_prime, bias, labels_x, ly_all, None, offset, False, factor, name)
+    return _OP(LossOptions(offset, False, factor), name, x, y_all, t_prime, bias, labels_x, ly_all, None)[0]

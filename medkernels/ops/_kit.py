@@ -189,13 +189,18 @@ def scratch(nbytes: int, device: torch.device) -> torch.Tensor:
     """A uint8 workspace of at least ``nbytes`` (rounded up to 64), consumed before the call
     returns. On CPU this thread's buffer (up to 64 MiB) is kept between calls: a fresh multi-MiB
     buffer costs page faults on every call (about 1 ms single-threaded at 12^3 x 6 heads). On a
-    GPU a new one (the caching allocator keeps it)."""
+    GPU a new one (the caching allocator keeps it). Under :func:`poisoned` every byte is 0xFF
+    (NaN floats, -1 integers): a kernel must not read workspace it has not written."""
     nbytes = max(-(-nbytes // 64) * 64, 64)
     if device.type != "cpu" or nbytes > _SCRATCH_KEEP:
-        return torch.empty(nbytes, dtype=torch.uint8, device=device)
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.numel() < nbytes:
-        buf = _SCRATCH.buf = torch.empty(nbytes, dtype=torch.uint8)
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    else:
+        buf = getattr(_SCRATCH, "buf", None)
+        if buf is None or buf.numel() < nbytes:
+            buf = _SCRATCH.buf = None  # the old buffer goes before the bigger one comes
+            buf = _SCRATCH.buf = torch.empty(nbytes, dtype=torch.uint8)
+    if getattr(_POISON, "on", 0):
+        buf.fill_(0xFF)
     return buf
 
 

@@ -1,4 +1,5 @@
-"""``sigmoid_loss``: the pairwise sigmoid (SigLIP) loss as a torch custom op with autograd.
+"""``sigmoid_loss``: the pairwise sigmoid (SigLIP) loss as a torch custom op with autograd, written
+on :mod:`medkernels.ops._kit`.
 
 Backends: ``cuda`` (our CUDA kernels: tensor-core MMA tiles for fp16/bf16, FMA for fp32/fp64),
 ``triton`` (tiled ``tl.dot`` kernels), ``cpu`` (our C++/OpenMP, cache-blocked) and ``reference``
@@ -9,14 +10,12 @@ them. All compute the same function; ``auto`` picks by device (Triton on GPUs, s
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from .._dlpack import accepts_dlpack
-from .._extension import extension
 from ..reference.sigmoid_loss import (
     REDUCTIONS,
     VARIANTS,
@@ -26,7 +25,106 @@ from ..reference.sigmoid_loss import (
     sigmoid_loss_scale,
 )
 from . import _kit
-from ._common import check_same, check_tensor, cuda_stream, describe, dtype_code
+from ._common import check_same, check_tensor, describe
+
+
+@_kit.options
+class LossOptions:
+    diag_offset: int  # the positives of the default form: pairs with j - i == diag_offset
+    symmetric: bool  # variant "med3dvlm": logits symmetrised (L + L^T) / 2
+    scale: float  # the reduction's factor (1/N, 1 or 1/(N M)); the backends ignore it
+
+
+def _mask_u8(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if mask is None else mask.view(torch.uint8)
+
+
+# --- backends: fwd(o, x, y, t', b, labels_x, labels_y, mask) -> the unscaled sum of the pair
+# --- losses (0-d, accumulation dtype); bwd(o, c, x, y, t', b, labels_x, labels_y, mask, dx, dy)
+# --- -> (dx, dy, dt', db) of c * that sum (c 0-d, grad * scale): dx and dy written into the given
+# --- buffers (any strides), dt' and db 0-d in the accumulation dtype
+class _Reference:
+    def fwd(self, o, x, y, t_prime, bias, labels_x, labels_y, mask):
+        loss = sigmoid_loss_ref(
+            x, y, t_prime.reshape(()), bias.reshape(()), labels=labels_x, labels_y=labels_y, positive_mask=mask,
+            reduction="sum", variant="med3dvlm" if o.symmetric else "siglip", diag_offset=o.diag_offset,
+        )
+        return loss.to(_kit.acc_dtype(x.dtype))
+
+    def bwd(self, o, c, x, y, t_prime, bias, labels_x, labels_y, mask, dx, dy):
+        pos = sigmoid_loss_positives_ref(x.shape[0], y.shape[0], labels=labels_x, labels_y=labels_y,
+                                         positive_mask=mask, diag_offset=o.diag_offset, device=x.device)
+        gx, gy, dt, db = sigmoid_loss_bwd_ref(c, x, y, t_prime.reshape(()), bias.reshape(()), pos, 1.0, o.symmetric)
+        return dx.copy_(gx), dy.copy_(gy), dt, db
+
+
+class _Triton:
+    def fwd(self, o, x, y, t_prime, bias, labels_x, labels_y, mask):
+        from ..triton.sigmoid_loss import sigmoid_loss_fwd
+
+        return sigmoid_loss_fwd(x, y, t_prime.reshape(1), bias.reshape(1), labels_x, labels_y, _mask_u8(mask),
+                                o.diag_offset, o.symmetric)
+
+    def bwd(self, o, c, x, y, t_prime, bias, labels_x, labels_y, mask, dx, dy):
+        from ..triton.sigmoid_loss import sigmoid_loss_bwd
+
+        return sigmoid_loss_bwd(c, x, y, t_prime.reshape(1), bias.reshape(1), labels_x, labels_y, _mask_u8(mask),
+                                o.diag_offset, o.symmetric, dx=dx, dy=dy)
+
+
+class _Compiled(_kit.Compiled):
+    def _params(self, o, x, y, t_prime, bias, labels_x, labels_y, mask):
+        C = self.C
+        p = C.SigmoidLossParams()
+        p.dtype = self.dtype(x.dtype)
+        p.x, p.y = x.data_ptr(), y.data_ptr()
+        p.n, p.m, p.d = x.shape[0], y.shape[0], x.shape[1]
+        p.x_strides, p.y_strides = list(x.stride()), list(y.stride())
+        p.logit_scale = float(t_prime.double().reshape(()).exp())  # inf past t' = 709, as the other backends
+        p.bias = float(bias.double().reshape(()))
+        p.diag_offset, p.symmetric = o.diag_offset, o.symmetric
+        if mask is not None:
+            p.positives = C.SigmoidLossPositives.mask
+            p.mask, p.mask_strides = mask.data_ptr(), list(mask.stride())
+        elif labels_x is not None:
+            p.positives = C.SigmoidLossPositives.labels
+            p.labels_x, p.labels_y = labels_x.data_ptr(), labels_y.data_ptr()
+        else:
+            p.positives = C.SigmoidLossPositives.diagonal
+        return p
+
+    def fwd(self, o, x, y, t_prime, bias, labels_x, labels_y, mask):
+        p = self._params(o, x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask))
+        out = torch.zeros(1, dtype=torch.float64, device=x.device)
+        p.loss = out.data_ptr()
+        nbytes = self.query("fwd_workspace", p)
+        ws = _kit.scratch(nbytes, x.device)  # consumed before the call returns
+        p.workspace, p.workspace_bytes = ws.data_ptr(), nbytes
+        self.launch("fwd", p, x)
+        return out.reshape(()).to(_kit.acc_dtype(x.dtype))
+
+    def bwd(self, o, c, x, y, t_prime, bias, labels_x, labels_y, mask, dx, dy):
+        b = self.C.SigmoidLossBwdParams()
+        p = self._params(o, x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask))
+        b.fwd = p
+        b.grad_scale = float(c.double().reshape(()))
+        sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+        b.grad_x, b.grad_x_strides = dx.data_ptr(), list(dx.stride())
+        b.grad_y, b.grad_y_strides = dy.data_ptr(), list(dy.stride())
+        b.grad_t_prime, b.grad_bias = sums.data_ptr(), sums.data_ptr() + 8
+        nbytes = self.query("bwd_workspace", b)
+        ws = _kit.scratch(nbytes, x.device)
+        p.workspace, p.workspace_bytes = ws.data_ptr(), nbytes
+        b.fwd = p  # pybind hands out copies of the nested struct: set it again
+        self.launch("bwd", b, x)
+        acc = _kit.acc_dtype(x.dtype)
+        return dx, dy, sums[0].to(acc), sums[1].to(acc)
+
+
+def _symbols(kind: str):
+    return {"fwd": f"sigmoid_loss_fwd_{kind}", "bwd": f"sigmoid_loss_bwd_{kind}",
+            "fwd_workspace": f"sigmoid_loss_fwd_workspace_bytes_{kind}",
+            "bwd_workspace": f"sigmoid_loss_bwd_workspace_bytes_{kind}"}
 
 
 def _cuda_auto(**inputs) -> bool:
@@ -39,136 +137,32 @@ def _cuda_auto(**inputs) -> bool:
 _DISPATCH = _dispatch.Dispatcher(
     "sigmoid_loss",
     (
-        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("sigmoid_loss_fwd_cuda"), auto=_cuda_auto),
-        _dispatch.Backend(
-            "triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine, auto=_dispatch.triton_auto
-        ),
-        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("sigmoid_loss_fwd_cpu")),
-        _dispatch.Backend("reference", ("cpu", "cuda")),
+        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("sigmoid_loss_fwd_cuda"), auto=_cuda_auto,
+                          impl=_Compiled(_kit.CUDA, _symbols("cuda"))),
+        _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
+                          auto=_dispatch.triton_auto, impl=_Triton()),
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("sigmoid_loss_fwd_cpu"),
+                          impl=_Compiled(_kit.CPU, _symbols("cpu"))),
+        _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
     ),
 )
 
 
-
-def _mask_u8(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if mask is None else mask.view(torch.uint8)
-
-
-# --- backends: fwd returns the unscaled sum of the pair losses; bwd the four gradients of
-# --- c * that sum, with c = grad * scale -------------------------------------------------------
-def _reference_fwd(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-    loss = sigmoid_loss_ref(
-        x, y, t_prime.reshape(()), bias.reshape(()), labels=labels_x, labels_y=labels_y, positive_mask=mask,
-        reduction="sum", variant="med3dvlm" if symmetric else "siglip", diag_offset=diag_offset,
-    )
-    return loss.to(_kit.acc_dtype(x.dtype))
-
-
-def _reference_bwd(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-    pos = sigmoid_loss_positives_ref(
-        x.shape[0], y.shape[0], labels=labels_x, labels_y=labels_y, positive_mask=mask, diag_offset=diag_offset,
-        device=x.device,
-    )
-    return sigmoid_loss_bwd_ref(c, x, y, t_prime.reshape(()), bias.reshape(()), pos, 1.0, symmetric)
-
-
-def _triton_fwd(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-    from ..triton.sigmoid_loss import sigmoid_loss_fwd
-
-    return sigmoid_loss_fwd(x, y, t_prime.reshape(1), bias.reshape(1), labels_x, labels_y, _mask_u8(mask),
-                            diag_offset, symmetric)
-
-
-def _triton_bwd(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-    from ..triton.sigmoid_loss import sigmoid_loss_bwd
-
-    return sigmoid_loss_bwd(c, x, y, t_prime.reshape(1), bias.reshape(1), labels_x, labels_y, _mask_u8(mask),
-                            diag_offset, symmetric)
-
-
-def _cpu_params(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-    C = extension.module
-    p = C.SigmoidLossParams()
-    p.dtype = dtype_code(x.dtype)
-    p.x, p.y = x.data_ptr(), y.data_ptr()
-    p.n, p.m, p.d = x.shape[0], y.shape[0], x.shape[1]
-    p.x_strides, p.y_strides = list(x.stride()), list(y.stride())
-    p.logit_scale = float(t_prime.double().reshape(()).exp())  # inf past t' = 709, as the other backends
-    p.bias = float(bias.double().reshape(()))
-    p.diag_offset = diag_offset
-    p.symmetric = symmetric
-    if mask is not None:
-        p.positives = C.SigmoidLossPositives.mask
-        p.mask, p.mask_strides = mask.data_ptr(), list(mask.stride())
-    elif labels_x is not None:
-        p.positives = C.SigmoidLossPositives.labels
-        p.labels_x, p.labels_y = labels_x.data_ptr(), labels_y.data_ptr()
-    else:
-        p.positives = C.SigmoidLossPositives.diagonal
-    return p
-
-
-def _compiled_fwd(kind: str):
-    """The C++ (``cpu``) or CUDA (``cuda``) forward: the unscaled sum as a 0-d accumulation-type tensor."""
-
-    def run(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-        p = _cpu_params(x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask), diag_offset, symmetric)
-        out = torch.zeros(1, dtype=torch.float64, device=x.device)
-        p.loss = out.data_ptr()
-        C = extension.module
-        nbytes = getattr(C, f"sigmoid_loss_fwd_workspace_bytes_{kind}")(p)
-        # through torch's allocator: visible to its memory stats
-        ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=x.device)
-        p.workspace, p.workspace_bytes = ws.data_ptr(), nbytes
-        if kind == "cuda":
-            C.sigmoid_loss_fwd_cuda(p, cuda_stream(x))
-        else:
-            C.sigmoid_loss_fwd_cpu(p)
-        return out.reshape(()).to(_kit.acc_dtype(x.dtype))
-
-    return run
-
-
-def _compiled_bwd(kind: str):
-    def run(c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
-        C = extension.module
-        b = C.SigmoidLossBwdParams()
-        b.fwd = _cpu_params(x, y, t_prime, bias, labels_x, labels_y, _mask_u8(mask), diag_offset, symmetric)
-        b.grad_scale = float(c.double().reshape(()))
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        dy = torch.empty(y.shape, dtype=y.dtype, device=x.device)
-        sums = torch.zeros(2, dtype=torch.float64, device=x.device)
-        b.grad_x, b.grad_x_strides = dx.data_ptr(), list(dx.stride())
-        b.grad_y, b.grad_y_strides = dy.data_ptr(), list(dy.stride())
-        b.grad_t_prime, b.grad_bias = sums.data_ptr(), sums.data_ptr() + 8
-        nbytes = getattr(C, f"sigmoid_loss_bwd_workspace_bytes_{kind}")(b)
-        ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=x.device)
-        fwd = b.fwd
-        fwd.workspace, fwd.workspace_bytes = ws.data_ptr(), nbytes
-        b.fwd = fwd
-        if kind == "cuda":
-            C.sigmoid_loss_bwd_cuda(b, cuda_stream(x))
-        else:
-            C.sigmoid_loss_bwd_cpu(b)
-        acc = _kit.acc_dtype(x.dtype)
-        return dx, dy, sums[0].to(acc), sums[1].to(acc)
-
-    return run
-
-
-_FWD = {"cuda": _compiled_fwd("cuda"), "triton": _triton_fwd, "cpu": _compiled_fwd("cpu"), "reference": _reference_fwd}
-_BWD = {"cuda": _compiled_bwd("cuda"), "triton": _triton_bwd, "cpu": _compiled_bwd("cpu"), "reference": _reference_bwd}
+def _grad_buffers(x: torch.Tensor, y: torch.Tensor):
+    return _kit.empty(x.shape, dtype=x.dtype, device=x.device), _kit.empty(y.shape, dtype=y.dtype, device=y.device)
 
 
 def sigmoid_loss_sum_fwd(backend, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
     """Unscaled sum of the pair losses with a named (already selected) backend; no autograd.
     For :mod:`medkernels.distributed`, which scales and exchanges blocks itself."""
-    return _FWD[backend](x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric)
+    return _DISPATCH.impl(backend).fwd(LossOptions(diag_offset, symmetric, 1.0), x, y, t_prime, bias, labels_x,
+                                       labels_y, mask)
 
 
 def sigmoid_loss_sum_bwd(backend, c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric):
     """(dx, dy, dt', db) of ``c * sum of pair losses`` with a named backend; c a 0-d tensor."""
-    return _BWD[backend](c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric)
+    return _DISPATCH.impl(backend).bwd(LossOptions(diag_offset, symmetric, 1.0), c, x, y, t_prime, bias, labels_x,
+                                       labels_y, mask, *_grad_buffers(x, y))
 
 
 def _check_t_prime(t_prime: torch.Tensor) -> None:
@@ -176,78 +170,35 @@ def _check_t_prime(t_prime: torch.Tensor) -> None:
         raise ValueError(f"t_prime must be finite, got {t_prime.detach().reshape(()).item()}")
 
 
-# --- the custom ops: the one compile-safe boundary ----------------------------------------
-@torch.library.custom_op("medkernels::sigmoid_loss", mutates_args=())
-def _sigmoid_loss_op(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    t_prime: torch.Tensor,
-    bias: torch.Tensor,
-    labels_x: Optional[torch.Tensor],
-    labels_y: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor],
-    diag_offset: int,
-    symmetric: bool,
-    scale: float,
-    backend: str,
-) -> torch.Tensor:
+# --- the op ---------------------------------------------------------------------------------
+def _forward(impl, o, x, y, t_prime, bias, labels_x, labels_y, mask):
     _check_t_prime(t_prime)
-    total = _FWD[backend](x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric)
-    return (total * scale).reshape(())
+    return [(impl.fwd(o, x, y, t_prime, bias, labels_x, labels_y, mask) * o.scale).reshape(())]
 
 
-@_sigmoid_loss_op.register_fake
-def _(x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric, scale, backend):
-    return x.new_empty((), dtype=_kit.acc_dtype(x.dtype))
+def _fake(impl, o, x, *_):
+    return [x.new_empty((), dtype=_kit.acc_dtype(x.dtype))]
 
 
-@torch.library.custom_op("medkernels::sigmoid_loss_bwd", mutates_args=())
-def _sigmoid_loss_bwd_op(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    t_prime: torch.Tensor,
-    bias: torch.Tensor,
-    labels_x: Optional[torch.Tensor],
-    labels_y: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor],
-    diag_offset: int,
-    symmetric: bool,
-    scale: float,
-    backend: str,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    c = (grad.to(_kit.acc_dtype(x.dtype)) * scale).reshape(())
-    dx, dy, dt, db = _BWD[backend](c, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric)
-    return (
-        dx.to(x.dtype),
-        dy.to(y.dtype),
-        # the scalars may be views of one partials buffer: outputs must not alias
-        dt.to(t_prime.dtype).reshape(t_prime.shape).clone(),
-        db.to(bias.dtype).reshape(bias.shape).clone(),
-    )
+def _backward(impl, o, needs, grads, saved):
+    x, y, t_prime, bias, labels_x, labels_y, mask = saved
+    c = (grads[0].to(_kit.acc_dtype(x.dtype)) * o.scale).reshape(())
+    dx, dy, dt, db = impl.bwd(o, c, x, y, t_prime, bias, labels_x, labels_y, mask, *_grad_buffers(x, y))
+    # the scalars may be views of one partials buffer: outputs must not alias
+    return [dx, dy, dt.to(t_prime.dtype).reshape(t_prime.shape).clone(),
+            db.to(bias.dtype).reshape(bias.shape).clone(), None, None, None]
 
 
-@_sigmoid_loss_bwd_op.register_fake
-def _(grad, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric, scale, backend):
-    return torch.empty_like(x), torch.empty_like(y), torch.empty_like(t_prime), torch.empty_like(bias)
+def _backward_fake(impl, o, needs, grads, saved):
+    x, y, t_prime, bias = saved[:4]
+    # dx and dy contiguous, as _grad_buffers (empty_like would keep a transposed x's strides)
+    return [*_grad_buffers(x, y), torch.empty_like(t_prime), torch.empty_like(bias), None, None, None]
 
 
-def _setup_context(ctx, inputs, output):
-    x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric, scale, backend = inputs
-    ctx.save_for_backward(x, y, t_prime, bias, labels_x, labels_y, mask)
-    ctx.options = (diag_offset, symmetric, scale, backend)
-
-
-def _backward(ctx, grad):
-    x, y, t_prime, bias, labels_x, labels_y, mask = ctx.saved_tensors
-    diag_offset, symmetric, scale, backend = ctx.options
-    dx, dy, dt, db = _sigmoid_loss_bwd_op(
-        grad, x, y, t_prime, bias, labels_x, labels_y, mask, diag_offset, symmetric, scale, backend
-    )
-    return dx, dy, dt, db, None, None, None, None, None, None, None
-
-
-_sigmoid_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_OP = _kit.Op("sigmoid_loss", tensors="Tensor x, Tensor y, Tensor t_prime, Tensor bias, Tensor? labels_x, "
+                                      "Tensor? labels_y, Tensor? mask",
+              opts=LossOptions, dispatcher=_DISPATCH, forward=_forward, fake=_fake, backward=_backward,
+              backward_fake=_backward_fake, save=lambda tensors, outs: tensors)
 
 
 # --- the public function -------------------------------------------------------------------
@@ -330,7 +281,7 @@ def prepare_sigmoid_loss_inputs(x, y, t_prime, bias, labels, labels_y, positive_
     return x, y, t_prime, bias, labels_x, labels_y_, mask, symmetric
 
 
-@accepts_dlpack
+@_kit.public
 def sigmoid_loss(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -377,7 +328,7 @@ def sigmoid_loss(
     )
     scale = sigmoid_loss_scale(reduction, x.shape[0], y.shape[0])
     name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y)
-    return _sigmoid_loss_op(x, y, t_prime, bias, labels_x, labels_y, mask, 0, symmetric, scale, name)
+    return _OP(LossOptions(0, symmetric, scale), name, x, y, t_prime, bias, labels_x, labels_y, mask)[0]
 
 
 def sigmoid_loss_backend(x: torch.Tensor, y: Optional[torch.Tensor] = None, backend: str = "auto") -> str:
