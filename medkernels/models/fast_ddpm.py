@@ -69,9 +69,9 @@ FAST_DDPM_CONFIGS: Dict[str, dict] = {
     "ldfd_linear": dict(_OFFICIAL, in_channels=2),   # low-dose -> full-dose CT denoising, type sg
     "brats_linear": dict(_OFFICIAL, in_channels=2),  # BraTS MRI translation, type sg
     "pmub_linear": dict(_OFFICIAL, in_channels=3),   # multi-image super-resolution, type sr
-    # CPU tests: two levels, attention at the 8^d level and in the middle
-    "tiny": dict(ch=32, out_ch=1, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,
-                 in_channels=2, image_size=16, resamp_with_conv=True),
+    # CPU tests: two levels (8^d and 4^d), attention at the second and in the middle
+    "tiny": dict(ch=32, out_ch=1, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+                 in_channels=2, image_size=8, resamp_with_conv=True),
 }
 # config -> the official model type (how the input is conditioned)
 FAST_DDPM_CONDITIONING: Dict[str, str] = {"ldfd_linear": "sg", "brats_linear": "sg", "pmub_linear": "sr",
