@@ -35,6 +35,17 @@ from medkernels.testing import rel_err
 _CPU_MISSING = extension.missing_reason("group_norm_fwd_cpu", "the C++ CPU kernels")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny networks run hundreds of small ops; on a shared 2-core machine every parallel
+    region waits for a descheduled thread (this file: 21 s with one thread, 124 s with two at load
+    5-6, same tests, same results). One thread here, restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --- the official modules, re-created in plain PyTorch -----------------------------------------
 def official_embedding(timesteps, dim, dtype=torch.float32):
     half = dim // 2

@@ -143,13 +143,13 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        h = self.norm(x)
-
-        def tokens(conv):  # (B, C, *S) -> (B, N, C)
-            return conv(h).reshape(b, c, -1).transpose(1, 2)
-
-        a = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
-        return x + self.proj_out(a.transpose(1, 2).reshape(x.shape))
+        h = self.norm(x).reshape(b, c, -1).transpose(1, 2)  # (B, N, C) tokens, a view
+        # the three 1x1 convs as one GEMM on the tokens (the same weights, concatenated)
+        w = torch.cat([m.weight.reshape(c, c) for m in (self.q, self.k, self.v)])
+        qkv = F.linear(h, w, torch.cat([self.q.bias, self.k.bias, self.v.bias]))
+        a = F.scaled_dot_product_attention(*qkv.split(c, dim=-1))  # softmax(q k^T / sqrt(c)) v
+        out = F.linear(a, self.proj_out.weight.reshape(c, c), self.proj_out.bias)
+        return x + out.transpose(1, 2).reshape(x.shape)
 
 
 class Downsample(nn.Module):
