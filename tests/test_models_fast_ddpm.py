@@ -389,6 +389,8 @@ def test_bad_checkpoints_give_clear_errors():
         load_fast_ddpm_checkpoint(model, states + [[1, 2]])
     with pytest.raises(ValueError, match="state dict"):
         load_fast_ddpm_checkpoint(model, 42)
+    with pytest.raises(ValueError, match=r"non-tensor entries \('state_dict': dict\)"):
+        load_fast_ddpm_checkpoint(model, {"state_dict": dict(ref.state_dict())})
     with pytest.raises(ValueError, match="bayesian"):
         load_fast_ddpm_checkpoint(model, dict(ref.state_dict(), logvar=torch.zeros(1000)))
     with pytest.raises(RuntimeError, match="size mismatch"):  # another config's weights: load_state_dict's error
@@ -505,6 +507,9 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match=r"t must be .*\(2,\)"):
         model(torch.randn(2, 2, 8, 8), torch.ones(3))
     assert model(torch.randn(2, 2, 8, 8), 5).shape == (2, 1, 8, 8)  # a number is broadcast
+    with pytest.raises(ValueError, match="t is on meta but x is on cpu"):
+        model(torch.randn(2, 2, 8, 8), torch.ones(2, device="meta"))
+    assert model.conditioning == "sg" and FastDDPMUNet(**CONFIGS["tiny"]).conditioning is None
     model3 = FastDDPMUNet.from_config("tiny", **TINY_3D)
     with pytest.raises(ValueError, match=r"x must be \(B, 2, 8x8x8\)"):
         model3(torch.randn(1, 2, 8, 8, 4), torch.ones(1))

@@ -293,6 +293,8 @@ class FastDDPMUNet(nn.Module):
         self.norm_out = _norm(c, "silu", backend)
         self.conv_out = _conv(sd, c, out_ch, 3, padding=1)
         self.backend = backend
+        self.config_name: Optional[str] = None  # set by from_config, with the official model type
+        self.conditioning: Optional[str] = None
 
     @classmethod
     def from_config(cls, name: str, **overrides) -> FastDDPMUNet:
@@ -331,6 +333,8 @@ class FastDDPMUNet(nn.Module):
         if t.dim() != 1 or t.shape[0] != x.shape[0] or t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"t must be real timesteps of shape ({x.shape[0]},) (one per sample of x), "
                              f"got {t.dtype} of shape {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"t is on {t.device} but x is on {x.device}: move them to one device")
         return t
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
@@ -447,8 +451,12 @@ def load_fast_ddpm_checkpoint(model: nn.Module, ckpt, ema: bool = True, strict: 
     elif _is_state_dict(ckpt):
         sd = _strip_module(ckpt)
     else:
+        got = type(ckpt).__name__
+        if isinstance(ckpt, Mapping):
+            odd = [f"{k!r}: {type(v).__name__}" for k, v in ckpt.items() if not isinstance(v, torch.Tensor)][:3]
+            got = f"a {got} with non-tensor entries ({', '.join(odd)})" if odd else f"an empty {got}"
         raise ValueError("ckpt must be a path, the official checkpoint list [model state dict, optimizer state, "
-                         f"epoch, step(, ema shadow)] or a state dict (str -> Tensor), got {type(ckpt).__name__}")
+                         f"epoch, step(, ema shadow)] or a state dict (str -> Tensor), got {got}")
     if "logvar" in sd and not hasattr(model, "logvar"):
         raise ValueError("ckpt holds 'logvar' (official model type 'bayesian'), which FastDDPMUNet does not build")
     return model.load_state_dict(sd, strict=strict)
