@@ -207,11 +207,13 @@ class OfficialModel(nn.Module):
 
 
 # --- helpers ---------------------------------------------------------------------------------
-# "tiny" (two levels, attention at the second) and a deeper one: two blocks per level, attention
-# at the middle level only, a level whose width does not change (no nin_shortcut on the way down)
+# "tiny" (two levels, attention at the second), a deeper one (two blocks per level, attention at
+# the middle level only, a level whose width does not change: no nin_shortcut on the way down) and
+# tiny without the resampling convs
 CONFIGS = {
     "tiny": FAST_DDPM_CONFIGS["tiny"],
     "deep": dict(FAST_DDPM_CONFIGS["tiny"], ch_mult=(1, 1, 2), num_res_blocks=2, attn_resolutions=(4,)),
+    "noconv": dict(FAST_DDPM_CONFIGS["tiny"], resamp_with_conv=False),  # average pooling, plain nearest
 }
 
 
