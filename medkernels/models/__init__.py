@@ -12,8 +12,20 @@ from .dcformer import (
                        decomp_small,
                        decomp_tiny,
 )
+from .fast_ddpm import (
+                        FAST_DDPM_CONDITIONING,
+                        FAST_DDPM_CONFIGS,
+                        FAST_DDPM_DIFFUSION,
+                        FastDDPMUNet,
+                        load_fast_ddpm_checkpoint,
+                        sg_input,
+                        sr_condition,
+                        sr_input,
+)
 from .med3dvlm import Med3DVLM, MixerLowHighHybridMLP, VisionTower
 
 __all__ = ["DCFORMER_CONFIGS", "DCFormer", "DCFormerEncoder", "dcformer", "decomp_nano", "decomp_naive",
            "decomp_tiny", "decomp_small", "decomp_base", "DCFormerCLIP", "TextTransformer", "ByteTokenizer",
-           "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM", "VisionTower"]
+           "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM", "VisionTower",
+           "FastDDPMUNet", "FAST_DDPM_CONFIGS", "FAST_DDPM_CONDITIONING", "FAST_DDPM_DIFFUSION",
+           "load_fast_ddpm_checkpoint", "sg_input", "sr_input", "sr_condition"]
