@@ -20,7 +20,7 @@ import torch
 
 from medkernels.bench import Case, time_fn
 from medkernels.ops import sigmoid_loss
-from medkernels.ops.sigmoid_loss import _DISPATCH
+from medkernels.ops.sigmoid_loss import _DISPATCH, sigmoid_loss_backend
 from medkernels.reference.sigmoid_loss import sigmoid_loss_ref
 from medkernels.testing import rel_err
 
@@ -82,6 +82,7 @@ def _case(n: int, d: int, dtype: torch.dtype, device: torch.device, backward: bo
     providers = {"reference": run(lambda *a: sigmoid_loss_ref(*a))}
     for name in _ours(device):
         providers[name] = run(lambda *a, _n=name: sigmoid_loss(*a, backend=_n))
+    providers[f"auto({sigmoid_loss_backend(x, y, grad=backward)})"] = run(lambda *a: sigmoid_loss(*a))
     if compile_ref:
         compiled = torch.compile(sigmoid_loss_ref)
         providers["torch.compile"] = run(lambda *a: compiled(*a))
@@ -98,7 +99,7 @@ def _case(n: int, d: int, dtype: torch.dtype, device: torch.device, backward: bo
         ref = sigmoid_loss_ref(x.detach(), y.detach(), t.detach(), b.detach(), upcast=True)
         out = {}
         for name in providers:
-            if name in ("reference", "torch.compile", "open_clip"):
+            if name in ("reference", "torch.compile", "open_clip") or name.startswith("auto"):
                 continue
             with torch.no_grad():
                 val = sigmoid_loss(x.detach(), y.detach(), t.detach(), b.detach(), backend=name)

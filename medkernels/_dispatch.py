@@ -149,6 +149,20 @@ def cuda_machine(symbol: str) -> Callable[[], Optional[str]]:
     return check
 
 
+_CPU_ISA: List[str] = []
+
+
+def cpu_vector_isa() -> str:
+    """The vector ISA our CPU kernels run on this machine ("avx512", "avx2", "default"; "" without
+    the compiled extension). Their tiles are register-blocked for AVX-512's 32 vector registers,
+    so CPU ``auto`` rules that were measured on AVX-512 ask for it."""
+    if not _CPU_ISA:
+        from ._extension import extension
+
+        _CPU_ISA.append(extension.module.cpu_vector_isa() if extension.has("cpu_vector_isa") else "")
+    return _CPU_ISA[0]
+
+
 def cpu_machine(symbol: str) -> Callable[[], Optional[str]]:
     def check() -> Optional[str]:
         from ._extension import extension

@@ -30,6 +30,10 @@ def report() -> str:
     except ImportError as exc:
         lines.append(f"triton: not importable ({exc})")
     lines.append("build: " + json.dumps(medkernels.build_info()))
+    from ._dispatch import cpu_vector_isa
+
+    if medkernels._extension.unavailable_reason is None:
+        lines.append(f"CPU kernels' vector ISA on this machine: {cpu_vector_isa()}")
     lines.append(f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none visible to torch'}")
     for op, table in medkernels.backends().items():
         lines.append(f"\n{op}:")

@@ -54,6 +54,8 @@ PYBIND11_MODULE(_C, m) {
 #undef MK_FAMILY
   info["families"] = families;
   m.attr("build_info") = info;
+  m.def("cpu_vector_isa", [] { return std::string(medkernels::cpu::vector_isa()); },
+        "The vector ISA the CPU kernels run on this machine: avx512, avx2 or default.");
 
 #define MK_FAMILY(name) bind_##name(m);
 #include "families.inc"

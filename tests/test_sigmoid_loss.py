@@ -481,3 +481,24 @@ def test_cuda_deterministic_and_not_auto():
         assert torch.equal(a, b)
     # auto keeps Triton on GPUs until a GPU benchmark shows the CUDA kernels faster
     assert _DISPATCH.select("auto", x.device, x.dtype, x=x, y=y) != "cuda"
+
+
+def test_cpu_auto_rule_follows_the_benchmark():
+    # benchmarks/results: ours beats the reference forward at N=1024 and fwd+bwd at N=4096, loses
+    # fwd+bwd at N=1024; auto takes the reference exactly there (tests/test_bench_rules.py holds
+    # every committed run's auto rows to their backends' own rows)
+    from medkernels import _dispatch
+    from medkernels.ops.sigmoid_loss import sigmoid_loss_backend
+
+    if _DISPATCH._by_name["cpu"].machine():
+        pytest.skip("the C++ extension is not built")
+    small, large = torch.empty(1024, 8), torch.empty(4096, 8)
+    ours = "cpu" if _dispatch.cpu_vector_isa() == "avx512" else "reference"  # see _cpu_auto
+    assert sigmoid_loss_backend(small) == ours
+    assert sigmoid_loss_backend(small, grad=True) == "reference"
+    assert sigmoid_loss_backend(large, grad=True) == ours
+    assert _dispatch.cpu_vector_isa() in ("avx512", "avx2", "default")
+    x = torch.randn(1024, 8, requires_grad=True)
+    ref = sigmoid_loss(x, x.detach(), 1.0, -1.0, backend="reference")
+    got = sigmoid_loss(x, x.detach(), 1.0, -1.0)  # auto -> reference with gradients here
+    assert torch.equal(got, ref)

@@ -266,5 +266,17 @@ void taps_vec(double* out, const double* const* src, const double* const* w, int
 }
 
 }  // namespace vec
+
+const char* vector_isa() {
+#ifdef MK_CPU_MULTIVERSION
+  // the same features MK_CPU_VERSIONS dispatches on
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+    return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+#endif
+  return "default";
+}
+
 }  // namespace cpu
 }  // namespace medkernels

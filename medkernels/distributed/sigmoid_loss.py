@@ -35,6 +35,7 @@ from ..ops.sigmoid_loss import (
     _OP,
     LossOptions,
     _check_t_prime,
+    _wants_grad,
     prepare_sigmoid_loss_inputs,
     sigmoid_loss_sum_bwd,
     sigmoid_loss_sum_fwd,
@@ -259,7 +260,7 @@ def sigmoid_loss(
             f"global index), got x {tuple(x.shape)} and y {tuple(y.shape)}"
         )
     world = dist.get_world_size(group)
-    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y)
+    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y, grad=_wants_grad(x, y, t_prime, bias))
     n_sizes, m_sizes = _handshake(x, y, labels_x, group)
     if exchange == "ring":
         _check_t_prime(t_prime)

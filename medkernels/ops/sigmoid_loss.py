@@ -134,6 +134,20 @@ def _cuda_auto(**inputs) -> bool:
     return False
 
 
+def _cpu_auto(x, y, grad: bool = False, **_) -> bool:
+    # On AVX-512 (benchmarks/results/cpu-2core-default): forward, ours beat the reference at N=1024
+    # d=512 (1.12x); forward+backward, ours lost at N=1024 (0.83x: at N x M = 1024^2 the reference's
+    # materialised logits still fit in cache and its GEMMs are oneDNN's) and won at N=4096 (1.24x),
+    # same run; so with gradients the reference runs up to N x M = 1024^2, ours above.
+    # On an AVX2-only CPU (2-core AMD EPYC, 2026-12-03, benchmarks/results/cpu-2core-avx2-sigmoid_loss)
+    # our tiles, register-blocked for 32 zmm registers, spill (perf: the avx2_fma copy of dots_tile
+    # stores to the stack): 0.04x the reference forward at N=1024 and 0.10x fwd+bwd at N=4096, so
+    # auto takes the reference there.
+    if _dispatch.cpu_vector_isa() != "avx512":
+        return False
+    return not grad or x.shape[0] * y.shape[0] > 1024 * 1024
+
+
 _DISPATCH = _dispatch.Dispatcher(
     "sigmoid_loss",
     (
@@ -141,7 +155,7 @@ _DISPATCH = _dispatch.Dispatcher(
                           impl=_Compiled(_kit.CUDA, _symbols("cuda"))),
         _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
                           auto=_dispatch.triton_auto, impl=_Triton()),
-        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("sigmoid_loss_fwd_cpu"),
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("sigmoid_loss_fwd_cpu"), auto=_cpu_auto,
                           impl=_Compiled(_kit.CPU, _symbols("cpu"))),
         _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
     ),
@@ -327,10 +341,16 @@ def sigmoid_loss(
         x, y, t_prime, bias, labels, labels_y, positive_mask, variant, normalize
     )
     scale = sigmoid_loss_scale(reduction, x.shape[0], y.shape[0])
-    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y)
+    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y, grad=_wants_grad(x, y, t_prime, bias))
     return _OP(LossOptions(0, symmetric, scale), name, x, y, t_prime, bias, labels_x, labels_y, mask)[0]
 
 
-def sigmoid_loss_backend(x: torch.Tensor, y: Optional[torch.Tensor] = None, backend: str = "auto") -> str:
-    """The backend ``sigmoid_loss`` would run for these inputs (for benchmarks and reports)."""
-    return _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y if y is not None else x)
+def _wants_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def sigmoid_loss_backend(x: torch.Tensor, y: Optional[torch.Tensor] = None, backend: str = "auto",
+                         grad: bool = False) -> str:
+    """The backend ``sigmoid_loss`` would run for these inputs (for benchmarks and reports);
+    ``grad``: whether a backward will follow."""
+    return _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y if y is not None else x, grad=grad)

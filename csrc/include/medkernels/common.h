@@ -47,6 +47,12 @@ namespace cuda {
 bool available();
 }  // namespace cuda
 
+namespace cpu {
+// The vector ISA the CPU kernels' multiversioned loops run on this machine: "avx512" (AVX-512F+VL
+// with FMA), "avx2" (AVX2+FMA) or "default" (baseline, or a build without multiversioning).
+const char* vector_isa();
+}  // namespace cpu
+
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
 MK_HD const char* dtype_name(DType t) {
