@@ -141,7 +141,8 @@ def _cpu_auto(x, y, grad: bool = False, **_) -> bool:
     # same run; so with gradients the reference runs up to N x M = 1024^2, ours above.
     # On an AVX2-only CPU (2-core AMD EPYC, 2026-12-03, benchmarks/results/cpu-2core-avx2-sigmoid_loss)
     # our tiles, register-blocked for 32 zmm registers, spill (perf: the avx2_fma copy of dots_tile
-    # stores to the stack): 0.04x the reference forward at N=1024 and 0.10x fwd+bwd at N=4096, so
+    # stores to the stack): 0.09x the reference forward at N=1024, 0.08x fwd+bwd at N=1024 and 0.03x
+    # at N=4096 (a loaded machine: the two reference rows of one case differ up to 2x, not 10x), so
     # auto takes the reference there.
     if _dispatch.cpu_vector_isa() != "avx512":
         return False
