@@ -117,14 +117,70 @@ def _clip_case(variant, shape, device, note=""):
                 dtype=torch.float32, providers={"auto": step, "reference": plain}, note=note)
 
 
+# --- MONAI's DiffusionModelUNet 3D, converted (medkernels.convert) vs as MONAI builds it ----------
+def _monai_unet(channels, device):
+    try:
+        import einops  # noqa: F401  (MONAI's mid-block attention needs it)
+        from monai.networks.nets import DiffusionModelUNet
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    return DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, channels=channels,
+                              attention_levels=(False,) * len(channels), num_res_blocks=1,
+                              num_head_channels=channels[-1], norm_num_groups=32).to(device)
+
+
+def _unet_pair(plain, channels, size, device):
+    import copy
+
+    import medkernels
+
+    fused = copy.deepcopy(plain)
+    report = medkernels.convert(fused)
+    x = torch.randn(1, 1, size, size, size, device=device)
+    t = torch.tensor([500], device=device)
+    shape = f"1x1x{size}^3 ch{'/'.join(map(str, channels))}"
+    note = f"convert: {len(report)} modules fused; reference = MONAI's unconverted UNet"
+
+    def fwd(m):
+        def f():
+            m.eval()
+            with torch.inference_mode():
+                return m(x, t)
+        return f
+
+    def step(m):
+        def f():
+            m.train()
+            m.zero_grad(set_to_none=True)
+            m(x, t).square().mean().backward()
+        return f
+
+    return (Case(op="MONAI DiffusionModelUNet fwd (eval)", shape=shape, dtype=torch.float32,
+                 providers={"reference": fwd(plain), "auto": fwd(fused)}, note=note),
+            Case(op="MONAI DiffusionModelUNet train step", shape=shape, dtype=torch.float32,
+                 providers={"reference": step(plain), "auto": step(fused)}, note=note))
+
+
+def _unet_cases(device: torch.device, full: bool):
+    # the issue's 32/64/64 UNet at 48^3; full adds a PET-sized 96^3 crop. No rows without monai/einops.
+    for channels, size in [((32, 64, 64), 48)] + ([((32, 64, 64), 96)] if full else []):
+        plain = _monai_unet(channels, device)
+        if plain is None:
+            return
+        yield from _unet_pair(plain, channels, size, device)
+
+
 def cases(device: torch.device, full: bool):
     if device.type == "cpu":
         yield _forward_case("small", (1, 1, 64, 128, 128), device, note="issue target: >=2x reference")
         yield _forward_case("small", (1, 1, 128, 256, 256), device, note="Med3DVLM's input, on CPU")
         yield _train_case("small", (2, 1, 32, 64, 64), device)
         yield _clip_case("nano", (2, 1, 32, 64, 64), device)
+        yield from _unet_cases(device, full)
         return
     yield _forward_case("small", (1, 1, 128, 256, 256), device, note="issue target: >=2x reference")
     yield _forward_case("small", (2, 1, 128, 256, 256), device)
     yield _train_case("small", (1, 1, 128, 256, 256), device)
     yield _clip_case("small", (2, 1, 128, 256, 256), device)
+    yield from _unet_cases(device, full)
