@@ -755,11 +755,9 @@ int max_threads() {
 }
 
 // Whole groups per thread (no barriers; each group's data stays in its thread's caches between
-// the passes) when the groups balance over the threads, else every group by the whole team.
-bool groups_per_thread(int64_t ng) {
-  const int64_t nth = max_threads();
-  return ng % nth == 0 || ng >= 8 * nth;
-}
+// the passes; dynamic schedule, so a descheduled thread on a busy machine does not hold the
+// others) when there are at least two groups a thread, else every group by the whole team.
+bool groups_per_thread(int64_t ng) { return ng >= 2 * static_cast<int64_t>(max_threads()); }
 
 // --- forward ---
 template <typename T>
@@ -826,7 +824,7 @@ struct Fwd {
     {
       Scratch s(g);
       if (own) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (int64_t ng = 0; ng < NG; ++ng) {
           for (int64_t u = 0; u < per_group; ++u) nc_stats(s, ng, u);
           nc_finish(ng);
@@ -834,23 +832,23 @@ struct Fwd {
         }
       } else if (!g.cl) {
         for (int64_t ng = 0; ng < NG; ++ng) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
           for (int64_t u = 0; u < per_group; ++u) nc_stats(s, ng, u);
 #pragma omp single
           nc_finish(ng);
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, 4) nowait
           for (int64_t u = 0; u < per_group; ++u) nc_apply(s, ng, u);
         }
       } else {
         for (int64_t n = 0; n < g.N; ++n) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
           for (int64_t b = 0; b < g.nblk; ++b) cl_stats(s, n, b);
 #pragma omp for schedule(static)
           for (int64_t c = 0; c < g.C; ++c) cl_channel(n, c);
 #pragma omp single
           for (int64_t gg = 0; gg < g.G; ++gg) finish_group<T>(p, n * g.G + gg, cm.data(), cm2.data(), coef.data());
           const GnTiles t = s.tiles_from(&coef[n * g.C]);
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, 4) nowait
           for (int64_t b = 0; b < g.nblk; ++b) cl_apply(s, t, n, b);
         }
       }
@@ -946,7 +944,7 @@ struct Bwd {
     {
       Scratch s(g);
       if (own) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (int64_t ng = 0; ng < NG; ++ng) {
           for (int64_t u = 0; u < per_group; ++u) nc_unit(s, ng, u, false);
           nc_sums(ng);
@@ -955,19 +953,19 @@ struct Bwd {
         }
       } else if (!g.cl) {
         for (int64_t ng = 0; ng < NG; ++ng) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
           for (int64_t u = 0; u < per_group; ++u) nc_unit(s, ng, u, false);
 #pragma omp single
           nc_sums(ng);
           if (pass2) {
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, 4) nowait
             for (int64_t u = 0; u < per_group; ++u) nc_unit(s, ng, u, true);
           }
         }
       } else {
         for (int64_t n = 0; n < g.N; ++n) {
           GnTiles t = s.tiles_from(&coef[n * g.C]);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
           for (int64_t b = 0; b < g.nblk; ++b) unit(s, t, n, 0, b, (n * g.nblk + b) * g.C, false);
 #pragma omp for schedule(static)
           for (int64_t c = 0; c < g.C; ++c) cl_sums(n, c);
@@ -975,7 +973,7 @@ struct Bwd {
           for (int64_t gg = 0; gg < g.G; ++gg) finish_dx_group(n * g.G + gg);
           if (pass2) {
             t = s.tiles_from(&coef[n * g.C]);
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, 4) nowait
             for (int64_t b = 0; b < g.nblk; ++b) unit(s, t, n, 0, b, (n * g.nblk + b) * g.C, true);
           }
         }
