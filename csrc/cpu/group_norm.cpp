@@ -104,10 +104,10 @@ template <typename V> MK_GN_INLINE V vexp(V t) {
 template <> MK_GN_INLINE float vexp<float>(float t) { return vexp(f32x8{} + t)[0]; }
 
 // erf, Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), NaN kept
-template <typename V> MK_GN_INLINE V verf(V x) {
+template <typename P, typename V> MK_GN_INLINE V verf(V x) {
   const V zero = V{}, one = splat<V>(1.0f);
   const V a = x < zero ? -x : x;
-  const V t = one / (one + 0.3275911f * a);
+  const V t = P::recip(one + 0.3275911f * a);
   const V poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
   const V e = one - poly * vexp(-(a * a));
   return x < zero ? -e : e;
@@ -118,18 +118,50 @@ template <typename V> MK_GN_INLINE V exp_neg(V z) {
   return -z > splat<V>(88.0f) ? splat<V>(INFINITY) : vexp(-z);
 }
 
+// How a version divides: IEEE division (every version's scalar lanes, AVX-512 and the baseline),
+// or, in the AVX2 version, the 12-bit reciprocal and one Newton step (about 2 ulp): AVX2's
+// division has a throughput of one vector per 5-7 cycles, the silu's largest single cost.
+struct DivRecip {
+  template <typename V> static MK_GN_INLINE V recip(V d) { return 1.0f / d; }
+  template <typename V> static MK_GN_INLINE V sigmoid(V z) { return 1.0f / (1.0f + exp_neg(z)); }
+  template <typename V> static MK_GN_INLINE V silu(V z) { return z / (1.0f + exp_neg(z)); }
+};
+#if defined(MK_CPU_MULTIVERSION)
+struct Avx2Recip {
+  template <typename V> static MK_GN_INLINE V recip(V d) {
+    if constexpr (std::is_same<V, f32x8>::value) {
+      V r;  // vrcpps as asm: the builtin is only declared where AVX is on for the whole file
+      asm("vrcpps %1, %0" : "=x"(r) : "x"(d));
+      return r * (2.0f - d * r);
+    } else {
+      return 1.0f / d;
+    }
+  }
+  // 1 / (1 + e^-z) with e^-z clamped at e^88: the reciprocal of a number past 2^126 is 0, so
+  // a very negative z gives 0 (silu(-inf) = -inf * 0 = NaN, as torch's); NaN stays NaN
+  template <typename V> static MK_GN_INLINE V sigmoid(V z) {
+    if constexpr (std::is_same<V, f32x8>::value) return recip(1.0f + vexp(-z));
+    else return DivRecip::sigmoid(z);
+  }
+  template <typename V> static MK_GN_INLINE V silu(V z) {
+    if constexpr (std::is_same<V, f32x8>::value) return z * sigmoid(z);
+    else return DivRecip::silu(z);
+  }
+};
+#endif
+
 // act codes as medkernels::Activation: 0 none, 1 gelu, 3 silu
-template <int ACT, typename V> MK_GN_INLINE V act_f(V z) {
-  if constexpr (ACT == 1) return 0.5f * z * (1.0f + verf(z * 0.70710678118654752f));
-  else if constexpr (ACT == 3) return z / (1.0f + exp_neg(z));
+template <int ACT, typename P, typename V> MK_GN_INLINE V act_f(V z) {
+  if constexpr (ACT == 1) return 0.5f * z * (1.0f + verf<P>(z * 0.70710678118654752f));
+  else if constexpr (ACT == 3) return P::silu(z);
   else return z;
 }
-template <int ACT, typename V> MK_GN_INLINE V act_g(V z) {
+template <int ACT, typename P, typename V> MK_GN_INLINE V act_g(V z) {
   if constexpr (ACT == 1) {
-    const V cdf = 0.5f * (1.0f + verf(z * 0.70710678118654752f));
+    const V cdf = 0.5f * (1.0f + verf<P>(z * 0.70710678118654752f));
     return cdf + z * (vexp(-0.5f * z * z) * 0.39894228040143267794f);
   } else if constexpr (ACT == 3) {
-    const V sig = 1.0f / (1.0f + exp_neg(z));
+    const V sig = P::sigmoid(z);
     return sig * (1.0f + z * (1.0f - sig));
   } else {
     return splat<V>(1.0f);
@@ -214,35 +246,35 @@ struct DevOp {
 
 // d = (x + shhi) + shlo is x + add - mean with the mean in two floats (stable for a large
 // mean); z = d a + b0; xhat = d r.
-template <int ACT> struct FwdOp {
+template <int ACT, typename P> struct FwdOp {
   const float* x;
   float* y;
   GnTiles t;
   template <typename V> MK_GN_INLINE void step(int64_t i, int64_t j) {
     const V d = (ld<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
-    st(y + i, act_f<ACT>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j)));
+    st(y + i, act_f<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j)));
   }
 };
-template <int ACT> struct Bwd1Op {
+template <int ACT, typename P> struct Bwd1Op {
   static constexpr int K = 2;
   const float *x, *gy;
   GnTiles t;
   template <typename V> MK_GN_INLINE void contrib(int64_t i, int64_t j, V* a) {
     const V d = (ld<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
-    const V dz = ld<V>(gy + i) * act_g<ACT>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
+    const V dz = ld<V>(gy + i) * act_g<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
     a[0] += dz;
     a[1] += dz * (d * ld<V>(t.r + j));
   }
 };
 // dx = r (k dz - d1 - xhat d2), stored when gx is given; the sum of dx is the add's gradient
-template <int ACT> struct Bwd2Op {
+template <int ACT, typename P> struct Bwd2Op {
   static constexpr int K = 1;
   const float *x, *gy;
   float* gx;
   GnTiles t;
   template <typename V> MK_GN_INLINE void contrib(int64_t i, int64_t j, V* a) {
     const V d = (ld<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
-    const V dz = ld<V>(gy + i) * act_g<ACT>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
+    const V dz = ld<V>(gy + i) * act_g<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
     const V r = ld<V>(t.r + j);
     const V dx = r * (ld<V>(t.k + j) * dz - ld<V>(t.d1 + j) - d * r * ld<V>(t.d2 + j));
     a[0] += dx;
@@ -250,30 +282,30 @@ template <int ACT> struct Bwd2Op {
   }
 };
 
-template <typename V, template <int> class Op, typename... A>
+template <typename V, typename P, template <int, typename> class Op, typename... A>
 MK_GN_INLINE void reduce_act(int act, int64_t n, int64_t T, float* const* acc, A... a) {
   if (act == 1) {
-    Op<1> op{a...};
+    Op<1, P> op{a...};
     reduce<V>(op, n, T, acc);
   } else if (act == 3) {
-    Op<3> op{a...};
+    Op<3, P> op{a...};
     reduce<V>(op, n, T, acc);
   } else {
-    Op<0> op{a...};
+    Op<0, P> op{a...};
     reduce<V>(op, n, T, acc);
   }
 }
 
-template <typename V, template <int> class Op, typename... A>
+template <typename V, typename P, template <int, typename> class Op, typename... A>
 MK_GN_INLINE void by_act(int act, int64_t n, int64_t T, A... a) {
   if (act == 1) {
-    Op<1> op{a...};
+    Op<1, P> op{a...};
     tiled<V>(op, n, T);
   } else if (act == 3) {
-    Op<3> op{a...};
+    Op<3, P> op{a...};
     tiled<V>(op, n, T);
   } else {
-    Op<0> op{a...};
+    Op<0, P> op{a...};
     tiled<V>(op, n, T);
   }
 }
@@ -281,7 +313,7 @@ MK_GN_INLINE void by_act(int act, int64_t n, int64_t T, A... a) {
 // One version per ISA with its own vector width (8 lanes below AVX-512: 16-lane vectors split
 // into AVX2 halves spilled the exp polynomial to the stack). Called from this file only, where
 // all versions are visible (GCC's ifunc).
-#define MK_GN_DEFINE(ATTR, V)                                                                                   \
+#define MK_GN_DEFINE(ATTR, V, P)                                                                                 \
   ATTR void sum(const float* x, int64_t n, int64_t T, float* acc) {                                             \
     SumOp op{x};                                                                                                \
     reduce<V>(op, n, T, &acc);                                                                                  \
@@ -292,22 +324,22 @@ MK_GN_INLINE void by_act(int act, int64_t n, int64_t T, A... a) {
     reduce<V>(op, n, T, acc);                                                                                   \
   }                                                                                                             \
   ATTR void fwd(const float* x, float* y, int64_t n, int64_t T, const GnTiles& t, int act) {                    \
-    by_act<V, FwdOp>(act, n, T, x, y, t);                                                                       \
+    by_act<V, P, FwdOp>(act, n, T, x, y, t);                                                                       \
   }                                                                                                             \
   ATTR void bwd1(const float* x, const float* gy, int64_t n, int64_t T, const GnTiles& t, int act, float* s1,   \
                  float* s2) {                                                                                   \
     float* acc[2] = {s1, s2};                                                                                   \
-    reduce_act<V, Bwd1Op>(act, n, T, acc, x, gy, t);                                                            \
+    reduce_act<V, P, Bwd1Op>(act, n, T, acc, x, gy, t);                                                            \
   }                                                                                                             \
   ATTR void bwd2(const float* x, const float* gy, float* gx, int64_t n, int64_t T, const GnTiles& t, int act,   \
                  float* sdx) {                                                                                  \
-    reduce_act<V, Bwd2Op>(act, n, T, &sdx, x, gy, gx, t);                                                       \
+    reduce_act<V, P, Bwd2Op>(act, n, T, &sdx, x, gy, gx, t);                                                       \
   }
 #if defined(MK_CPU_MULTIVERSION)
-MK_GN_DEFINE(__attribute__((target("avx512f,avx512vl,fma"))), f32x16)
-MK_GN_DEFINE(__attribute__((target("avx2,fma"))), f32x8)
+MK_GN_DEFINE(__attribute__((target("avx512f,avx512vl,fma"))), f32x16, DivRecip)
+MK_GN_DEFINE(__attribute__((target("avx2,fma"))), f32x8, Avx2Recip)
 #endif
-MK_GN_DEFINE(MK_CPU_DEFAULT_VERSION, f32x8)
+MK_GN_DEFINE(MK_CPU_DEFAULT_VERSION, f32x8, DivRecip)
 #undef MK_GN_DEFINE
 
 }  // namespace gn_mv
