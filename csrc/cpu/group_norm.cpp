@@ -81,6 +81,44 @@ template <typename V> MK_GN_INLINE V ld(const float* p) {
 template <typename V> MK_GN_INLINE void st(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
 template <typename V> MK_GN_INLINE V splat(float v) { return V{} + v; }
 
+// Element loads / stores of the storage type S: float, or bfloat16 bits (uint16_t) widened and
+// rounded in registers (round to nearest even, NaN kept quiet, as Io<bfloat16_t>), so 16-bit
+// units need no conversion pass through a buffer.
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+template <typename V> struct Bf16Of;
+template <> struct Bf16Of<f32x8> { typedef u16x8 h; typedef u32x8 u; };
+template <> struct Bf16Of<f32x16> { typedef u16x16 h; typedef u32x16 u; };
+template <typename V> MK_GN_INLINE V ldx(const float* p) { return ld<V>(p); }
+template <typename V> MK_GN_INLINE V ldx(const uint16_t* p) {
+  if constexpr (std::is_same<V, float>::value) {
+    return bf16_to_float(*p);
+  } else {
+    typename Bf16Of<V>::h h;
+    std::memcpy(&h, p, sizeof(h));
+    const typename Bf16Of<V>::u u = __builtin_convertvector(h, typename Bf16Of<V>::u) << 16;
+    V v;
+    std::memcpy(&v, &u, sizeof(v));
+    return v;
+  }
+}
+template <typename V> MK_GN_INLINE void stx(float* p, const V& v) { st(p, v); }
+template <typename V> MK_GN_INLINE void stx(uint16_t* p, const V& v) {
+  if constexpr (std::is_same<V, float>::value) {
+    *p = float_to_bf16(v);
+  } else {
+    typedef typename Bf16Of<V>::u U;
+    U u;
+    std::memcpy(&u, &v, sizeof(u));
+    const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, nan = (u >> 16) | 0x40u;
+    const U r = (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
+    const typename Bf16Of<V>::h h = __builtin_convertvector(r, typename Bf16Of<V>::h);
+    std::memcpy(p, &h, sizeof(h));
+  }
+}
+
 // e^t per lane, vec_math.h's vmath::exp on any vector width: t above 88 clamped, below -87.3 0.
 template <typename V> MK_GN_INLINE V vexp(V t) {
   typedef typename IntOf<V>::type I;
@@ -140,8 +178,29 @@ struct Avx2Recip {
   // 1 / (1 + e^-z) with e^-z clamped at e^88: the reciprocal of a number past 2^126 is 0, so
   // a very negative z gives 0 (silu(-inf) = -inf * 0 = NaN, as torch's); NaN stays NaN
   template <typename V> static MK_GN_INLINE V sigmoid(V z) {
-    if constexpr (std::is_same<V, f32x8>::value) return recip(1.0f + vexp(-z));
+    if constexpr (std::is_same<V, f32x8>::value) return recip(1.0f + exp_sat(-z));
     else return DivRecip::sigmoid(z);
+  }
+  // vexp with the clamps as vmaxps / vminps (NaN passes: it is their second source) and no
+  // zero select below -87.3 (e^-87.3 instead of 0 changes nothing in 1 + e^-z)
+  static MK_GN_INLINE f32x8 exp_sat(f32x8 t) {
+    const f32x8 lo = splat<f32x8>(-87.3f), hi = splat<f32x8>(88.0f);
+    f32x8 tc;
+    asm("vmaxps %2, %1, %0" : "=x"(tc) : "x"(lo), "x"(t));
+    asm("vminps %2, %1, %0" : "=x"(tc) : "x"(hi), "x"(tc));
+    const f32x8 kf = (tc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const f32x8 r = (tc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+    f32x8 q = splat<f32x8>(1.9875691500e-4f);
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    const f32x8 pr = q * r * r + r + 1.0f;
+    const i32x8 kb = (__builtin_convertvector(kf, i32x8) + 127) << 23;
+    f32x8 scale;
+    std::memcpy(&scale, &kb, sizeof(scale));
+    return pr * scale;
   }
   template <typename V> static MK_GN_INLINE V silu(V z) {
     if constexpr (std::is_same<V, f32x8>::value) return z * sigmoid(z);
@@ -229,16 +288,17 @@ template <typename V, typename Op> MK_GN_INLINE void reduce(Op& op, int64_t n, i
   }
 }
 
-struct SumOp {
+template <typename S> struct SumOp {
   static constexpr int K = 1;
-  const float* x;
-  template <typename V> MK_GN_INLINE void contrib(int64_t i, int64_t, V* a) { a[0] += ld<V>(x + i); }
+  const S* x;
+  template <typename V> MK_GN_INLINE void contrib(int64_t i, int64_t, V* a) { a[0] += ldx<V>(x + i); }
 };
-struct DevOp {
+template <typename S> struct DevOp {
   static constexpr int K = 2;
-  const float *x, *bm;
+  const S* x;
+  const float* bm;
   template <typename V> MK_GN_INLINE void contrib(int64_t i, int64_t j, V* a) {
-    const V d = ld<V>(x + i) - ld<V>(bm + j);
+    const V d = ldx<V>(x + i) - ld<V>(bm + j);
     a[0] += d;
     a[1] += d * d;
   }
@@ -246,66 +306,66 @@ struct DevOp {
 
 // d = (x + shhi) + shlo is x + add - mean with the mean in two floats (stable for a large
 // mean); z = d a + b0; xhat = d r.
-template <int ACT, typename P> struct FwdOp {
-  const float* x;
-  float* y;
+template <int ACT, typename P, typename S> struct FwdOp {
+  const S* x;
+  S* y;
   GnTiles t;
   template <typename V> MK_GN_INLINE void step(int64_t i, int64_t j) {
-    const V d = (ld<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
-    st(y + i, act_f<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j)));
+    const V d = (ldx<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
+    stx(y + i, act_f<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j)));
   }
 };
-template <int ACT, typename P> struct Bwd1Op {
+template <int ACT, typename P, typename S> struct Bwd1Op {
   static constexpr int K = 2;
-  const float *x, *gy;
+  const S *x, *gy;
   GnTiles t;
   template <typename V> MK_GN_INLINE void contrib(int64_t i, int64_t j, V* a) {
-    const V d = (ld<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
-    const V dz = ld<V>(gy + i) * act_g<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
+    const V d = (ldx<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
+    const V dz = ldx<V>(gy + i) * act_g<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
     a[0] += dz;
     a[1] += dz * (d * ld<V>(t.r + j));
   }
 };
 // dx = r (k dz - d1 - xhat d2), stored when gx is given; the sum of dx is the add's gradient
-template <int ACT, typename P> struct Bwd2Op {
+template <int ACT, typename P, typename S> struct Bwd2Op {
   static constexpr int K = 1;
-  const float *x, *gy;
-  float* gx;
+  const S *x, *gy;
+  S* gx;
   GnTiles t;
   template <typename V> MK_GN_INLINE void contrib(int64_t i, int64_t j, V* a) {
-    const V d = (ld<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
-    const V dz = ld<V>(gy + i) * act_g<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
+    const V d = (ldx<V>(x + i) + ld<V>(t.shhi + j)) + ld<V>(t.shlo + j);
+    const V dz = ldx<V>(gy + i) * act_g<ACT, P>(d * ld<V>(t.a + j) + ld<V>(t.b0 + j));
     const V r = ld<V>(t.r + j);
     const V dx = r * (ld<V>(t.k + j) * dz - ld<V>(t.d1 + j) - d * r * ld<V>(t.d2 + j));
     a[0] += dx;
-    if (gx) st(gx + i, dx);
+    if (gx) stx(gx + i, dx);
   }
 };
 
-template <typename V, typename P, template <int, typename> class Op, typename... A>
+template <typename V, typename P, typename S, template <int, typename, typename> class Op, typename... A>
 MK_GN_INLINE void reduce_act(int act, int64_t n, int64_t T, float* const* acc, A... a) {
   if (act == 1) {
-    Op<1, P> op{a...};
+    Op<1, P, S> op{a...};
     reduce<V>(op, n, T, acc);
   } else if (act == 3) {
-    Op<3, P> op{a...};
+    Op<3, P, S> op{a...};
     reduce<V>(op, n, T, acc);
   } else {
-    Op<0, P> op{a...};
+    Op<0, P, S> op{a...};
     reduce<V>(op, n, T, acc);
   }
 }
 
-template <typename V, typename P, template <int, typename> class Op, typename... A>
+template <typename V, typename P, typename S, template <int, typename, typename> class Op, typename... A>
 MK_GN_INLINE void by_act(int act, int64_t n, int64_t T, A... a) {
   if (act == 1) {
-    Op<1, P> op{a...};
+    Op<1, P, S> op{a...};
     tiled<V>(op, n, T);
   } else if (act == 3) {
-    Op<3, P> op{a...};
+    Op<3, P, S> op{a...};
     tiled<V>(op, n, T);
   } else {
-    Op<0, P> op{a...};
+    Op<0, P, S> op{a...};
     tiled<V>(op, n, T);
   }
 }
@@ -313,34 +373,68 @@ MK_GN_INLINE void by_act(int act, int64_t n, int64_t T, A... a) {
 // One version per ISA with its own vector width (8 lanes below AVX-512: 16-lane vectors split
 // into AVX2 halves spilled the exp polynomial to the stack). Called from this file only, where
 // all versions are visible (GCC's ifunc).
-#define MK_GN_DEFINE(ATTR, V, P)                                                                                 \
-  ATTR void sum(const float* x, int64_t n, int64_t T, float* acc) {                                             \
-    SumOp op{x};                                                                                                \
+#define MK_GN_DEFINE_S(ATTR, V, P, S, SUF)                                                                      \
+  ATTR void sum##SUF(const S* x, int64_t n, int64_t T, float* acc) {                                            \
+    SumOp<S> op{x};                                                                                             \
     reduce<V>(op, n, T, &acc);                                                                                  \
   }                                                                                                             \
-  ATTR void dev(const float* x, int64_t n, int64_t T, const float* bm, float* s, float* q) {                    \
-    DevOp op{x, bm};                                                                                            \
+  ATTR void dev##SUF(const S* x, int64_t n, int64_t T, const float* bm, float* s, float* q) {                   \
+    DevOp<S> op{x, bm};                                                                                         \
     float* acc[2] = {s, q};                                                                                     \
     reduce<V>(op, n, T, acc);                                                                                   \
   }                                                                                                             \
-  ATTR void fwd(const float* x, float* y, int64_t n, int64_t T, const GnTiles& t, int act) {                    \
-    by_act<V, P, FwdOp>(act, n, T, x, y, t);                                                                       \
+  ATTR void fwd##SUF(const S* x, S* y, int64_t n, int64_t T, const GnTiles& t, int act) {                       \
+    by_act<V, P, S, FwdOp>(act, n, T, x, y, t);                                                                 \
   }                                                                                                             \
-  ATTR void bwd1(const float* x, const float* gy, int64_t n, int64_t T, const GnTiles& t, int act, float* s1,   \
-                 float* s2) {                                                                                   \
+  ATTR void bwd1##SUF(const S* x, const S* gy, int64_t n, int64_t T, const GnTiles& t, int act, float* s1,      \
+                      float* s2) {                                                                              \
     float* acc[2] = {s1, s2};                                                                                   \
-    reduce_act<V, P, Bwd1Op>(act, n, T, acc, x, gy, t);                                                            \
+    reduce_act<V, P, S, Bwd1Op>(act, n, T, acc, x, gy, t);                                                      \
   }                                                                                                             \
-  ATTR void bwd2(const float* x, const float* gy, float* gx, int64_t n, int64_t T, const GnTiles& t, int act,   \
-                 float* sdx) {                                                                                  \
-    reduce_act<V, P, Bwd2Op>(act, n, T, &sdx, x, gy, gx, t);                                                       \
+  ATTR void bwd2##SUF(const S* x, const S* gy, S* gx, int64_t n, int64_t T, const GnTiles& t, int act,          \
+                      float* sdx) {                                                                             \
+    reduce_act<V, P, S, Bwd2Op>(act, n, T, &sdx, x, gy, gx, t);                                                 \
   }
+#define MK_GN_DEFINE(ATTR, V, P) MK_GN_DEFINE_S(ATTR, V, P, float, ) MK_GN_DEFINE_S(ATTR, V, P, uint16_t, _bf16)
 #if defined(MK_CPU_MULTIVERSION)
 MK_GN_DEFINE(__attribute__((target("avx512f,avx512vl,fma"))), f32x16, DivRecip)
 MK_GN_DEFINE(__attribute__((target("avx2,fma"))), f32x8, Avx2Recip)
 #endif
 MK_GN_DEFINE(MK_CPU_DEFAULT_VERSION, f32x8, DivRecip)
 #undef MK_GN_DEFINE
+#undef MK_GN_DEFINE_S
+
+// the storage type picks the entry point
+MK_GN_INLINE void k_sum(const float* x, int64_t n, int64_t T, float* a) { sum(x, n, T, a); }
+MK_GN_INLINE void k_sum(const uint16_t* x, int64_t n, int64_t T, float* a) { sum_bf16(x, n, T, a); }
+MK_GN_INLINE void k_dev(const float* x, int64_t n, int64_t T, const float* bm, float* s, float* q) {
+  dev(x, n, T, bm, s, q);
+}
+MK_GN_INLINE void k_dev(const uint16_t* x, int64_t n, int64_t T, const float* bm, float* s, float* q) {
+  dev_bf16(x, n, T, bm, s, q);
+}
+MK_GN_INLINE void k_fwd(const float* x, float* y, int64_t n, int64_t T, const GnTiles& t, int act) {
+  fwd(x, y, n, T, t, act);
+}
+MK_GN_INLINE void k_fwd(const uint16_t* x, uint16_t* y, int64_t n, int64_t T, const GnTiles& t, int act) {
+  fwd_bf16(x, y, n, T, t, act);
+}
+MK_GN_INLINE void k_bwd1(const float* x, const float* gy, int64_t n, int64_t T, const GnTiles& t, int act,
+                         float* s1, float* s2) {
+  bwd1(x, gy, n, T, t, act, s1, s2);
+}
+MK_GN_INLINE void k_bwd1(const uint16_t* x, const uint16_t* gy, int64_t n, int64_t T, const GnTiles& t, int act,
+                         float* s1, float* s2) {
+  bwd1_bf16(x, gy, n, T, t, act, s1, s2);
+}
+MK_GN_INLINE void k_bwd2(const float* x, const float* gy, float* gx, int64_t n, int64_t T, const GnTiles& t, int act,
+                         float* sdx) {
+  bwd2(x, gy, gx, n, T, t, act, sdx);
+}
+MK_GN_INLINE void k_bwd2(const uint16_t* x, const uint16_t* gy, uint16_t* gx, int64_t n, int64_t T, const GnTiles& t,
+                         int act, float* sdx) {
+  bwd2_bf16(x, gy, gx, n, T, t, act, sdx);
+}
 
 }  // namespace gn_mv
 
@@ -664,6 +758,12 @@ void store(void* base, const View& v, const float* val) {
     for (int64_t c = 0; c < v.cols; ++c) Io<T>::store(dst + r * v.rs + c * v.cs, val[r * v.cols + c]);
 }
 
+// bfloat16 units that are flat go to the kernels as they are (converted in registers)
+template <typename T>
+constexpr bool kDirect = std::is_same<T, bfloat16_t>::value;
+inline const uint16_t* raw(const void* base, const View& v) { return static_cast<const uint16_t*>(base) + v.off; }
+inline uint16_t* raw(void* base, const View& v) { return static_cast<uint16_t*>(base) + v.off; }
+
 // per (n, c): the coefficients of the element formulas (gn_mv), in GnTiles' order
 struct Coef {
   float v[8];  // shhi, shlo, a, b0, r, k, d1, d2
@@ -694,19 +794,20 @@ struct Scratch {
 };
 
 // Moments of one unit per column: block mean in float, then shifted sums (corrected two-pass).
-void unit_moments(const float* x, int64_t n, Scratch& s, double* mean, double* m2) {
+template <typename S>
+void unit_moments(const S* x, int64_t n, Scratch& s, double* mean, double* m2) {
   const int64_t T = s.T, F = s.F;
   float *acc = s.lane(0), *bm = s.lane(1), *sd = s.lane(2), *sq = s.lane(3);
   double *c0 = s.cols.data(), *c1 = c0 + F, *c2 = c1 + F;
   s.zero(0);
-  gn_mv::sum(x, n, T, acc);
+  gn_mv::k_sum(x, n, T, acc);
   s.fold(acc, c0);
   const double cnt = static_cast<double>(n / F);
   for (int64_t c = 0; c < F; ++c) c0[c] = static_cast<float>(c0[c] / cnt);
   for (int64_t j = 0; j < T; ++j) bm[j] = static_cast<float>(c0[j % F]);
   s.zero(2);
   s.zero(3);
-  gn_mv::dev(x, n, T, bm, sd, sq);
+  gn_mv::k_dev(x, n, T, bm, sd, sq);
   s.fold(sd, c1);
   s.fold(sq, c2);
   for (int64_t c = 0; c < F; ++c) {
@@ -805,6 +906,9 @@ struct Fwd {
   void nc_stats(Scratch& s, int64_t ng, int64_t u) {
     const int64_t nc = (ng / g.G) * g.C + (ng % g.G) * g.Cg + u / g.nblk, b = u % g.nblk;
     const View v = unit_view(g, p.x_strides, nc / g.C, nc % g.C, b);
+    if constexpr (kDirect<T>) {
+      if (v.flat()) return unit_moments(raw(p.x, v), v.size(), s, &pm[nc * g.nblk + b], &pq[nc * g.nblk + b]);
+    }
     unit_moments(load<T>(s.xb.data(), p.x, v), v.size(), s, &pm[nc * g.nblk + b], &pq[nc * g.nblk + b]);
   }
   void nc_finish(int64_t ng) {
@@ -820,16 +924,25 @@ struct Fwd {
   void nc_apply(Scratch& s, int64_t ng, int64_t u) {
     const int64_t nc = (ng / g.G) * g.C + (ng % g.G) * g.Cg + u / g.nblk, b = u % g.nblk;
     const int64_t n = nc / g.C, c = nc % g.C;
-    const View vx = unit_view(g, p.x_strides, n, c, b), vy = unit_view(g, p.y_strides, n, c, b);
+    apply(s, s.tiles_from(&coef[nc]), unit_view(g, p.x_strides, n, c, b), unit_view(g, p.y_strides, n, c, b));
+  }
+  void apply(Scratch& s, const GnTiles& t, const View& vx, const View& vy) {
+    const int act = static_cast<int>(p.activation);
+    if constexpr (kDirect<T>) {
+      if (vx.flat() && vy.flat()) return gn_mv::k_fwd(raw(p.x, vx), raw(p.y, vy), vx.size(), g.T, t, act);
+    }
     const float* x = load<T>(s.xb.data(), p.x, vx);
     float* y = out_buffer<T>(s.ob.data(), p.y, vy);
-    gn_mv::fwd(x, y, vx.size(), g.T, s.tiles_from(&coef[nc]), static_cast<int>(p.activation));
+    gn_mv::k_fwd(x, y, vx.size(), g.T, t, act);
     store<T>(p.y, vy, y);
   }
 
   void cl_stats(Scratch& s, int64_t n, int64_t b) {
     const View v = unit_view(g, p.x_strides, n, 0, b);
     const int64_t at = (n * g.nblk + b) * g.C;
+    if constexpr (kDirect<T>) {
+      if (v.flat()) return unit_moments(raw(p.x, v), v.size(), s, &pm[at], &pq[at]);
+    }
     unit_moments(load<T>(s.xb.data(), p.x, v), v.size(), s, &pm[at], &pq[at]);
   }
   void cl_channel(int64_t n, int64_t c) {
@@ -841,11 +954,7 @@ struct Fwd {
     cm[n * g.C + c] = m.mu, cm2[n * g.C + c] = m.m2;
   }
   void cl_apply(Scratch& s, const GnTiles& t, int64_t n, int64_t b) {
-    const View vx = unit_view(g, p.x_strides, n, 0, b), vy = unit_view(g, p.y_strides, n, 0, b);
-    const float* x = load<T>(s.xb.data(), p.x, vx);
-    float* y = out_buffer<T>(s.ob.data(), p.y, vy);
-    gn_mv::fwd(x, y, vx.size(), g.T, t, static_cast<int>(p.activation));
-    store<T>(p.y, vy, y);
+    apply(s, t, unit_view(g, p.x_strides, n, 0, b), unit_view(g, p.y_strides, n, 0, b));
   }
 
   void run() {
@@ -925,12 +1034,30 @@ struct Bwd {
   }
   void unit(Scratch& s, const GnTiles& t, int64_t n, int64_t c, int64_t b, int64_t at, bool second) {
     const View vx = unit_view(g, p.x_strides, n, c, b), vg = unit_view(g, q.grad_y_strides, n, c, b);
+    if constexpr (kDirect<T>) {
+      const View vo = q.grad_x ? unit_view(g, q.grad_x_strides, n, c, b) : vx;
+      if (vx.flat() && vg.flat() && vo.flat()) {
+        if (!second) {
+          s.zero(0);
+          s.zero(1);
+          gn_mv::k_bwd1(raw(p.x, vx), raw(q.grad_y, vg), vx.size(), g.T, t, act, s.lane(0), s.lane(1));
+          fold_to(s, s.lane(0), ps1, at);
+          fold_to(s, s.lane(1), ps2, at);
+        } else {
+          s.zero(2);
+          gn_mv::k_bwd2(raw(p.x, vx), raw(q.grad_y, vg), q.grad_x ? raw(q.grad_x, vo) : nullptr, vx.size(), g.T, t,
+                        act, s.lane(2));
+          fold_to(s, s.lane(2), pdx, at);
+        }
+        return;
+      }
+    }
     const float* x = load<T>(s.xb.data(), p.x, vx);
     const float* gy = load<T>(s.gb.data(), q.grad_y, vg);
     if (!second) {
       s.zero(0);
       s.zero(1);
-      gn_mv::bwd1(x, gy, vx.size(), g.T, t, act, s.lane(0), s.lane(1));
+      gn_mv::k_bwd1(x, gy, vx.size(), g.T, t, act, s.lane(0), s.lane(1));
       fold_to(s, s.lane(0), ps1, at);
       fold_to(s, s.lane(1), ps2, at);
       return;
@@ -939,10 +1066,10 @@ struct Bwd {
     if (q.grad_x) {
       const View vo = unit_view(g, q.grad_x_strides, n, c, b);
       float* gx = out_buffer<T>(s.ob.data(), q.grad_x, vo);
-      gn_mv::bwd2(x, gy, gx, vx.size(), g.T, t, act, s.lane(2));
+      gn_mv::k_bwd2(x, gy, gx, vx.size(), g.T, t, act, s.lane(2));
       store<T>(q.grad_x, vo, gx);
     } else {
-      gn_mv::bwd2(x, gy, nullptr, vx.size(), g.T, t, act, s.lane(2));
+      gn_mv::k_bwd2(x, gy, static_cast<float*>(nullptr), vx.size(), g.T, t, act, s.lane(2));
     }
     fold_to(s, s.lane(2), pdx, at);
   }
