@@ -687,7 +687,9 @@ Geo geometry(const GroupNormParams& p) {
     g.T = l <= kUnit ? l : g.C;
     g.F = g.C;
     const int64_t per = g.T / g.C;  // rows per lane period
-    int64_t rows = (kUnit + g.C - 1) / g.C;
+    // at least 64 rows (up to 64 Ki floats) so that the per-column work of a unit (its fold,
+    // its moments, its step of the cross-unit combination) stays small next to its elements
+    int64_t rows = std::max((kUnit + g.C - 1) / g.C, std::min<int64_t>(64, (16 * kUnit + g.C - 1) / g.C));
     rows = (rows + per - 1) / per * per;
     g.rows = rows;
     g.nblk = (g.M + rows - 1) / rows;
@@ -802,8 +804,8 @@ void unit_moments(const S* x, int64_t n, Scratch& s, double* mean, double* m2) {
   s.zero(0);
   gn_mv::k_sum(x, n, T, acc);
   s.fold(acc, c0);
-  const double cnt = static_cast<double>(n / F);
-  for (int64_t c = 0; c < F; ++c) c0[c] = static_cast<float>(c0[c] / cnt);
+  const double cnt = static_cast<double>(n / F), inv = 1.0 / cnt;
+  for (int64_t c = 0; c < F; ++c) c0[c] = static_cast<float>(c0[c] * inv);
   for (int64_t j = 0; j < T; ++j) bm[j] = static_cast<float>(c0[j % F]);
   s.zero(2);
   s.zero(3);
@@ -811,8 +813,8 @@ void unit_moments(const S* x, int64_t n, Scratch& s, double* mean, double* m2) {
   s.fold(sd, c1);
   s.fold(sq, c2);
   for (int64_t c = 0; c < F; ++c) {
-    mean[c] = c0[c] + c1[c] / cnt;
-    const double v = c2[c] - c1[c] * c1[c] / cnt;
+    mean[c] = c0[c] + c1[c] * inv;
+    const double v = c2[c] - c1[c] * c1[c] * inv;
     m2[c] = v < 0 ? 0.0 : v;  // rounding only; NaN stays
   }
 }
@@ -821,9 +823,9 @@ void unit_moments(const S* x, int64_t n, Scratch& s, double* mean, double* m2) {
 struct Moments {
   double cnt = 0, mu = 0, m2 = 0;
   void add(double n, double m, double q) {
-    const double tot = cnt + n, delta = m - mu;
-    mu += delta * n / tot;
-    m2 += q + delta * delta * cnt * n / tot;
+    const double tot = cnt + n, delta = m - mu, f = n / tot;
+    mu += delta * f;
+    m2 += q + delta * delta * cnt * f;
     cnt = tot;
   }
 };
