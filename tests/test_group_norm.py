@@ -403,3 +403,14 @@ def test_cpu_activation_far_out(activation, layout):
     gw = torch.autograd.grad({"silu": F.silu, "gelu": F.gelu}[activation](
         F.group_norm(xd, 2, w.double(), b.double())).sum(), xd)[0]
     assert torch.isfinite(g).all() and (g.double() - gw).abs().max().item() <= 1e-5
+
+
+def test_auto_rule_on_cpu():
+    # the measured rule (ops/group_norm.py _cpu_auto): cpu for float32 and bfloat16, both layouts
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in ("ncdhw", "cl"):
+            x = _layout(torch.randn(1, 8, 3, 4, 5).to(dtype), layout)
+            assert gn_ops._DISPATCH.select("auto", x.device, dtype, x=x) == "cpu"
+    for dtype in (torch.float16, torch.float64):
+        x = torch.randn(1, 8, 3, 4, 5).to(dtype)
+        assert gn_ops._DISPATCH.select("auto", x.device, dtype, x=x) == "reference"

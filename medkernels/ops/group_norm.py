@@ -39,6 +39,20 @@ def _ncm_strides(t: torch.Tensor):
     return None
 
 
+def _cpu_auto(x, **_) -> bool:
+    # GroupNorm+SiLU, ours (cpu) / eager F.silu(F.group_norm(...)), 2 threads of the 2-core test
+    # machine, the same run, median of 3 sessions (each 3 alternating runs of 3 calls):
+    #   1x128x48^3 fp32  NCDHW fwd 2.88x fwd+bwd 2.48x | NDHWC fwd 3.01x fwd+bwd 2.73x
+    #   1x128x48^3 bf16  NCDHW fwd 2.00x fwd+bwd 0.99x | NDHWC fwd 0.83x fwd+bwd 2.21x
+    #   1x256x24^3 fp32  NCDHW fwd 1.00x fwd+bwd 1.15x | NDHWC fwd 1.00x fwd+bwd 0.83x
+    #   1x256x24^3 bf16  NCDHW fwd 0.77x fwd+bwd 0.87x | NDHWC fwd 1.00x fwd+bwd 1.25x
+    # auto's other pick on CPU is the reference backend (float32 ops step by step), which the
+    # same benchmarks measured at 0.05-0.47x eager, below cpu in every case above; so cpu runs
+    # float32 and bfloat16 everywhere. float16 (scalar conversions) and float64 (the scalar
+    # double path) were not measured: the reference runs them.
+    return x.dtype in (torch.float32, torch.bfloat16)
+
+
 # --- backends: fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd) fills y and the
 # --- statistics; bwd(o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads) fills the
 # --- gradients that are not None (the parameters' in the accumulation dtype)
@@ -89,10 +103,7 @@ class _Reference:
 _DISPATCH = _dispatch.Dispatcher(
     "group_norm_act",
     (
-        # auto skips the C++ kernel for now: on 2 busy cores it measured 1.27x eager GroupNorm+SiLU
-        # forward at 1x128x48^3 fp32 NCDHW but 0.27-0.45x elsewhere and 0.24-0.45x fwd+bwd (its
-        # statistics and backward loops are scalar); it becomes auto's pick once vectorised and faster.
-        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("group_norm_fwd_cpu"), auto=lambda **_: False,
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("group_norm_fwd_cpu"), auto=_cpu_auto,
                           impl=_Compiled(_kit.CPU, {"fwd": "group_norm_fwd_cpu", "bwd": "group_norm_bwd_cpu"})),
         _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
     ),
