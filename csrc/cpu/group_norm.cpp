@@ -119,26 +119,8 @@ template <typename V> MK_GN_INLINE void stx(uint16_t* p, const V& v) {
   }
 }
 
-// e^t per lane, vec_math.h's vmath::exp on any vector width: t above 88 clamped, below -87.3 0.
-template <typename V> MK_GN_INLINE V vexp(V t) {
-  typedef typename IntOf<V>::type I;
-  const V lo = splat<V>(-87.3f), hi = splat<V>(88.0f);
-  V tc = t < lo ? lo : t;
-  tc = tc > hi ? hi : tc;
-  const V kf = (tc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const V r = (tc - kf * 0.693359375f) - kf * -2.12194440e-4f;
-  V q = splat<V>(1.9875691500e-4f);
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  const V p = q * r * r + r + 1.0f;
-  const I kb = (__builtin_convertvector(kf, I) + 127) << 23;
-  V scale;
-  std::memcpy(&scale, &kb, sizeof(scale));
-  return t < lo ? V{} : p * scale;
-}
+// e^t per lane (vec_math.h) at this version's vector width
+template <typename V> MK_GN_INLINE V vexp(V t) { return vmath::exp_v<V, typename IntOf<V>::type>(t); }
 template <> MK_GN_INLINE float vexp<float>(float t) { return vexp(f32x8{} + t)[0]; }
 
 // erf, Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), NaN kept
@@ -188,19 +170,7 @@ struct Avx2Recip {
     f32x8 tc;
     asm("vmaxps %2, %1, %0" : "=x"(tc) : "x"(lo), "x"(t));
     asm("vminps %2, %1, %0" : "=x"(tc) : "x"(hi), "x"(tc));
-    const f32x8 kf = (tc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const f32x8 r = (tc - kf * 0.693359375f) - kf * -2.12194440e-4f;
-    f32x8 q = splat<f32x8>(1.9875691500e-4f);
-    q = q * r + 1.3981999507e-3f;
-    q = q * r + 8.3334519073e-3f;
-    q = q * r + 4.1665795894e-2f;
-    q = q * r + 1.6666665459e-1f;
-    q = q * r + 5.0000001201e-1f;
-    const f32x8 pr = q * r * r + r + 1.0f;
-    const i32x8 kb = (__builtin_convertvector(kf, i32x8) + 127) << 23;
-    f32x8 scale;
-    std::memcpy(&scale, &kb, sizeof(scale));
-    return pr * scale;
+    return vmath::exp_core<f32x8, i32x8>(tc);
   }
   template <typename V> static MK_GN_INLINE V silu(V z) {
     if constexpr (std::is_same<V, f32x8>::value) return z * sigmoid(z);
