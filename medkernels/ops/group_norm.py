@@ -207,8 +207,9 @@ def group_norm_act(
         activation: None, "silu" or "gelu" (exact erf).
         backend: "auto", "cpu" or "reference".
 
-    Statistics in float64 blocks combined in a fixed order on the cpu backend (float32 for 16-bit
-    inputs in the reference); NaN in x stays in its (sample, group)'s outputs.
+    Statistics on the cpu backend: float32 lanes over fixed units, folded and combined in float64
+    in a fixed order (float32 for 16-bit inputs in the reference); NaN in x stays in its (sample,
+    group)'s outputs.
     """
     check_tensor("x", x)
     if not 3 <= x.dim() <= 5:
