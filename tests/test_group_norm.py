@@ -407,3 +407,126 @@ def test_triton_on_gpu(shape, G, layout, dtype):
     for name, g, e in zip(["x", "weight", "bias", "scale", "shift", "add"], first[1:], exp):
         err = (g.cpu().double() - e).abs().max().item() / max(e.abs().max().item(), exp[0].abs().max().item())
         assert err <= tol, f"grad {name}: relative error {err:.2e} > {tol:.0e}"
+
+
+# --- the cpu backend's vector path: shapes that cut into several units, lane tails, layouts ----
+def _check_cpu_against_float64(x, G, w, b, sc, sh, ad, activation, gy_layout=None, tol=None):
+    dtype = x.dtype
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in (x, w, b, sc, sh, ad)]
+    y = group_norm_act(leaves[0], G, leaves[1], leaves[2], eps=1e-5, scale=leaves[3], shift=leaves[4],
+                       add=leaves[5], activation=activation, backend="cpu")
+    exact = [None if t is None else t.detach().double().requires_grad_(True) for t in leaves]
+    want = group_norm_act_ref(exact[0], G, exact[1], exact[2], 1e-5, *exact[3:], activation)
+    ftol = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype] if tol is None else tol[0]
+    assert testing.rel_err(y, want) <= ftol
+    gy = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    if gy_layout is not None:
+        gy = _layout(gy, gy_layout)
+    present = [t for t in leaves if t is not None]
+    got = torch.autograd.grad(y, present, gy.to(dtype))
+    exp = torch.autograd.grad(want, [t for t in exact if t is not None], gy)
+    gtol = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype] if tol is None else tol[1]
+    for g, e in zip(got, exp):
+        den = max(e.abs().max().item(), exp[0].abs().max().item())
+        assert (g.double() - e).abs().max().item() / den <= gtol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,G,layout", [
+    ((1, 4, 13, 17, 19), 2, "ncdhw"),   # M = 4199: two units, the second with a 7-lane tail
+    ((2, 24, 13, 17, 19), 4, "cl"),     # C = 24: lane period 48 (two rows), 25 units, an odd last one
+    ((1, 20, 9, 11, 5), 5, "cl"),       # C = 20: lane period 80
+    ((2, 6, 7, 9, 11), 3, "cl"),        # C = 6: lane period 48 (8 rows), channel vectors shorter than a register
+    ((1, 4100, 3, 1, 1), 41, "cl"),     # lcm(C, 16) too long: the period is C itself, 4 lanes past the last vector
+    ((2, 8, 70, 70), 4, "ncdhw"),       # 2D, M = 4900
+])
+@pytest.mark.parametrize("activation,film", [("silu", True), ("gelu", False), (None, True)])
+def test_cpu_units_tails_and_layouts(dtype, shape, G, layout, activation, film):
+    x, w, b, sc, sh, ad = _inputs(shape, G, dtype=dtype, mean=1.5, with_film=film, seed=7)
+    _check_cpu_against_float64(_layout(x, layout), G, w, b, sc, sh, ad, activation)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("x_layout,gy_layout", [("cl", "ncdhw"), ("ncdhw", "cl")])
+def test_cpu_grad_y_in_the_other_layout(x_layout, gy_layout, dtype):
+    # the output gradient's layout need not be x's: the cpu kernel gathers it per unit (and
+    # bfloat16 leaves the in-register conversion path for the buffered one)
+    x, w, b, sc, sh, ad = _inputs((2, 16, 9, 17, 31), 4, dtype=dtype, seed=8)
+    _check_cpu_against_float64(_layout(x, x_layout), 4, w, b, sc, sh, ad, "silu", gy_layout=gy_layout)
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_is_stable_for_a_large_mean(layout, dtype):
+    # a CT volume in HU: mean 1000, spread 1, over several units; the mean enters the element
+    # formula as two floats, so the output keeps float32 accuracy (one float would cost 3e-5)
+    x, w, b, sc, sh, ad = _inputs((1, 8, 17, 16, 16), 2, dtype=dtype, mean=1000.0, seed=9)
+    if dtype == torch.float32:
+        tol = (2e-6, 2e-4)  # the backward gets the mean saved in float32, as the contract says
+    else:
+        tol = (4e-3, 8e-2)  # bf16 x rounds 1000 +- 1 to steps of 4: the data, not the kernel
+    _check_cpu_against_float64(_layout(x, layout), 2, w, b, sc, sh, ad, "silu", tol=tol)
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
+def test_cpu_nan_stays_in_its_group_over_units(layout):
+    x, w, b, sc, sh, ad = _inputs((2, 8, 13, 17, 19), 4, dtype=torch.float32, seed=10)
+    x[1, 5, 12, 16, 18] = float("nan")  # sample 1, group 2 (channels 4, 5), the last unit
+    y = group_norm_act(_layout(x, layout), 4, w, b, scale=sc, shift=sh, add=ad, activation="silu", backend="cpu")
+    nan = torch.isnan(y)
+    assert nan[1, 4:6].all() and int(nan.sum()) == 2 * 13 * 17 * 19
+
+
+@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_same_bits_whatever_the_thread_count_over_units(layout, dtype):
+    # several units per channel / sample; 1-3 threads run whole groups per thread, 5 threads
+    # run each group by the team (another schedule, the same fixed-order sums)
+    x, w, b, sc, sh, ad = _inputs((2, 8, 13, 17, 19), 4, dtype=dtype, seed=11)
+    xs = _layout(x, layout).requires_grad_(True)
+    leaves = [t.requires_grad_(True) for t in (w, b, sc, sh, ad)]
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(12)).to(dtype)
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3, 5):
+            torch.set_num_threads(n)
+            y = group_norm_act(xs, 4, leaves[0], leaves[1], scale=leaves[2], shift=leaves[3], add=leaves[4],
+                               activation="silu", backend="cpu")
+            outs.append([y.detach(), *torch.autograd.grad(y, [xs, *leaves], gy)])
+    finally:
+        torch.set_num_threads(before)
+    for got in outs[1:]:
+        for a, e in zip(got, outs[0]):
+            assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+@pytest.mark.parametrize("layout", ["ncdhw", "cl"])
+def test_cpu_activation_far_out(activation, layout):
+    # pre-activations far past the exp range (|z| ~ 200) through the vector kernels: no NaN,
+    # silu(-200) = -0 and silu'(-200) = 0 as torch gives, large positive z passed through
+    x, _, _, _, _, _ = _inputs((1, 32, 5, 6, 7), 2, dtype=torch.float32, seed=13)
+    w = torch.full((32,), 1.0)
+    b = torch.tensor([-200.0, 200.0] * 16)
+    xs = _layout(x, layout).requires_grad_(True)
+    y = group_norm_act(xs, 2, w, b, activation=activation, backend="cpu")
+    want = {"silu": F.silu, "gelu": F.gelu}[activation](F.group_norm(x.double(), 2, w.double(), b.double()))
+    assert torch.isfinite(y).all()
+    assert testing.rel_err(y, want) <= 1e-6
+    g = torch.autograd.grad(y.sum(), xs)[0]
+    xd = x.double().requires_grad_(True)
+    gw = torch.autograd.grad({"silu": F.silu, "gelu": F.gelu}[activation](
+        F.group_norm(xd, 2, w.double(), b.double())).sum(), xd)[0]
+    assert torch.isfinite(g).all() and (g.double() - gw).abs().max().item() <= 1e-5
+
+
+def test_auto_rule_on_cpu():
+    # the measured rule (ops/group_norm.py _cpu_auto): cpu for float32 and bfloat16, both layouts
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in ("ncdhw", "cl"):
+            x = _layout(torch.randn(1, 8, 3, 4, 5).to(dtype), layout)
+            assert gn_ops._DISPATCH.select("auto", x.device, dtype, x=x) == "cpu"
+    for dtype in (torch.float16, torch.float64):
+        x = torch.randn(1, 8, 3, 4, 5).to(dtype)
+        assert gn_ops._DISPATCH.select("auto", x.device, dtype, x=x) == "reference"

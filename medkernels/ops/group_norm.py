@@ -3,8 +3,8 @@ norm of the diffusion UNets' ResBlocks, as a torch custom op with autograd, writ
 :mod:`medkernels.ops._kit`.
 
 Backends today: ``triton`` (GPU, or the interpreter on CPU tensors; :mod:`medkernels.triton.group_norm`),
-``cpu`` (our C++/OpenMP) and ``reference`` (PyTorch's ``F.group_norm`` in float32/float64, then
-the affine, FiLM and activation as separate ops). The compiled backends read x once for the
+``cpu`` (our C++/OpenMP, vectorised) and ``reference`` (PyTorch's ``native_group_norm`` in
+float32/float64, then the FiLM and activation as separate ops). The compiled backends read x once for the
 statistics and once more for the output, which they write once; their backward reads x and
 grad_y twice and writes grad_x once. The CUDA kernels of this family are not written yet.
 """
@@ -40,6 +40,20 @@ def _ncm_strides(t: torch.Tensor):
     if t.permute(0, *range(2, t.dim()), 1).is_contiguous():
         return [M * C, 1, C]
     return None
+
+
+def _cpu_auto(x, **_) -> bool:
+    # GroupNorm+SiLU, ours (cpu) / eager F.silu(F.group_norm(...)), 2 threads of the 2-core test
+    # machine, the same run, median of 3 sessions (each 3 alternating runs of 3 calls):
+    #   1x128x48^3 fp32  NCDHW fwd 2.88x fwd+bwd 2.48x | NDHWC fwd 3.01x fwd+bwd 2.73x
+    #   1x128x48^3 bf16  NCDHW fwd 2.00x fwd+bwd 0.99x | NDHWC fwd 0.83x fwd+bwd 2.21x
+    #   1x256x24^3 fp32  NCDHW fwd 1.00x fwd+bwd 1.15x | NDHWC fwd 1.00x fwd+bwd 0.83x
+    #   1x256x24^3 bf16  NCDHW fwd 0.77x fwd+bwd 0.87x | NDHWC fwd 1.00x fwd+bwd 1.25x
+    # auto's other pick on CPU is the reference backend (float32 ops step by step), which the
+    # same benchmarks measured at 0.05-0.47x eager, below cpu in every case above; so cpu runs
+    # float32 and bfloat16 everywhere. float16 (scalar conversions) and float64 (the scalar
+    # double path) were not measured: the reference runs them.
+    return x.dtype in (torch.float32, torch.bfloat16)
 
 
 # --- backends: fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd) fills y and the
@@ -163,10 +177,7 @@ _DISPATCH = _dispatch.Dispatcher(
         # auto runs Triton on GPU tensors (no GPU benchmark of it yet; the interpreter never)
         _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
                           auto=_dispatch.triton_auto, impl=_Triton()),
-        # auto skips the C++ kernel for now: on 2 busy cores it measured 1.27x eager GroupNorm+SiLU
-        # forward at 1x128x48^3 fp32 NCDHW but 0.27-0.45x elsewhere and 0.24-0.45x fwd+bwd (its
-        # statistics and backward loops are scalar); it becomes auto's pick once vectorised and faster.
-        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("group_norm_fwd_cpu"), auto=lambda **_: False,
+        _dispatch.Backend("cpu", ("cpu",), machine=_dispatch.cpu_machine("group_norm_fwd_cpu"), auto=_cpu_auto,
                           impl=_Compiled(_kit.CPU, {"fwd": "group_norm_fwd_cpu", "bwd": "group_norm_bwd_cpu"})),
         _dispatch.Backend("reference", ("cpu", "cuda"), impl=_Reference()),
     ),
@@ -270,9 +281,10 @@ def group_norm_act(
         activation: None, "silu" or "gelu" (exact erf).
         backend: "auto", "triton", "cpu" or "reference".
 
-    Statistics in float64 blocks combined in a fixed order on the cpu backend, in float32 (float64
-    for float64 inputs) tiles merged in a fixed order (Chan's formula) on the triton backend
-    (float32 for 16-bit inputs in the reference); NaN in x stays in its (sample, group)'s outputs.
+    Statistics on the cpu backend: float32 lanes over fixed units, folded and combined in float64
+    in a fixed order; on the triton backend float32 (float64 for float64 inputs) tiles merged in a
+    fixed order (Chan's formula); float32 for 16-bit inputs in the reference. NaN in x stays in its
+    (sample, group)'s outputs.
     """
     check_tensor("x", x)
     if not 3 <= x.dim() <= 5:

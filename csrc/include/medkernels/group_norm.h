@@ -7,9 +7,10 @@
 //
 // x and y are addressed as (N, C, M) through element strides (N, C, M): NCDHW/NCHW contiguous
 // has stride_m = 1, channels-last stride_c = 1; M is the product of the spatial sizes. weight,
-// bias are (C,), scale/shift/add contiguous (N, C); each may be null. Statistics run in double
-// (per block of the channel, combined in a fixed order: the same bits whatever the thread
-// count); arithmetic in float (double for float64). mean/rstd (N, groups) are written in the
+// bias are (C,), scale/shift/add contiguous (N, C); each may be null. Statistics are fp32 or
+// better and stable for a large mean (the cpu backend: float lanes over fixed units, folded and
+// combined in double in a fixed order: the same bits whatever the thread count); arithmetic in
+// float (double for float64). mean/rstd (N, groups) are written in the
 // accumulation type (float, double for float64) for the backward.
 #pragma once
 
