@@ -56,7 +56,8 @@ def _cpu_auto(x, **_) -> bool:
     return x.dtype in (torch.float32, torch.bfloat16)
 
 
-# --- backends: fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd) fills y and the
+# --- backends: fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd) fills y (or returns a
+# --- fresh tensor of y's dtype and strides) and the
 # --- statistics; bwd(o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads) fills the
 # --- gradients that are not None (the parameters' in the accumulation dtype)
 class _Compiled(_kit.Compiled):
@@ -127,9 +128,12 @@ class _Reference:
     def fwd(self, o, x, weight, bias, scale, shift, add, y, mean, rstd):
         h, w, b, sizes = self._prep(o, x, weight, bias, add, mean)
         y0, mu, r = torch.native_group_norm(h, w, b, *sizes, o.eps)
-        y.copy_(_ACT[o.activation or None](self._film(y0, x, scale, shift)))
+        z = _ACT[o.activation or None](self._film(y0, x, scale, shift))
         mean.copy_(mu)
         rstd.copy_(r)
+        if z.dtype == y.dtype and z.stride() == y.stride():
+            return z  # a fresh tensor in y's dtype and layout already: no copy
+        return y.copy_(z)
 
     def bwd(self, o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads):
         # from xhat and the saved statistics (PyTorch's own backward sums dy * x and dy, which
@@ -193,9 +197,10 @@ def _outputs(o, x: torch.Tensor):
 
 
 def _forward(impl, o, x, weight, bias, scale, shift, add):
-    y, mean, rstd = outs = _outputs(o, x)
-    impl.fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd)
-    return outs
+    y, mean, rstd = _outputs(o, x)
+    # a backend may return its own fresh output in y's dtype and strides instead of filling y
+    out = impl.fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd)
+    return [y if out is None else out, mean, rstd]
 
 
 def _fake(impl, o, x, weight, bias, scale, shift, add):
