@@ -49,8 +49,10 @@ def _cpu_auto(x, **_) -> bool:
     #   1x128x48^3 bf16  NCDHW fwd 2.00x fwd+bwd 0.99x | NDHWC fwd 0.83x fwd+bwd 2.21x
     #   1x256x24^3 fp32  NCDHW fwd 1.00x fwd+bwd 1.15x | NDHWC fwd 1.00x fwd+bwd 0.83x
     #   1x256x24^3 bf16  NCDHW fwd 0.77x fwd+bwd 0.87x | NDHWC fwd 1.00x fwd+bwd 1.25x
-    # auto's other pick on CPU is the reference backend (float32 ops step by step), which the
-    # same benchmarks measured at 0.05-0.47x eager, below cpu in every case above; so cpu runs
+    # auto's other pick on CPU is the reference backend (PyTorch's group norm plus the FiLM and
+    # activation ops, and a backward from xhat that stays exact for a large mean): in
+    # benchmarks/results/cpu-2core-avx2-group_norm it is 1.0-9x slower than cpu in every row (cpu vs
+    # eager there: fp32 1x128x48^3 3.5-3.9x, 1x256x24^3 1.0-1.75x; bf16 0.80-2.0x), so cpu runs
     # float32 and bfloat16 everywhere. float16 (scalar conversions) and float64 (the scalar
     # double path) were not measured: the reference runs them.
     return x.dtype in (torch.float32, torch.bfloat16)
