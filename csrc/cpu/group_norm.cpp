@@ -528,6 +528,33 @@ Status fwd_generic(const GroupNormParams& p) {
   return Status::kSuccess;
 }
 
+// dweight, dbias (sample sums in sample order), dshift and dscale per (n, c) from the per-(n, c)
+// sums S1 = sum dz and S2 = sum dz * xhat, written as A (the gradients' accumulation type);
+// both the double path and the float path end with it.
+template <typename T, typename A>
+void write_affine_grads(const GroupNormParams& p, const GroupNormBwdParams& q, const double* S1, const double* S2) {
+  const int64_t N = p.batch, C = p.channels;
+  A* gw = static_cast<A*>(q.grad_weight);
+  A* gb = static_cast<A*>(q.grad_bias);
+  for (int64_t c = 0; c < C; ++c) {
+    double w = 0, bb = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const double s1 = 1.0 + static_cast<double>(param<T>(p.scale, n * C + c, 0));
+      w += s1 * S2[n * C + c];
+      bb += s1 * S1[n * C + c];
+    }
+    if (gw) gw[c] = static_cast<A>(w);
+    if (gb) gb[c] = static_cast<A>(bb);
+  }
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const int64_t c = nc % C;
+    if (q.grad_shift) static_cast<A*>(q.grad_shift)[nc] = static_cast<A>(S1[nc]);
+    if (q.grad_scale)
+      static_cast<A*>(q.grad_scale)[nc] = static_cast<A>(static_cast<double>(param<T>(p.weight, c, 1)) * S2[nc] +
+                                                         static_cast<double>(param<T>(p.bias, c, 0)) * S1[nc]);
+  }
+}
+
 template <typename T>
 Status bwd_generic(const GroupNormBwdParams& q) {
   using A = Acc<T>;
@@ -608,26 +635,9 @@ Status bwd_generic(const GroupNormBwdParams& q) {
       dadd[nc] = sum;
     }
   }
-  A* gw = static_cast<A*>(q.grad_weight);
-  A* gb = static_cast<A*>(q.grad_bias);
-  for (int64_t c = 0; c < C; ++c) {
-    double w = 0, bb = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      const double s1 = 1.0 + static_cast<double>(param<T>(p.scale, n * C + c, 0));
-      w += s1 * S2[n * C + c];
-      bb += s1 * S1[n * C + c];
-    }
-    if (gw) gw[c] = static_cast<A>(w);
-    if (gb) gb[c] = static_cast<A>(bb);
-  }
-  for (int64_t nc = 0; nc < N * C; ++nc) {
-    const int64_t c = nc % C;
-    if (q.grad_shift) static_cast<A*>(q.grad_shift)[nc] = static_cast<A>(S1[nc]);
-    if (q.grad_scale)
-      static_cast<A*>(q.grad_scale)[nc] = static_cast<A>(static_cast<double>(param<T>(p.weight, c, 1)) * S2[nc] +
-                                                         static_cast<double>(param<T>(p.bias, c, 0)) * S1[nc]);
-    if (q.grad_add) static_cast<A*>(q.grad_add)[nc] = static_cast<A>(dadd[nc]);
-  }
+  write_affine_grads<T, A>(p, q, S1.data(), S2.data());
+  if (q.grad_add)
+    for (int64_t nc = 0; nc < N * C; ++nc) static_cast<A*>(q.grad_add)[nc] = static_cast<A>(dadd[nc]);
   return Status::kSuccess;
 }
 
@@ -1115,33 +1125,17 @@ struct Bwd {
 
   void write_param_grads() {
     const int64_t N = g.N, C = g.C;
-    float* gw = static_cast<float*>(q.grad_weight);
-    float* gb = static_cast<float*>(q.grad_bias);
-    for (int64_t c = 0; c < C; ++c) {
-      double w = 0, bb = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const double s1 = 1 + pval<T>(p.scale, n * C + c, 0);
-        w += s1 * S2[n * C + c];
-        bb += s1 * S1[n * C + c];
-      }
-      if (gw) gw[c] = static_cast<float>(w);
-      if (gb) gb[c] = static_cast<float>(bb);
-    }
-    for (int64_t nc = 0; nc < N * C; ++nc) {
+    write_affine_grads<T, float>(p, q, S1.data(), S2.data());
+    if (!q.grad_add) return;
+    for (int64_t nc = 0; nc < N * C; ++nc) {  // dadd: dx's unit sums in unit order
       const int64_t c = nc % C;
-      if (q.grad_shift) static_cast<float*>(q.grad_shift)[nc] = static_cast<float>(S1[nc]);
-      if (q.grad_scale)
-        static_cast<float*>(q.grad_scale)[nc] =
-            static_cast<float>(pval<T>(p.weight, c, 1) * S2[nc] + pval<T>(p.bias, c, 0) * S1[nc]);
-      if (q.grad_add) {
-        double sum = 0;
-        if (g.cl) {
-          for (int64_t k = 0; k < g.nblk; ++k) sum += pdx[((nc / C) * g.nblk + k) * C + c];
-        } else {
-          for (int64_t k = 0; k < g.nblk; ++k) sum += pdx[nc * g.nblk + k];
-        }
-        static_cast<float*>(q.grad_add)[nc] = static_cast<float>(sum);
+      double sum = 0;
+      if (g.cl) {
+        for (int64_t k = 0; k < g.nblk; ++k) sum += pdx[((nc / C) * g.nblk + k) * C + c];
+      } else {
+        for (int64_t k = 0; k < g.nblk; ++k) sum += pdx[nc * g.nblk + k];
       }
+      static_cast<float*>(q.grad_add)[nc] = static_cast<float>(sum);
     }
   }
 };
