@@ -60,7 +60,7 @@ def _case(shape, dtype, device, channels_last=False, backward=False, note=""):
     # our reference backend (PyTorch's group norm + the FiLM/activation ops, in the op): what auto
     # picks where our kernels lose, so the rule is judged against it (tests/test_bench_rules.py)
     fns["ours-reference"] = _ours("reference")
-    fns[f"auto({_DISPATCH.select('auto', device, dtype, x=x)})"] = _ours("auto")
+    fns[f"auto({_DISPATCH.select('auto', device, dtype, x=x, grad=backward)})"] = _ours("auto")
     if device.type == "cuda":
         fns["torch.compile"] = torch.compile(_eager)
 

@@ -522,11 +522,18 @@ def test_cpu_activation_far_out(activation, layout):
 
 
 def test_auto_rule_on_cpu():
-    # the measured rule (ops/group_norm.py _cpu_auto): cpu for float32 and bfloat16, both layouts
+    # the measured rule (ops/group_norm.py _cpu_auto): cpu for float32 and bfloat16, both layouts,
+    # from 4096 positions per channel forward only and from 256 with a backward to follow
+    def pick(x, grad=False):
+        return gn_ops._DISPATCH.select("auto", x.device, x.dtype, x=x, grad=grad)
+
     for dtype in (torch.float32, torch.bfloat16):
         for layout in ("ncdhw", "cl"):
-            x = _layout(torch.randn(1, 8, 3, 4, 5).to(dtype), layout)
-            assert gn_ops._DISPATCH.select("auto", x.device, dtype, x=x) == "cpu"
+            x = _layout(torch.randn(1, 8, 16, 16, 16).to(dtype), layout)
+            assert pick(x) == "cpu" and pick(x, grad=True) == "cpu"
+    small = torch.randn(2, 8, 32, 32)
+    assert pick(small) == "reference" and pick(small, grad=True) == "cpu"
+    assert pick(torch.randn(2, 8, 8, 8), grad=True) == "reference"
     for dtype in (torch.float16, torch.float64):
-        x = torch.randn(1, 8, 3, 4, 5).to(dtype)
-        assert gn_ops._DISPATCH.select("auto", x.device, dtype, x=x) == "reference"
+        x = torch.randn(1, 8, 16, 16, 16).to(dtype)
+        assert pick(x) == "reference"

@@ -42,7 +42,7 @@ def _ncm_strides(t: torch.Tensor):
     return None
 
 
-def _cpu_auto(x, **_) -> bool:
+def _cpu_auto(x, grad: bool = False, **_) -> bool:
     # GroupNorm+SiLU, ours (cpu) / eager F.silu(F.group_norm(...)), 2 threads of the 2-core test
     # machine, the same run, median of 3 sessions (each 3 alternating runs of 3 calls):
     #   1x128x48^3 fp32  NCDHW fwd 2.88x fwd+bwd 2.48x | NDHWC fwd 3.01x fwd+bwd 2.73x
@@ -53,9 +53,14 @@ def _cpu_auto(x, **_) -> bool:
     # activation ops, and a backward from xhat that stays exact for a large mean): in
     # benchmarks/results/cpu-2core-avx2-group_norm it is 1.0-9x slower than cpu in every row (cpu vs
     # eager there: fp32 1x128x48^3 3.5-3.9x, 1x256x24^3 1.0-1.75x; bf16 0.80-2.0x), so cpu runs
-    # float32 and bfloat16 everywhere. float16 (scalar conversions) and float64 (the scalar
+    # float32 and bfloat16 on large volumes. float16 (scalar conversions) and float64 (the scalar
     # double path) were not measured: the reference runs them.
-    return x.dtype in (torch.float32, torch.bfloat16)
+    # Small maps (fp32, with add, 1 and 2 threads, one run on the same machine, 2026-12-03): the
+    # forward alone lost below 4096 positions per channel (0.60-0.94x the reference at
+    # 2x64x32^2 and 2x128x16^2; 1.46-2.16x from 2x32x64^2 and 1x64x16^3 up), forward+backward lost
+    # only at 64 positions (0.74-0.94x at 2x256x8^2; 1.24-4.7x from 2x128x16^2 up).
+    spatial = x[0, 0].numel()
+    return x.dtype in (torch.float32, torch.bfloat16) and spatial >= (256 if grad else 4096)
 
 
 # --- backends: fwd(o, x, weight, bias, scale, shift, add, y, mean, rstd) fills y (or returns a
@@ -311,5 +316,7 @@ def group_norm_act(
     check_same("x", x, weight=weight, bias=bias, scale=scale, shift=shift, add=add)
     if _ncm_strides(x) is None:
         x = x.contiguous()
-    name = _DISPATCH.select(backend, x.device, x.dtype, x=x)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, weight, bias, scale, shift, add))
+    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, grad=grad)
     return _OP(NormOptions(num_groups, float(eps), activation or ""), name, x, weight, bias, scale, shift, add)[0]
