@@ -712,6 +712,27 @@ def test_sampler_equals_official_loop(backend, kind, eta, sched):
         assert (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
 
 
+def test_sampler_official_ddpm_timesteps():
+    # the official ddpm_noisy loop walks range(0, T, T // S) whatever the scheduler; "schedule"
+    # (the default) walks the schedule's own indices
+    from medkernels.diffusion import FastDDPMSampler
+
+    nonuni = FastDDPMSchedule("non-uniform", 10)
+    x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    for which, want in (("official_ddpm", list(range(0, 1000, 100))), ("schedule", nonuni.timesteps.tolist())):
+        model = _TinyModel(1, 2)
+        sampler = FastDDPMSampler(model, nonuni, kind="ddpm", timesteps=which, progress=False)
+        assert sampler.visited() == want
+        x = sampler(x_T, seed=1)
+        assert torch.isfinite(x).all()
+        assert [int(t[0].item()) for t in model.seen_t] == want[::-1]
+    assert nonuni.timesteps.tolist() != list(range(0, 1000, 100))
+    odd = FastDDPMSampler(_TinyModel(1, 2), FastDDPMSchedule("uniform", 3), timesteps="official_ddpm")
+    assert odd.visited() == [0, 333, 666, 999]  # more than S indices when S does not divide T
+    with pytest.raises(ValueError, match="timesteps must be one of"):
+        FastDDPMSampler(lambda x, t: x, nonuni, timesteps="quad")
+
+
 def test_sampler_errors_and_no_cond():
     from medkernels.diffusion import FastDDPMSampler
 

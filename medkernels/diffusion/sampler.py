@@ -26,6 +26,7 @@ from ..ops.diffusion import ddim_step, ddpm_step
 from .schedule import FastDDPMSchedule
 
 KINDS = ("ddim", "ddpm")
+TIMESTEPS = ("schedule", "official_ddpm")
 
 
 class FastDDPMSampler:
@@ -41,10 +42,16 @@ class FastDDPMSampler:
         backend: backend of the fused steps ("auto", "triton", "cpu", "reference").
         progress: show a tqdm progress bar over the steps (eager loop only).
         cuda_graph: capture the loop in a CUDA graph on GPU tensors ("auto": try, fall back).
+        timesteps: the indices visited. ``"schedule"`` (default): the schedule's ``timesteps``,
+            uniform or non-uniform as Fast-DDPM trains and describes them. ``"official_ddpm"``:
+            what the official ``ddpm_noisy`` sampling loop walks whatever the scheduler,
+            ``range(0, T, T // S)`` (S = ``schedule.steps``; more than S indices when S does not
+            divide T). Its ``generalized`` (DDIM) loop follows the scheduler, as ``"schedule"`` does.
     """
 
     def __init__(self, model, schedule: FastDDPMSchedule, kind: str = "ddim", eta: float = 0.0,
-                 clip: Optional[float] = 1.0, backend: str = "auto", progress: bool = True, cuda_graph="auto") -> None:
+                 clip: Optional[float] = 1.0, backend: str = "auto", progress: bool = True, cuda_graph="auto",
+                 timesteps: str = "schedule") -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if not isinstance(schedule, FastDDPMSchedule):
@@ -55,13 +62,23 @@ class FastDDPMSampler:
             raise ValueError(f"clip must be a number > 0 or None, got {clip!r}")
         if cuda_graph not in ("auto", True, False):
             raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
+        if timesteps not in TIMESTEPS:
+            raise ValueError(f"timesteps must be one of {TIMESTEPS}, got {timesteps!r}")
+        self.timesteps = timesteps
         self.model, self.schedule, self.kind = model, schedule, kind
         self.eta, self.clip, self.backend, self.progress = float(eta), clip, backend, progress
         self.cuda_graph = cuda_graph
         self._graphs: Dict[tuple, tuple] = {}
 
+    def visited(self) -> List[int]:
+        """The timestep indices this sampler visits, ascending (it walks them from the last)."""
+        if self.timesteps == "official_ddpm":
+            T = self.schedule.num_train_timesteps
+            return list(range(0, T, T // self.schedule.steps))
+        return self.schedule.timesteps.tolist()
+
     def _pairs(self) -> List[Tuple[int, int]]:
-        seq = self.schedule.timesteps.tolist()
+        seq = self.visited()
         seq_next = [-1] + seq[:-1]
         return list(zip(reversed(seq), reversed(seq_next)))
 
