@@ -25,13 +25,8 @@
 namespace mk = medkernels;
 namespace md = medkernels::detail;
 
-template <typename E>
-static bool load(const std::string& path, std::vector<E>* v, int64_t n) {
-  v->resize(static_cast<size_t>(n));
-  if (emulate::read_into(path, v->data(), v->size() * sizeof(E))) return true;
-  std::fprintf(stderr, "cannot read %lld elements from %s\n", static_cast<long long>(n), path.c_str());
-  return false;
-}
+using emulate::load;
+using emulate::save;
 
 template <typename T>
 static int run(const std::string& dir, mk::DiffusionParams p, bool has_t_next, bool has_x0) {
@@ -62,9 +57,9 @@ static int run(const std::string& dir, mk::DiffusionParams p, bool has_t_next, b
   p.partial = partial.data();
   md::HostExec<md::HostBlock, emulate::Trace> ex;
   if (md::diffusion_fwd_run<T>(p, ex)) return 3;
-  emulate::write_file(dir + "/out.bin", out.data(), out.size() * sizeof(T));
-  if (has_x0) emulate::write_file(dir + "/x0.bin", x0.data(), x0.size() * sizeof(T));
-  if (!partial.empty()) emulate::write_file(dir + "/partial.bin", partial.data(), partial.size() * sizeof(double));
+  save(dir + "/out.bin", out);
+  if (has_x0) save(dir + "/x0.bin", x0);
+  if (!partial.empty()) save(dir + "/partial.bin", partial);
   return 0;
 }
 

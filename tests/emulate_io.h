@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -30,6 +31,28 @@ inline bool read_into(const std::string& path, void* p, size_t n) {
 inline void write_file(const std::string& path, const void* p, size_t n) {
   std::ofstream f(path, std::ios::binary);
   f.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
+}
+
+// n elements of E from the file into *v (resized); false, with a message, if missing or short.
+template <typename E>
+bool load(const std::string& path, std::vector<E>* v, int64_t n) {
+  v->resize(static_cast<size_t>(n));
+  if (read_into(path, v->data(), v->size() * sizeof(E))) return true;
+  std::fprintf(stderr, "cannot read %lld elements from %s\n", static_cast<long long>(n), path.c_str());
+  return false;
+}
+
+template <typename E>
+void save(const std::string& path, const std::vector<E>& v) {
+  write_file(path, v.data(), v.size() * sizeof(E));
+}
+
+// A buffer of n elements of E, every byte 0xff (NaN in every float type).
+template <typename E>
+std::vector<E> poisoned(int64_t n) {
+  std::vector<E> v(static_cast<size_t>(n));
+  std::memset(v.data(), 0xff, v.size() * sizeof(E));
+  return v;
 }
 
 // DIR/params.txt as numbers read in order: integers exactly (64-bit), reals through strtod, so

@@ -27,26 +27,9 @@
 namespace mk = medkernels;
 namespace md = medkernels::detail;
 
-// A buffer of n elements of E, every byte 0xff (NaN in every float type).
-template <typename E>
-static std::vector<E> poisoned(int64_t n) {
-  std::vector<E> v(static_cast<size_t>(n));
-  std::memset(v.data(), 0xff, v.size() * sizeof(E));
-  return v;
-}
-
-template <typename E>
-static bool load(const std::string& path, std::vector<E>* v, int64_t n) {
-  v->resize(static_cast<size_t>(n));
-  if (emulate::read_into(path, v->data(), v->size() * sizeof(E))) return true;
-  std::fprintf(stderr, "cannot read %lld elements from %s\n", static_cast<long long>(n), path.c_str());
-  return false;
-}
-
-template <typename E>
-static void save(const std::string& path, const std::vector<E>& v) {
-  emulate::write_file(path, v.data(), v.size() * sizeof(E));
-}
+using emulate::load;
+using emulate::poisoned;
+using emulate::save;
 
 static int64_t span(const int64_t* size, const int64_t* st) {
   int64_t s = 1;
