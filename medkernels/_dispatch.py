@@ -8,6 +8,7 @@ was refused.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -149,18 +150,14 @@ def cuda_machine(symbol: str) -> Callable[[], Optional[str]]:
     return check
 
 
-_CPU_ISA: List[str] = []
-
-
+@functools.cache
 def cpu_vector_isa() -> str:
     """The vector ISA our CPU kernels run on this machine ("avx512", "avx2", "default"; "" without
     the compiled extension). Their tiles are register-blocked for AVX-512's 32 vector registers,
     so CPU ``auto`` rules that were measured on AVX-512 ask for it."""
-    if not _CPU_ISA:
-        from ._extension import extension
+    from ._extension import extension
 
-        _CPU_ISA.append(extension.module.cpu_vector_isa() if extension.has("cpu_vector_isa") else "")
-    return _CPU_ISA[0]
+    return extension.module.cpu_vector_isa() if extension.has("cpu_vector_isa") else ""
 
 
 def cpu_machine(symbol: str) -> Callable[[], Optional[str]]:

@@ -30,12 +30,12 @@ import torch
 import torch.distributed as dist
 
 from ..ops._kit import acc_dtype as _acc_dtype
+from ..ops._kit import wants_grad as _wants_grad
 from ..ops.sigmoid_loss import (
     _DISPATCH,
     _OP,
     LossOptions,
     _check_t_prime,
-    _wants_grad,
     prepare_sigmoid_loss_inputs,
     sigmoid_loss_sum_bwd,
     sigmoid_loss_sum_fwd,

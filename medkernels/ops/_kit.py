@@ -171,6 +171,12 @@ CPU = Kind("cpu", stream=False)
 CUDA = Kind("cuda", stream=True)
 
 
+def wants_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether a backward will follow a call on ``tensors`` (grad mode on and one needs a
+    gradient): the ``grad=`` input of the ``auto`` rules that differ forward-only."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def ptr(t: Optional[torch.Tensor]) -> int:
     """A tensor's data pointer, 0 for None (the kernels' "absent")."""
     return 0 if t is None else t.data_ptr()
@@ -204,19 +210,24 @@ def scratch(nbytes: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
-_POISON = threading.local()
-
-
 @contextlib.contextmanager
-def poisoned():
-    """Inside this context :func:`empty` fills what it allocates with NaN (integer tensors with
-    -1): tests check that a backend writes every element of its outputs."""
-    before = getattr(_POISON, "on", 0)
-    _POISON.on = before + 1
+def _nested(local: threading.local, attr: str):
+    """Counts nested entries into a per-thread switch: ``getattr(local, attr, 0)`` is true inside."""
+    before = getattr(local, attr, 0)
+    setattr(local, attr, before + 1)
     try:
         yield
     finally:
-        _POISON.on = before
+        setattr(local, attr, before)
+
+
+_POISON = threading.local()
+
+
+def poisoned():
+    """Inside this context :func:`empty` fills what it allocates with NaN (integer tensors with
+    -1): tests check that a backend writes every element of its outputs."""
+    return _nested(_POISON, "on")
 
 
 def empty(shape, *, dtype: torch.dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:
@@ -245,16 +256,10 @@ def _poison(t: torch.Tensor) -> torch.Tensor:
 _LANE = threading.local()
 
 
-@contextlib.contextmanager
 def custom_ops_only():
     """Inside this context every op call goes through its custom ops, eager calls included
     (tests use it to run the custom-op path on plain tensors)."""
-    before = getattr(_LANE, "off", 0)
-    _LANE.off = before + 1
-    try:
-        yield
-    finally:
-        _LANE.off = before
+    return _nested(_LANE, "off")
 
 
 def _modes_active() -> bool:

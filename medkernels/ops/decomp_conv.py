@@ -268,7 +268,7 @@ def decomp_conv3d(
             raise ValueError(f"bias must be ({c_out},), got {describe(bias)}")
         bias = bias.contiguous()
     check_same("x", x, w_d=w_d, w_h=w_h, w_w=w_w, bias=bias)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w_d, w_h, w_w, bias))
+    grad = _kit.wants_grad(x, w_d, w_h, w_w, bias)
     name = _DISPATCH.select(backend, x.device, x.dtype, x=x, k=k, groups=groups, stride=stride, c_out=c_out, grad=grad)
     if channels_last not in _LAYOUTS:
         raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")

@@ -20,6 +20,7 @@ from .. import _dispatch
 from ..reference.decomp_conv import _ACTIVATIONS as _ACT
 from ..reference.decomp_conv import _act_grad
 from ..reference.group_norm import ACTIVATIONS
+from ..reference.group_norm import _per_channel as _per_sample
 from . import _kit
 from ._common import check_int, check_same, check_tensor, describe
 
@@ -174,10 +175,6 @@ class _Reference:
             gad.copy_(dh.sum(dim=spatial))
 
 
-def _per_sample(t: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
-    return t.reshape(t.shape[0], t.shape[1], *([1] * (x.dim() - 2))).to(dtype)
-
-
 def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1, *([1] * (x.dim() - 2)))
 
@@ -316,7 +313,6 @@ def group_norm_act(
     check_same("x", x, weight=weight, bias=bias, scale=scale, shift=shift, add=add)
     if _ncm_strides(x) is None:
         x = x.contiguous()
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (x, weight, bias, scale, shift, add))
+    grad = _kit.wants_grad(x, weight, bias, scale, shift, add)
     name = _DISPATCH.select(backend, x.device, x.dtype, x=x, grad=grad)
     return _OP(NormOptions(num_groups, float(eps), activation or ""), name, x, weight, bias, scale, shift, add)[0]

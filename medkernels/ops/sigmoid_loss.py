@@ -342,12 +342,8 @@ def sigmoid_loss(
         x, y, t_prime, bias, labels, labels_y, positive_mask, variant, normalize
     )
     scale = sigmoid_loss_scale(reduction, x.shape[0], y.shape[0])
-    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y, grad=_wants_grad(x, y, t_prime, bias))
+    name = _DISPATCH.select(backend, x.device, x.dtype, x=x, y=y, grad=_kit.wants_grad(x, y, t_prime, bias))
     return _OP(LossOptions(0, symmetric, scale), name, x, y, t_prime, bias, labels_x, labels_y, mask)[0]
-
-
-def _wants_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def sigmoid_loss_backend(x: torch.Tensor, y: Optional[torch.Tensor] = None, backend: str = "auto",
