@@ -54,7 +54,7 @@ _TOOLKIT_FREE = sorted(h for h in (INCLUDE / "medkernels").rglob("*.h") if "cuda
 
 
 def test_every_family_has_a_cuh():
-    assert {"decomp_conv", "sigmoid_loss", "window_attention", "diffusion"} <= set(_ALL_CUH), _ALL_CUH
+    assert {"decomp_conv", "sigmoid_loss", "window_attention", "diffusion", "group_norm"} <= set(_ALL_CUH), _ALL_CUH
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources cannot be compiled here")

@@ -259,7 +259,7 @@ def test_bad_input_is_named():
         group_norm_act(x, 2.0)
     with pytest.raises(ValueError, match="1 to 3 spatial axes"):
         group_norm_act(torch.randn(2, 6), 3)
-    with pytest.raises(RuntimeError, match="backend 'cuda' is not implemented for this op"):
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run these inputs: .*runs on cuda tensors"):
         group_norm_act(x, 3, backend="cuda")
 
 
@@ -380,9 +380,14 @@ def test_triton_many_tiles_and_splits(monkeypatch, layout, dtype):
                                             ((1, 64, 40, 33), 32, "ncdhw"), ((3, 12, 301), 1, "ncdhw"),
                                             ((1, 128, 24, 24, 24), 32, "cl")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_triton_on_gpu(shape, G, layout, dtype):
-    # the compiled kernels on CUDA tensors (the tests above run CPU tensors, so the interpreter)
-    # against the float64 oracle, and the same bits twice
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_backends(backend, shape, G, layout, dtype):
+    # the compiled Triton kernels (the tests above run CPU tensors, so the interpreter) and our CUDA
+    # kernels (emulated on the host in tests/test_group_norm_cuda.py) on CUDA tensors against the
+    # float64 oracle, and the same bits twice
+    why = gn_ops._DISPATCH._by_name[backend].not_supported_reasons(torch.device("cuda"), dtype)
+    if why:
+        pytest.skip(f"{backend}: {why}")
     x64, w64, b64, sc64, sh64, ad64 = _inputs(shape, G, mean=3.0, seed=7)
     leaves = [t.to(dtype).cuda() for t in (x64, w64, b64, sc64, sh64, ad64)]
     leaves = [_layout(leaves[0], layout)] + leaves[1:]
@@ -391,7 +396,7 @@ def test_triton_on_gpu(shape, G, layout, dtype):
 
     def run():
         y = group_norm_act(leaves[0], G, leaves[1], leaves[2], scale=leaves[3], shift=leaves[4], add=leaves[5],
-                           activation="silu", backend="triton")
+                           activation="silu", backend=backend)
         return [y, *torch.autograd.grad(y, leaves, gy.to(dtype).cuda())]
 
     first, second = run(), run()

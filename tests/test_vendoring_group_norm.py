@@ -50,3 +50,25 @@ def test_capi_group_norm_params_form_matches_the_reference(install_prefix):
     # the C++ validator's message, through the C ABI
     p.groups = 4
     assert lib.mk_group_norm_fwd(ctypes.byref(p)) == 1 and b"groups" in lib.mk_last_error()
+
+
+def test_capi_group_norm_cuda_entry_points(install_prefix):
+    """The _cuda entry points and their workspace queries exist in every build; without a GPU (or
+    in a build without CUDA) the call fails with a message naming it, never a crash."""
+    lib = ctypes_lib(install_prefix)
+    for name in ("mk_group_norm_fwd_workspace_bytes_cuda", "mk_group_norm_bwd_workspace_bytes_cuda"):
+        getattr(lib, name).restype = ctypes.c_size_t
+    p = new_params(lib, "mk_group_norm_params")
+    p.dtype, p.batch, p.channels, p.groups, p.spatial = 0, 2, 8, 2, 5000
+    p.x_strides[:] = p.y_strides[:] = [8 * 5000, 5000, 1]
+    # NC... layout: one channel per block of 256 rows, 16 positions a row: 2 splits of 2500
+    assert lib.mk_group_norm_fwd_workspace_bytes_cuda(ctypes.byref(p)) == 2 * 8 * 2 * 2 * 8
+    b = new_params(lib, "mk_group_norm_bwd_params")
+    b.fwd = p
+    assert lib.mk_group_norm_bwd_workspace_bytes_cuda(ctypes.byref(b)) == (16 * 2 * 5 + 16 * 5 + 2 * 2 * 2) * 8
+    x = np.zeros((2, 8, 5000), np.float32)
+    p.x = p.y = p.mean = p.rstd = x.ctypes.data
+    # host pointers and no workspace: refused before any launch, by name
+    assert lib.mk_group_norm_fwd_cuda(ctypes.byref(p), None) != 0
+    err = lib.mk_last_error()
+    assert b"mk_group_norm_fwd_cuda" in err or b"workspace" in err, err

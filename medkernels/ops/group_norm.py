@@ -2,11 +2,12 @@
 norm of the diffusion UNets' ResBlocks, as a torch custom op with autograd, written on
 :mod:`medkernels.ops._kit`.
 
-Backends today: ``triton`` (GPU, or the interpreter on CPU tensors; :mod:`medkernels.triton.group_norm`),
+Backends: ``triton`` (GPU, or the interpreter on CPU tensors; :mod:`medkernels.triton.group_norm`),
 ``cpu`` (our C++/OpenMP, vectorised) and ``reference`` (PyTorch's ``native_group_norm`` in
 float32/float64, then the FiLM and activation as separate ops). The compiled backends read x once for the
 statistics and once more for the output, which they write once; their backward reads x and
-grad_y twice and writes grad_x once. The CUDA kernels of this family are not written yet.
+grad_y twice and writes grad_x once. ``cuda`` (our kernels, medkernels/cuda/group_norm.cuh) runs
+by name only until benchmarked on a GPU.
 """
 
 from __future__ import annotations
@@ -81,9 +82,19 @@ class _Compiled(_kit.Compiled):
         p.activation = getattr(self.C.Activation, o.activation or "none")
         return p
 
+    def _workspace(self, role, p, params, x):
+        """The CUDA kernels' workspace (their per-split sums), held until the launch is queued;
+        the CPU kernels take none (no ``*_workspace`` symbol)."""
+        if role not in self.symbols:
+            return None
+        ws = _kit.scratch(self.query(role, params), x.device)
+        p.workspace, p.workspace_bytes = ws.data_ptr(), ws.numel()
+        return ws
+
     def fwd(self, o, x, weight, bias, scale, shift, add, y, mean, rstd):
         p = self._params(o, x, weight, bias, scale, shift, add, mean, rstd)
         p.y, p.y_strides = y.data_ptr(), _ncm_strides(y)
+        ws = self._workspace("fwd_workspace", p, p, x)  # noqa: F841 (alive through the launch)
         self.launch("fwd", p, x)
 
     def bwd(self, o, grad_y, x, weight, bias, scale, shift, add, mean, rstd, grads):
@@ -94,6 +105,9 @@ class _Compiled(_kit.Compiled):
         b.grad_x, b.grad_x_strides = _kit.ptr(gx), _ncm_strides(x if gx is None else gx)
         b.grad_weight, b.grad_bias = _kit.ptr(gw), _kit.ptr(gb)
         b.grad_scale, b.grad_shift, b.grad_add = _kit.ptr(gsc), _kit.ptr(gsh), _kit.ptr(gad)
+        fwd = b.fwd  # (pybind may hand out a copy: set the workspace on it, then put it back)
+        ws = self._workspace("bwd_workspace", fwd, b, x)  # noqa: F841 (alive through the launch)
+        b.fwd = fwd
         self.launch("bwd", b, x)
 
 
@@ -182,6 +196,13 @@ def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 _DISPATCH = _dispatch.Dispatcher(
     "group_norm_act",
     (
+        # auto picks the CUDA kernels only once they beat Triton on a GPU in our benchmarks; no GPU
+        # run exists yet
+        _dispatch.Backend("cuda", ("cuda",), machine=_dispatch.cuda_machine("group_norm_fwd_cuda"),
+                          auto=lambda **_: False,
+                          impl=_Compiled(_kit.CUDA, {"fwd": "group_norm_fwd_cuda", "bwd": "group_norm_bwd_cuda",
+                                                     "fwd_workspace": "group_norm_fwd_workspace_bytes_cuda",
+                                                     "bwd_workspace": "group_norm_bwd_workspace_bytes_cuda"})),
         # auto runs Triton on GPU tensors (no GPU benchmark of it yet; the interpreter never)
         _dispatch.Backend("triton", _dispatch.triton_devices(), machine=_dispatch.triton_machine,
                           auto=_dispatch.triton_auto, impl=_Triton()),
@@ -288,7 +309,7 @@ def group_norm_act(
         add: per (sample, channel) bias added before the norm (the time-embedding add of MONAI's
             and Fast-DDPM's ResBlocks), or None.
         activation: None, "silu" or "gelu" (exact erf).
-        backend: "auto", "triton", "cpu" or "reference".
+        backend: "auto", "cuda", "triton", "cpu" or "reference".
 
     Statistics on the cpu backend: float32 lanes over fixed units, folded and combined in float64
     in a fixed order; on the triton backend float32 (float64 for float64 inputs) tiles merged in a

@@ -319,11 +319,18 @@ MK_CAPI int mk_sigmoid_loss_bwd(const mk_sigmoid_loss_bwd_params* p);
 MK_CAPI int mk_sigmoid_loss_bwd_cuda(const mk_sigmoid_loss_bwd_params* p, void* stream);
 
 /* ---- GroupNorm + add / FiLM scale-shift + activation, see medkernels/group_norm.h --------------
- * The params form only: medkernels::GroupNormParams / GroupNormBwdParams. CPU only. */
+ * The params form only: medkernels::GroupNormParams / GroupNormBwdParams. The CPU entry points
+ * ignore workspace; the _cuda ones take device pointers, a device workspace of
+ * mk_group_norm_{fwd,bwd}_workspace_bytes_cuda() bytes (bwd: in fwd.workspace) and a
+ * cudaStream_t. */
 MK_C_PARAMS(mk_group_norm_params, MK_GROUP_NORM_PARAMS_FIELDS)
 MK_C_PARAMS(mk_group_norm_bwd_params, MK_GROUP_NORM_BWD_PARAMS_FIELDS)
 MK_CAPI int mk_group_norm_fwd(const mk_group_norm_params* p);
 MK_CAPI int mk_group_norm_bwd(const mk_group_norm_bwd_params* p);
+MK_CAPI size_t mk_group_norm_fwd_workspace_bytes_cuda(const mk_group_norm_params* p);
+MK_CAPI size_t mk_group_norm_bwd_workspace_bytes_cuda(const mk_group_norm_bwd_params* p);
+MK_CAPI int mk_group_norm_fwd_cuda(const mk_group_norm_params* p, void* stream);
+MK_CAPI int mk_group_norm_bwd_cuda(const mk_group_norm_bwd_params* p, void* stream);
 
 #ifdef __cplusplus
 }  /* extern "C" */

@@ -14,6 +14,7 @@
 // accumulation type (float, double for float64) for the backward.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "medkernels/common.h"
@@ -40,5 +41,15 @@ namespace cpu {
 Status group_norm_fwd(const GroupNormParams& p);
 Status group_norm_bwd(const GroupNormBwdParams& p);
 }  // namespace cpu
+
+// All pointers device memory; p.workspace (fwd) / b.fwd.workspace (bwd) of the sizes below;
+// stream is a cudaStream_t (null: the legacy default stream). The kernels:
+// medkernels/cuda/group_norm.cuh.
+namespace cuda {
+size_t group_norm_fwd_workspace_bytes(const GroupNormParams& p);
+size_t group_norm_bwd_workspace_bytes(const GroupNormBwdParams& b);
+Status group_norm_fwd(const GroupNormParams& p, void* stream);
+Status group_norm_bwd(const GroupNormBwdParams& b, void* stream);
+}  // namespace cuda
 
 }  // namespace medkernels

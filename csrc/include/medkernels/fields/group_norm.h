@@ -21,7 +21,9 @@
   F(ARR, int64_t, x_strides, 3) /* elements: N, C, M */                                              \
   F(ARR, int64_t, y_strides, 3)                                                                      \
   F(VAL, double, eps, 1e-5)                                                                          \
-  F(ENUM, Activation, activation, Activation::kNone)
+  F(ENUM, Activation, activation, Activation::kNone)                                                 \
+  F(PTR, void*, workspace, 0) /* the cuda kernels': group_norm_cuda_{fwd,bwd}_workspace_bytes() */   \
+  F(VAL, size_t, workspace_bytes, 0)
 
 #define MK_GROUP_NORM_BWD_PARAMS_FIELDS(F)                                                           \
   F(NESTED, GroupNormParams, fwd, mk_group_norm_params) /* x, ..., mean, rstd (read), sizes */       \
