@@ -326,7 +326,7 @@ def test_cupy_module_does_not_import_cupy():
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (NVRTC itself is not needed for this check)")
 @pytest.mark.parametrize("prelude", ["nvrtc-prelude", "std-headers"] if EXTENDED else ["nvrtc-prelude"])
 @pytest.mark.parametrize("arch", ["sm_90", "sm_80"] if EXTENDED else ["sm_90"])
-@pytest.mark.parametrize("family", ["decomp_conv", "diffusion", "window_attention"])
+@pytest.mark.parametrize("family", ["decomp_conv", "diffusion", "window_attention", "group_norm"])
 def test_cupy_source_compiles_with_nvcc(tmp_path, family, arch, prelude):
     """The exact string medkernels.cupy hands NVRTC, compiled by nvcc; 'nvrtc-prelude' takes the branch
     NVRTC sees (our stand-ins for the C++ standard headers)."""

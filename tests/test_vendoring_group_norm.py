@@ -72,3 +72,31 @@ def test_capi_group_norm_cuda_entry_points(install_prefix):
     assert lib.mk_group_norm_fwd_cuda(ctypes.byref(p), None) != 0
     err = lib.mk_last_error()
     assert b"mk_group_norm_fwd_cuda" in err or b"workspace" in err, err
+
+
+def test_cupy_group_norm_on_gpu():
+    from vendoring_helpers import cupy_on_gpu
+
+    cupy = cupy_on_gpu()
+    import torch
+
+    from medkernels import cupy as mkc
+    from medkernels.reference.group_norm import group_norm_act_ref
+
+    rng = np.random.default_rng(62)
+    N, C, G = 2, 40, 8
+    x = rng.standard_normal((N, C, 9, 17, 5)) + 3.0
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    sc, sh, ad = (rng.standard_normal((N, C)) for _ in range(3))
+    want = group_norm_act_ref(*(torch.from_numpy(a) for a in (x,)), G, torch.from_numpy(w), torch.from_numpy(b),
+                              1e-5, *(torch.from_numpy(a) for a in (sc, sh, ad)), "silu").numpy()
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        args = [cupy.asarray(a.astype(dtype)) for a in (x, w, b, sc, sh, ad)]
+        y = mkc.group_norm_act(args[0], G, args[1], args[2], scale=args[3], shift=args[4], add=args[5],
+                               activation="silu")
+        np.testing.assert_allclose(cupy.asnumpy(y).astype(np.float64), want, rtol=tol, atol=tol * 4)
+        x_cl = cupy.ascontiguousarray(args[0].transpose(0, 2, 3, 4, 1)).transpose(0, 4, 1, 2, 3)
+        y_cl = mkc.group_norm_act(x_cl, G, args[1], args[2], scale=args[3], shift=args[4], add=args[5],
+                                  activation="silu")
+        assert y_cl.strides == x_cl.strides
+        np.testing.assert_allclose(cupy.asnumpy(y_cl).astype(np.float64), want, rtol=tol, atol=tol * 4)

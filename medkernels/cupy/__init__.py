@@ -21,7 +21,8 @@ from __future__ import annotations
 from ._nvrtc import KERNELS, include_dir, source
 from .decomp_conv import decomp_conv3d
 from .diffusion import ddim_step, ddpm_step, q_sample
+from .group_norm import group_norm_act
 from .window_attention import cross_window_attention3d, cross_window_attention3d_separate, window_attention3d
 
-__all__ = ["decomp_conv3d", "q_sample", "ddim_step", "ddpm_step", "window_attention3d", "cross_window_attention3d",
-           "cross_window_attention3d_separate", "source", "include_dir", "KERNELS"]
+__all__ = ["decomp_conv3d", "q_sample", "ddim_step", "ddpm_step", "group_norm_act", "window_attention3d",
+           "cross_window_attention3d", "cross_window_attention3d_separate", "source", "include_dir", "KERNELS"]
