@@ -40,9 +40,8 @@ extern "C" __global__ void __launch_bounds__(256) mk_group_norm_stats_##SUFFIX(M
 }                                                                                                       \
 extern "C" __global__ void __launch_bounds__(256) mk_group_norm_apply_##SUFFIX(MK_GN_ARGS(T)) {         \
   MK_GN_PARAMS(T)                                                                                       \
-  for (long long i = (long long)blockIdx.x * 256 + threadIdx.x; i < g.N * g.C * g.M;                    \
-       i += (long long)gridDim.x * 256)                                                                 \
-    medkernels::detail::GnApply<T>{p, g}(i);                                                            \
+  medkernels::detail::GnApply<T>{p, g}(medkernels::detail::DeviceBlock(),                              \
+      medkernels::detail::BlockPos{blockIdx.x, blockIdx.y, gridDim.x, gridDim.y}, nullptr);            \
 }
 """
 
@@ -115,5 +114,5 @@ def group_norm_act(x, num_groups: int, weight=None, bias=None, *, eps: float = 1
     mod = _module("group_norm")
     mod.get_function(f"mk_group_norm_sums_{suffix}")((N * tiles, splits), (256,), args, shared_mem=2 * 256 * 8)
     mod.get_function(f"mk_group_norm_stats_{suffix}")((-(-N * num_groups // 256),), (256,), args)
-    mod.get_function(f"mk_group_norm_apply_{suffix}")((min(-(-N * C * M // 256), 1 << 20),), (256,), args)
+    mod.get_function(f"mk_group_norm_apply_{suffix}")((N * tiles, splits), (256,), args)
     return y

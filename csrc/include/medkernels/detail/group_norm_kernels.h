@@ -10,14 +10,15 @@
 //   2. stats  one item per (n, g): the group's channels and splits folded in a fixed order, then
 //             mean = K_g + S1 / cnt, var = S2 / cnt - (S1 / cnt)^2 (negative rounding -> 0, NaN
 //             kept), rstd = 1 / sqrt(var + eps).
-//   3. apply  one item per element, in x's memory order: y = act((xhat w + b)(1 + scale) + shift).
+//   3. apply  the sums' grid again, each thread its channel's positions: y = act((xhat w + b)
+//             (1 + scale) + shift), the channel's operands loaded once.
 // Backward, from the saved mean / rstd (u = dL/d(xhat w + b) = dy act'(z) (1 + scale)):
 //   1. sums   per (n, c) and split: sum u, u xhat, dz, dz y0 and xhat.
 //   2. chan   per (n, c): the splits folded; grad_scale = sum dz y0, grad_shift = sum dz.
 //   3. group  per (n, g): Sa = sum_c w_c sum u, Sb = sum_c w_c sum u xhat.
 //   4. param  per c: grad_weight = sum_n sum u xhat, grad_bias = sum_n sum u (samples in order).
 //   5. add    per (n, c): grad_add = rstd (w sum u - M Sa / cnt - Sb / cnt sum xhat).
-//   6. dx     per element: grad_x = rstd (w u - Sa / cnt - xhat Sb / cnt).
+//   6. dx     the sums' grid: grad_x = rstd (w u - Sa / cnt - xhat Sb / cnt).
 // No atomics: every sum has one fixed order, so the bits do not depend on the launch.
 //
 // A block has 256 threads as (channel lane, row): NC... layouts one channel of 256 rows,
@@ -76,25 +77,6 @@ MK_HD size_t gn_workspace_bytes(const GroupNormParams& p, bool bwd) {
   const int64_t nc = g.N * g.C;
   const int64_t doubles = bwd ? nc * g.splits * kGnBwdSums + nc * kGnBwdSums + g.N * g.G * 2 : nc * g.splits * kGnFwdSums;
   return static_cast<size_t>(doubles) * sizeof(double);
-}
-
-// (n, c, m) of item i of x's memory order
-struct GnIndex {
-  int64_t n, c, m;
-};
-MK_HD GnIndex gn_index(const GnGeom& g, int64_t i) {
-  GnIndex r;
-  const int64_t per = g.C * g.M;
-  r.n = i / per;
-  const int64_t rem = i - r.n * per;
-  if (g.cl) {
-    r.m = rem / g.C;
-    r.c = rem - r.m * g.C;
-  } else {
-    r.c = rem / g.M;
-    r.m = rem - r.c * g.M;
-  }
-  return r;
 }
 
 MK_HD int64_t gn_off(const int64_t* s, int64_t n, int64_t c, int64_t m) { return n * s[0] + c * s[1] + m * s[2]; }
@@ -245,20 +227,47 @@ struct GnStats {
   }
 };
 
+// The block's positions (channel c of its tile, rows of its split), as the sums walk them: body(c, m)
+// for each, no division per element.
+template <class BK, class F>
+MK_HD void gn_block_walk(const BK& bk, const BlockPos& pos, const GnGeom& g, const F& per_channel) {
+  const int64_t n = pos.x / g.tiles, tile = pos.x - n * g.tiles;
+  const int64_t m0 = pos.y * g.chunk, m1 = m0 + g.chunk < g.M ? m0 + g.chunk : g.M;
+  for (int s = 0; s < bk.slots(); ++s) {
+    const int t = bk.thread(s), ci = t % g.ct, ri = t / g.ct;
+    const int64_t c = tile * g.ct + ci;
+    if (c < g.C) per_channel(n, c, m0 + ri, m1);
+  }
+}
+
+template <typename T>
+struct GnApplyChannel {
+  const GroupNormParams& p;
+  const GnGeom& g;
+  MK_HD void operator()(int64_t n, int64_t c, int64_t m_first, int64_t m_end) const {
+    using A = typename Io<T>::acc;
+    const GnChannel<T> ch(p, n, c);
+    const int64_t ng = n * g.G + c / g.Cg;
+    const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
+    const A k = rstd * ch.w, k0 = ch.b - mean * k;  // h * k + k0 = (h - mean) rstd w + b
+    const T* x = static_cast<const T*>(p.x) + n * p.x_strides[0] + c * p.x_strides[1];
+    T* y = static_cast<T*>(p.y) + n * p.y_strides[0] + c * p.y_strides[1];
+    for (int64_t m = m_first; m < m_end; m += g.rows) {
+      const A h = Io<T>::load(x + m * p.x_strides[2]) + ch.add;
+      Io<T>::store(y + m * p.y_strides[2], act_fwd<A>(p.activation, (h * k + k0) * ch.sc1 + ch.sh));
+    }
+  }
+};
+
+// Block (n * tiles + tile, split), the sums' grid: y for the block's positions.
 template <typename T>
 struct GnApply {
   static constexpr const char* kName = "group_norm_apply";
   GroupNormParams p;
   GnGeom g;
-  MK_HD void operator()(int64_t i) const {
-    using A = typename Io<T>::acc;
-    const GnIndex e = gn_index(g, i);
-    const GnChannel<T> ch(p, e.n, e.c);
-    const int64_t ng = e.n * g.G + e.c / g.Cg;
-    const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
-    const A h = Io<T>::load(static_cast<const T*>(p.x) + gn_off(p.x_strides, e.n, e.c, e.m)) + ch.add;
-    const A z = ((h - mean) * rstd * ch.w + ch.b) * ch.sc1 + ch.sh;
-    Io<T>::store(static_cast<T*>(p.y) + gn_off(p.y_strides, e.n, e.c, e.m), act_fwd<A>(p.activation, z));
+  template <class BK>
+  MK_HD void operator()(const BK& bk, const BlockPos& pos, unsigned char*) const {
+    gn_block_walk(bk, pos, g, GnApplyChannel<T>{p, g});
   }
 };
 
@@ -269,7 +278,7 @@ int group_norm_fwd_run(const GroupNormParams& p, X& ex) {
   using Sums = GnSums<GnFwdElem<T>, GroupNormParams>;
   int e = ex.template blocks<kGnThreads>(Sums{p, g, ws}, g.N * g.tiles, g.splits, kGnThreads, Sums::smem_bytes());
   if (!e) e = ex.template items<256>(GnStats<T>{p, g, ws}, g.N * g.G);
-  if (!e) e = ex.template items<256>(GnApply<T>{p, g}, g.N * g.C * g.M);
+  if (!e) e = ex.template blocks<kGnThreads>(GnApply<T>{p, g}, g.N * g.tiles, g.splits, kGnThreads, 0);
   return e;
 }
 
@@ -357,29 +366,40 @@ struct GnAdd {
 };
 
 template <typename T>
+struct GnDxChannel {
+  const GroupNormBwdParams& q;
+  const GnGeom& g;
+  const GnBwdWs& w;
+  MK_HD void operator()(int64_t n, int64_t c, int64_t m_first, int64_t m_end) const {
+    using A = typename Io<T>::acc;
+    const GroupNormParams& p = q.fwd;
+    const GnChannel<T> ch(p, n, c);
+    const int64_t ng = n * g.G + c / g.Cg;
+    const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
+    const A ma = static_cast<A>(w.grp[ng * 2] / static_cast<double>(g.cnt));
+    const A mb = static_cast<A>(w.grp[ng * 2 + 1] / static_cast<double>(g.cnt));
+    const T* x = static_cast<const T*>(p.x) + n * p.x_strides[0] + c * p.x_strides[1];
+    const T* gy = static_cast<const T*>(q.grad_y) + n * q.grad_y_strides[0] + c * q.grad_y_strides[1];
+    T* gx = static_cast<T*>(q.grad_x) + n * q.grad_x_strides[0] + c * q.grad_x_strides[1];
+    for (int64_t m = m_first; m < m_end; m += g.rows) {
+      const A xhat = (Io<T>::load(x + m * p.x_strides[2]) + ch.add - mean) * rstd;
+      const A y0 = xhat * ch.w + ch.b;
+      const A dz = Io<T>::load(gy + m * q.grad_y_strides[2]) * act_grad<A>(p.activation, y0 * ch.sc1 + ch.sh);
+      Io<T>::store(gx + m * q.grad_x_strides[2], rstd * (ch.w * (dz * ch.sc1) - ma - xhat * mb));
+    }
+  }
+};
+
+// Block (n * tiles + tile, split), the sums' grid: grad_x for the block's positions.
+template <typename T>
 struct GnDx {
   static constexpr const char* kName = "group_norm_bwd_dx";
   GroupNormBwdParams q;
   GnGeom g;
   GnBwdWs w;
-  MK_HD void operator()(int64_t i) const {
-    using A = typename Io<T>::acc;
-    const GroupNormParams& p = q.fwd;
-    const GnIndex e = gn_index(g, i);
-    const GnChannel<T> ch(p, e.n, e.c);
-    const int64_t ng = e.n * g.G + e.c / g.Cg;
-    const A mean = static_cast<const A*>(p.mean)[ng], rstd = static_cast<const A*>(p.rstd)[ng];
-    const A ma = static_cast<A>(w.grp[ng * 2] / static_cast<double>(g.cnt));
-    const A mb = static_cast<A>(w.grp[ng * 2 + 1] / static_cast<double>(g.cnt));
-    const A h = Io<T>::load(static_cast<const T*>(p.x) + gn_off(p.x_strides, e.n, e.c, e.m)) + ch.add;
-    const A xhat = (h - mean) * rstd;
-    const A y0 = xhat * ch.w + ch.b;
-    const A z = y0 * ch.sc1 + ch.sh;
-    const A dz = Io<T>::load(static_cast<const T*>(q.grad_y) + gn_off(q.grad_y_strides, e.n, e.c, e.m)) *
-                 act_grad<A>(p.activation, z);
-    const A u = dz * ch.sc1;
-    Io<T>::store(static_cast<T*>(q.grad_x) + gn_off(q.grad_x_strides, e.n, e.c, e.m),
-                 rstd * (ch.w * u - ma - xhat * mb));
+  template <class BK>
+  MK_HD void operator()(const BK& bk, const BlockPos& pos, unsigned char*) const {
+    gn_block_walk(bk, pos, g, GnDxChannel<T>{q, g, w});
   }
 };
 
@@ -394,7 +414,7 @@ int group_norm_bwd_run(const GroupNormBwdParams& q, X& ex) {
   if (!e && dx) e = ex.template items<256>(GnGroup<T>{q, g, w}, g.N * g.G);
   if (!e && (q.grad_weight || q.grad_bias)) e = ex.template items<256>(GnParam<T>{q, g, w}, g.C);
   if (!e && q.grad_add) e = ex.template items<256>(GnAdd<T>{q, g, w}, g.N * g.C);
-  if (!e && q.grad_x) e = ex.template items<256>(GnDx<T>{q, g, w}, g.N * g.C * g.M);
+  if (!e && q.grad_x) e = ex.template blocks<kGnThreads>(GnDx<T>{q, g, w}, g.N * g.tiles, g.splits, kGnThreads, 0);
   return e;
 }
 
