@@ -178,7 +178,9 @@ class WindowAttention(nn.Module):
         wd, wh, ww = self.window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1),
                                                                      num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(self.window_size).clone())
+        with torch.device("cpu"):  # the index is cached: never compute it under a meta/cuda device context
+            index = relative_position_index(self.window_size).clone()
+        self.register_buffer("relative_position_index", index)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
