@@ -296,6 +296,11 @@ def test_relative_position_index_is_the_official_buffer():
     ours = lm.WindowAttention(8, (1, 7, 7), 2)
     ref = RefAttention(8, (7, 7), 2, False)
     assert torch.equal(ours.relative_position_index, ref.relative_position_index)
+    # a model first built on the meta device must not leave a meta index in the shared cache
+    with torch.device("meta"):
+        lm.WindowAttention(8, (1, 6, 5), 2)
+    ours = lm.WindowAttention(8, (1, 6, 5), 2)
+    assert torch.equal(ours.relative_position_index, RefAttention(8, (6, 5), 2, False).relative_position_index)
 
 
 # --- attention blocks ----------------------------------------------------------------------------------

@@ -1082,6 +1082,14 @@ class LDMMorphRegistration(nn.Module):
         self.ldm = LDMFeatureExtractor(cfg["unet"], cfg["vq"], cfg["schedule"], cfg["t"],
                                        spatial_dims=self.model.spatial_dims, backend=backend)
 
+    def set_backend(self, backend: str) -> LDMMorphRegistration:
+        """Switch every fused op of the network and the feature extractor to ``backend``; returns self."""
+        self.model.set_backend(backend)
+        for m in self.ldm.modules():
+            if isinstance(m, GroupNormAct):
+                m.backend = backend
+        return self
+
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, noise: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         *scores, zf = self.ldm(moving, fixed, noise, generator)
