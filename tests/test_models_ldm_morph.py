@@ -608,3 +608,24 @@ def test_bad_inputs_name_the_argument():
         lm.warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="config must be one of"):
         lm.LDMMorphRegistration("huge")
+
+
+def test_load_ldm_state_dict_from_a_latent_diffusion_checkpoint():
+    torch.manual_seed(0)
+    cfg = lm.LDM_MORPH_CONFIGS["tiny"]
+    src = lm.LDMFeatureExtractor(cfg["unet"], cfg["vq"], cfg["schedule"])
+    ckpt = {f"model.diffusion_model.{k}": v for k, v in src.unet.state_dict().items()}
+    ckpt.update({f"model_ema.diffusion_model{k.replace('.', '')}": v + 1 for k, v in src.unet.state_dict().items()})
+    ckpt.update({f"first_stage_model.{k}": v for k, v in src.first_stage.state_dict().items()})
+    ckpt["first_stage_model.decoder.conv_in.weight"] = torch.zeros(1)  # parts LDM-Morph does not use
+    ckpt["betas"] = torch.zeros(1000)
+    dst = lm.LDMFeatureExtractor(cfg["unet"], cfg["vq"], cfg["schedule"])
+    lm.load_ldm_state_dict(dst, {"state_dict": ckpt})
+    for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
+        assert torch.equal(a, b)
+    lm.load_ldm_state_dict(dst, ckpt, ema=True)
+    k = "input_blocks.0.0.weight"
+    assert torch.equal(dst.unet.state_dict()[k], src.unet.state_dict()[k] + 1)
+    reg = lm.LDMMorphRegistration("tiny").set_backend("reference")
+    assert all(m.backend == "reference" for m in reg.modules() if hasattr(m, "backend"))
+
