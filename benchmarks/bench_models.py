@@ -205,7 +205,7 @@ def _ldm_morph_case(config, size, device, note="", **overrides):
 
 def _ldm_morph_cases(device: torch.device, full: bool):
     if device.type == "cpu":
-        yield _ldm_morph_case("official", 64, device, note="official network at a reduced 64x64 on CPU")
+        yield _ldm_morph_case("official", 32, device, note="official network at a reduced 32x32 on CPU")
         return
     yield _ldm_morph_case("official", 128, device, note="the official 128x128 frames, batch 1")
     if full:
