@@ -157,6 +157,11 @@ def _plan(size: Tuple[int, int, int], window: Tuple[int, int, int], shift: Tuple
                  op_window, tuple(0 if one else s for s, one in zip(shift, single)), True, index.reshape(-1))
 
 
+@lru_cache(maxsize=256)
+def _index_on(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return index.to(device)  # one copy per plan and device, not one per call
+
+
 class WindowAttention(nn.Module):
     """The official ``WindowAttention`` of ``basic_LWSA.py`` / ``basic_LWCA.py`` (keys
     ``relative_position_bias_table``, buffer ``relative_position_index``, ``qkv``, ``proj``) on the
@@ -212,7 +217,7 @@ class WindowAttention(nn.Module):
         qkvs = [self._project(prep(q_src), prep(kv_src)) for q_src, kv_src in pairs]
         table = self.relative_position_bias_table
         if plan.table_index is not None:
-            table = table[plan.table_index.to(table.device)]
+            table = table[_index_on(plan.table_index, table.device)]
         b = self.qkv.bias
         pad_kv = None if b is None or plan.mask_padded else b[self.dim:].view(2, self.num_heads, -1)
         kw = dict(window=plan.window, shift=plan.shift, rel_bias_table=table, mask_value=-100.0, scale=self.scale,
