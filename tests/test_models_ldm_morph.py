@@ -629,3 +629,109 @@ def test_load_ldm_state_dict_from_a_latent_diffusion_checkpoint():
     reg = lm.LDMMorphRegistration("tiny").set_backend("reference")
     assert all(m.backend == "reference" for m in reg.modules() if hasattr(m, "backend"))
 
+# --- the CompVis UNet and the taming encoder, plain ------------------------------------------------------
+class _PlainRes(nn.Module):
+    def __init__(self, ch, emb, out):
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, out, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb, out))
+        self.out_layers = nn.Sequential(nn.GroupNorm(32, out), nn.SiLU(), nn.Dropout(0.0),
+                                        nn.Conv2d(out, out, 3, padding=1))
+        self.skip_connection = nn.Identity() if ch == out else nn.Conv2d(ch, out, 1)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x) + self.emb_layers(emb)[..., None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class _PlainSeq(nn.Sequential):
+    def forward(self, x, emb):
+        for m in self:
+            x = m(x, emb) if isinstance(m, _PlainRes) else m(x)
+        return x
+
+
+class _PlainUp(nn.Module):
+    def __init__(self, ch):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class _PlainDown(nn.Module):
+    def __init__(self, ch):
+        super().__init__()
+        self.op = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class _PlainUNet(nn.Module):
+    """openaimodel.UNetModel (unconditional, legacy attention, num_head_channels), plain."""
+
+    def __init__(self, mc, mult, r, attn_res, head_ch):
+        super().__init__()
+        self.mc, emb = mc, 4 * mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.input_blocks = nn.ModuleList([_PlainSeq(nn.Conv2d(1, mc, 3, padding=1))])
+        chans, ch, ds = [mc], mc, 1
+        for lvl, m in enumerate(mult):
+            for _ in range(r):
+                layers = [_PlainRes(ch, emb, m * mc)]
+                ch = m * mc
+                if ds in attn_res:
+                    layers.append(_LegacyAttention(ch, ch // head_ch))
+                self.input_blocks.append(_PlainSeq(*layers))
+                chans.append(ch)
+            if lvl != len(mult) - 1:
+                self.input_blocks.append(_PlainSeq(_PlainDown(ch)))
+                chans.append(ch)
+                ds *= 2
+        self.middle_block = _PlainSeq(_PlainRes(ch, emb, ch), _LegacyAttention(ch, ch // head_ch),
+                                      _PlainRes(ch, emb, ch))
+        self.output_blocks = nn.ModuleList()
+        for lvl, m in list(enumerate(mult))[::-1]:
+            for i in range(r + 1):
+                layers = [_PlainRes(ch + chans.pop(), emb, mc * m)]
+                ch = mc * m
+                if ds in attn_res:
+                    layers.append(_LegacyAttention(ch, ch // head_ch))
+                if lvl and i == r:
+                    layers.append(_PlainUp(ch))
+                    ds //= 2
+                self.output_blocks.append(_PlainSeq(*layers))
+        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(mc, 1, 3, padding=1))
+
+    def forward(self, x, t):
+        half = self.mc // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        args = t[:, None].float() * freqs[None]
+        emb = self.time_embed(torch.cat([torch.cos(args), torch.sin(args)], -1).to(x.dtype))
+        hs, h = [], x
+        for m in self.input_blocks:
+            h = m(h, emb)
+            hs.append(h)
+        feats = list(hs)
+        h = self.middle_block(h, emb)
+        for m in self.output_blocks:
+            h = m(torch.cat([h, hs.pop()], 1), emb)
+        return self.out(h), feats
+
+
+def test_ldm_unet_matches_plain_compvis_unet():
+    c = lm.LDM_MORPH_CONFIGS["tiny"]["unet"]
+    ref = _randomise(_PlainUNet(c["model_channels"], c["channel_mult"], c["num_res_blocks"],
+                                c["attention_resolutions"], c["num_head_channels"])).double().eval()
+    ours = lm.LDMUNet(**c).double().eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([1, 1])
+    want, want_feats = ref(x, t)
+    assert rel_err(ours(x, t), want) < 1e-10
+    feats = ours.encoder_features(x, 1)
+    assert len(feats) == len(want_feats) == 12
+    for a, b in zip(feats, want_feats):
+        assert rel_err(a, b) < 1e-10
