@@ -735,3 +735,76 @@ def test_ldm_unet_matches_plain_compvis_unet():
     assert len(feats) == len(want_feats) == 12
     for a, b in zip(feats, want_feats):
         assert rel_err(a, b) < 1e-10
+
+
+class _PlainEncRes(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(32, cin, eps=1e-6), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(32, cout, eps=1e-6), nn.Conv2d(cout, cout, 3, padding=1)
+        if cin != cout:
+            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        h = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+
+
+class _PlainEncAttn(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.GroupNorm(32, c, eps=1e-6)
+        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        n = self.norm(x)
+        q, k, v = (m(n).reshape(b, c, h * w) for m in (self.q, self.k, self.v))
+        wgt = (torch.bmm(q.permute(0, 2, 1), k) * c ** -0.5).softmax(2)
+        return x + self.proj_out(torch.bmm(v, wgt.permute(0, 2, 1)).reshape(b, c, h, w))
+
+
+def test_vq_encoder_matches_plain_taming_encoder():
+    c = lm.LDM_MORPH_CONFIGS["tiny"]["vq"]
+    ref = nn.Module()
+    enc = ref.encoder = nn.Module()
+    enc.conv_in = nn.Conv2d(1, c["ch"], 3, padding=1)
+    enc.down, cur, cin = nn.ModuleList(), c["resolution"], c["ch"]
+    for i, m in enumerate(c["ch_mult"]):
+        level = nn.Module()
+        level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+        for _ in range(c["num_res_blocks"]):
+            level.block.append(_PlainEncRes(cin, c["ch"] * m))
+            cin = c["ch"] * m
+            if cur in c["attn_resolutions"]:
+                level.attn.append(_PlainEncAttn(cin))
+        if i != len(c["ch_mult"]) - 1:
+            level.downsample = nn.Module()
+            level.downsample.conv = nn.Conv2d(cin, cin, 3, stride=2)
+            cur //= 2
+        enc.down.append(level)
+    enc.mid = nn.Module()
+    enc.mid.block_1, enc.mid.attn_1 = _PlainEncRes(cin, cin), _PlainEncAttn(cin)
+    enc.mid.block_2 = _PlainEncRes(cin, cin)
+    enc.norm_out, enc.conv_out = nn.GroupNorm(32, cin, eps=1e-6), nn.Conv2d(cin, 1, 3, padding=1)
+    ref.quant_conv = nn.Conv2d(1, 1, 1)
+    _randomise(ref).double()
+
+    def plain(x):
+        h = enc.conv_in(x)
+        for level in enc.down:
+            for j, blk in enumerate(level.block):
+                h = blk(h)
+                if len(level.attn):
+                    h = level.attn[j](h)
+            if hasattr(level, "downsample"):
+                h = level.downsample.conv(F.pad(h, (0, 1, 0, 1)))
+        h = enc.mid.block_2(enc.mid.attn_1(enc.mid.block_1(h)))
+        return ref.quant_conv(enc.conv_out(F.silu(enc.norm_out(h))))
+
+    ours = lm.VQEncoder(**c).double()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    got = ours(x)
+    assert got.shape == (2, 1, 8, 8)
+    assert rel_err(got, plain(x)) < 1e-10
