@@ -171,6 +171,47 @@ def _unet_cases(device: torch.device, full: bool):
         yield from _unet_pair(plain, channels, size, device)
 
 
+# --- LDM-Morph (issue 15 item 4): one registration training step, ours vs plain-PyTorch layers ---------
+def _ldm_morph_case(config, size, device, note="", **overrides):
+    import copy
+
+    from medkernels.models import LDMMorphRegistration
+
+    torch.manual_seed(0)
+    ours = LDMMorphRegistration(config, **overrides).to(device)
+    # the same network and weights with every fused op (window attention, group norm) on its reference
+    # backend: MONAI's plain-PyTorch window attention, torch's group norm
+    plain = copy.deepcopy(ours).set_backend("reference")
+    sd = ours.model.spatial_dims
+    g = torch.Generator().manual_seed(0)
+    mov, fix = (torch.rand((1, 1) + (size,) * sd, generator=g).to(device) for _ in range(2))
+    noise = torch.randn((1, 1) + (size // ours.ldm.factor,) * sd, generator=g).to(device)
+
+    def step(reg):
+        opt = torch.optim.Adam(reg.model.parameters(), lr=1e-4)  # the official optimiser
+
+        def f():
+            reg.model.train()
+            out = reg.loss(mov, fix, noise=noise)  # LDM features, network, warp, hierarchical loss
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+        return f
+
+    return Case(op=f"ldm-morph-{config} train step", shape="1x1x" + "x".join([str(size)] * sd), dtype=torch.float32,
+                providers={"auto": step(ours), "reference": step(plain)},
+                note=note or "reference = the same network on plain PyTorch (reference backends)")
+
+
+def _ldm_morph_cases(device: torch.device, full: bool):
+    if device.type == "cpu":
+        yield _ldm_morph_case("official", 32, device, note="official network at a reduced 32x32 on CPU")
+        return
+    yield _ldm_morph_case("official", 128, device, note="the official 128x128 frames, batch 1")
+    if full:
+        yield _ldm_morph_case("official", 64, device, spatial_dims=3, note="official widths in 3D (no official 3D)")
+
+
 def cases(device: torch.device, full: bool):
     if device.type == "cpu":
         yield _forward_case("small", (1, 1, 64, 128, 128), device, note="issue target: >=2x reference")
@@ -178,9 +219,11 @@ def cases(device: torch.device, full: bool):
         yield _train_case("small", (2, 1, 32, 64, 64), device)
         yield _clip_case("nano", (2, 1, 32, 64, 64), device)
         yield from _unet_cases(device, full)
+        yield from _ldm_morph_cases(device, full)
         return
     yield _forward_case("small", (1, 1, 128, 256, 256), device, note="issue target: >=2x reference")
     yield _forward_case("small", (2, 1, 128, 256, 256), device)
     yield _train_case("small", (1, 1, 128, 256, 256), device)
     yield _clip_case("small", (2, 1, 128, 256, 256), device)
     yield from _unet_cases(device, full)
+    yield from _ldm_morph_cases(device, full)

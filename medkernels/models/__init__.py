@@ -29,3 +29,21 @@ __all__ = ["DCFORMER_CONFIGS", "DCFormer", "DCFormerEncoder", "dcformer", "decom
            "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM", "VisionTower",
            "FastDDPMUNet", "FAST_DDPM_CONFIGS", "FAST_DDPM_CONDITIONING", "FAST_DDPM_DIFFUSION",
            "load_fast_ddpm_checkpoint", "sg_input", "sr_input", "sr_condition"]
+from .ldm_morph import (  # noqa: E402  (LDM-Morph, issue 15 item 4)
+                        LDM_MORPH_CONFIGS,
+                        LDM_MORPH_LOSS,
+                        LDMFeatureExtractor,
+                        LDMMorph,
+                        LDMMorphRegistration,
+                        LDMUNet,
+                        VQEncoder,
+                        folding_percent,
+                        hierarchical_loss,
+                        jacobian_determinant,
+                        load_ldm_state_dict,
+                        warp,
+)
+
+__all__ += ["LDMMorph", "LDMMorphRegistration", "LDMFeatureExtractor", "LDMUNet", "VQEncoder", "LDM_MORPH_CONFIGS",
+            "LDM_MORPH_LOSS", "hierarchical_loss", "warp", "jacobian_determinant", "folding_percent",
+            "load_ldm_state_dict"]
