@@ -495,20 +495,20 @@ def test_opcheck():
     _, _, _, (q, k, v), table, pad = _make(case, torch.float32, "cpu", layout="contiguous")
     q, k, v, table, pad = (t.requires_grad_() for t in (q, k, v, table, pad))
     for backend in [b for b in CPU_BACKENDS if b in ("cpu", "reference")]:
-        args = (q, k, v, table, pad, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
+        args = (q, k, v, table, pad, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, True, backend)
         torch.library.opcheck(wa_ops._SELF_OP.custom_op, args)
         out, lse = wa_ops._SELF_OP.custom_op(*args)
         go = torch.randn_like(out)
         saved = [q.detach(), k.detach(), v.detach(), table.detach(), pad.detach(), out.detach(), lse]
-        bargs = ([go, None], saved, [True, True, True, True, True], [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
+        bargs = ([go, None], saved, [True] * 5, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, True, backend)
         torch.library.opcheck(torch.ops.medkernels.window_attention3d_bwd.default, bargs)
         cargs = (q, k, v, k.detach().clone().requires_grad_(), v.detach().clone(), q.detach().clone(), table, pad,
-                 [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
+                 [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, True, backend)
         torch.library.opcheck(wa_ops._CROSS_OP.custom_op, cargs)
         # the packed form's arguments: q, k, v as views of two (B, D, H, W, 3*C) qkv tensors
         packed = [torch.randn(*q.shape[:4], 3 * q.shape[4] * q.shape[5], requires_grad=True) for _ in range(2)]
         views = [t for p in packed for t in p.unflatten(-1, (3, q.shape[4], q.shape[5])).unbind(-3)]
-        pargs = (*views, table, pad, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, backend)
+        pargs = (*views, table, pad, [4, 5, 4], [2, 2, 2], -100.0, 0.25, False, True, backend)
         torch.library.opcheck(wa_ops._CROSS_OP.custom_op, pargs)
 
 

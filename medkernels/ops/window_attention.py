@@ -33,17 +33,18 @@ MAX_HEAD_DIM = 128  # the Triton and CUDA kernels' head_dim tiles
 @_kit.options
 class WindowOptions:
     window: Tuple[int, int, int]  # as configured (the bias table's window)
-    shift: Tuple[int, int, int]  # after MONAI's clamp
+    shift: Tuple[int, int, int]  # after MONAI's clamp (when clamp)
     mask_value: float
     scale: float
     mask_padded: bool
+    clamp: bool = True  # MONAI's get_window_size; False: Swin's code (SwinCross), no clamp
 
 
 _geometry = lru_cache(maxsize=256)(window_geometry)
 
 
 def _geom(o: WindowOptions, q: torch.Tensor) -> WindowGeometry:
-    return _geometry(tuple(q.shape[1:4]), o.window, o.shift)
+    return _geometry(tuple(q.shape[1:4]), o.window, o.shift, o.clamp)
 
 
 # --- backends: fwd(o, geom, qs, ks, vs, table, pad_kv, outs, lse) fills outs and lse;
@@ -55,7 +56,7 @@ class _Reference:
 
     def _opts(self, o, geom, table, pad_kv):
         return dict(window=geom.window, shift=geom.shift, rel_bias_table=table, mask_value=o.mask_value,
-                    scale=o.scale, pad_kv=pad_kv, mask_padded=o.mask_padded)
+                    scale=o.scale, pad_kv=pad_kv, mask_padded=o.mask_padded, clamp_window=o.clamp)
 
     def fwd(self, o, geom, qs, ks, vs, table, pad_kv, outs, lse):
         kw = self._opts(o, geom, table, pad_kv)
@@ -312,12 +313,15 @@ def _check_extra(name: str, t, want, what: str, q: torch.Tensor) -> bool:
     return not t.is_contiguous()
 
 
-def _plan(names, tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend):
+def _plan(names, tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend,
+          clamp_window):
     """(options, table needs a contiguous copy, pad_kv needs one, backend name) for this call."""
     _check_qkv(names, tensors)
+    if not isinstance(clamp_window, bool):
+        raise TypeError(f"clamp_window must be a bool, got {type(clamp_window).__name__} {clamp_window!r}")
     q = tensors[0]
     heads, head_dim = q.shape[4], q.shape[5]
-    geom = window_geometry(q.shape[1:4], window, shift)
+    geom = window_geometry(q.shape[1:4], window, shift, clamp_window)
     wd, wh, ww = geom.window
     copy_table = _check_extra("rel_bias_table", rel_bias_table, (geom.table_rows, heads),
                               f"((2*{wd}-1)(2*{wh}-1)(2*{ww}-1), heads) for window {geom.window} and {heads} heads", q)
@@ -328,13 +332,17 @@ def _plan(names, tensors, window, shift, rel_bias_table, pad_kv, mask_value, sca
     if mask_value != mask_value or mask_value > 0:
         raise ValueError(f"mask_value must be <= 0 (-100.0 as MONAI, or -inf), got {mask_value}")
     name = _DISPATCH.select(backend, q.device, q.dtype, head_dim=head_dim)
-    return WindowOptions(geom.window, geom.shift, mask_value, scale, bool(mask_padded)), copy_table, copy_pad, name
+    o = WindowOptions(geom.window, geom.shift, mask_value, scale, bool(mask_padded), clamp_window)
+    return o, copy_table, copy_pad, name
 
 
-def _run(op, names, tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend):
-    key = _kit.signature((*tensors, rel_bias_table, pad_kv), window, shift, mask_value, scale, mask_padded, backend)
+def _run(op, names, tensors, window, shift, rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend,
+         clamp_window=True):
+    key = _kit.signature((*tensors, rel_bias_table, pad_kv), window, shift, mask_value, scale, mask_padded, backend,
+                         clamp_window)
     o, copy_table, copy_pad, name = _PLANS.get(key, lambda: _plan(names, tensors, window, shift, rel_bias_table,
-                                                                  pad_kv, mask_value, scale, mask_padded, backend))
+                                                                  pad_kv, mask_value, scale, mask_padded, backend,
+                                                                  clamp_window))
     table = rel_bias_table.contiguous() if copy_table else rel_bias_table
     pad = pad_kv.contiguous() if copy_pad else pad_kv
     if len(tensors) == 6:  # one set of strides per role serves both directions
@@ -358,6 +366,7 @@ def window_attention3d(
     pad_kv: Optional[torch.Tensor] = None,
     mask_padded: bool = False,
     backend: str = "auto",
+    clamp_window: bool = True,
 ) -> torch.Tensor:
     """(Shifted) window self-attention in 3D, as Swin / MONAI Swin UNETR compute it.
 
@@ -377,12 +386,16 @@ def window_attention3d(
             the bias slices); None means zeros. Padding queries are dropped.
         mask_padded: True masks padding keys out instead of attending to them.
         backend: "auto", "triton", "cpu" or "reference".
+        clamp_window: True (default) applies MONAI's ``get_window_size`` (above); False keeps
+            the configured window and shift on every axis and pads an axis shorter than the
+            window up to one window, as the Swin Transformer code SwinCross uses does (its 3^3
+            last stage still rolls and masks its single window).
 
     Returns:
         (B, D, H, W, heads, head_dim), contiguous, q's dtype.
     """
     return _run(_SELF_OP, ("q", "k", "v"), (q, k, v), window, shift, rel_bias_table, pad_kv, mask_value, scale,
-                mask_padded, backend)[0]
+                mask_padded, backend, clamp_window)[0]
 
 
 @_kit.public
@@ -401,6 +414,7 @@ def cross_window_attention3d_separate(
     pad_kv: Optional[torch.Tensor] = None,
     mask_padded: bool = False,
     backend: str = "auto",
+    clamp_window: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`cross_window_attention3d` on six separate (B, D, H, W, heads, head_dim) tensors
     (any strides; q_a/q_b, k_a/k_b and v_a/v_b are copied to contiguous when their strides
@@ -408,7 +422,7 @@ def cross_window_attention3d_separate(
     Returns (out_a, out_b)."""
     tensors = [q_a, k_a, v_a, q_b, k_b, v_b]
     out_a, out_b, _ = _run(_CROSS_OP, ("q_a", "k_a", "v_a", "q_b", "k_b", "v_b"), tensors, window, shift,
-                           rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend)
+                           rel_bias_table, pad_kv, mask_value, scale, mask_padded, backend, clamp_window)
     return out_a, out_b
 
 
@@ -439,6 +453,7 @@ def cross_window_attention3d(
     pad_kv: Optional[torch.Tensor] = None,
     mask_padded: bool = False,
     backend: str = "auto",
+    clamp_window: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """SwinCross cross-modal window attention (``WindowAttention_crossModality``), both
     directions in one launch: ``out_a = attn(q_a, k_b, v_b)``, ``out_b = attn(q_b, k_a, v_a)``
@@ -450,8 +465,8 @@ def cross_window_attention3d(
             ``reshape(..., 3, heads, C // heads)``). q, k and v are taken as strided views, no
             copies (when qkv_a and qkv_b have different strides, one contiguous copy each).
         num_heads: heads.
-        window, shift, rel_bias_table, mask_value, scale, pad_kv, mask_padded, backend: as
-            :func:`window_attention3d`.
+        window, shift, rel_bias_table, mask_value, scale, pad_kv, mask_padded, backend,
+            clamp_window: as :func:`window_attention3d` (SwinCross: ``clamp_window=False``).
 
     Returns:
         (out_a, out_b), each (B, D, H, W, heads, head_dim), contiguous.
@@ -469,7 +484,7 @@ def cross_window_attention3d(
     if qkv_a.shape != qkv_b.shape:
         raise ValueError(f"qkv_b must have the shape of qkv_a {tuple(qkv_a.shape)}, got {describe(qkv_b)}")
     return cross_window_attention3d_separate(q_a, k_a, v_a, q_b, k_b, v_b, window, shift, rel_bias_table,
-                                             mask_value, scale, pad_kv, mask_padded, backend)
+                                             mask_value, scale, pad_kv, mask_padded, backend, clamp_window)
 
 
 def window_attention3d_backend(q: torch.Tensor, backend: str = "auto") -> str:

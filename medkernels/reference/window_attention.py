@@ -103,8 +103,12 @@ class WindowGeometry:
         return self.padded != self.size
 
 
-def window_geometry(size: Sequence[int], window: IntOr3, shift: IntOr3 = 0) -> WindowGeometry:
-    """MONAI's ``get_window_size`` followed by the end padding of ``forward_part1``."""
+def window_geometry(size: Sequence[int], window: IntOr3, shift: IntOr3 = 0, clamp: bool = True) -> WindowGeometry:
+    """MONAI's ``get_window_size`` followed by the end padding of ``forward_part1``.
+
+    ``clamp=False`` skips ``get_window_size``: the configured window and shift hold on every
+    axis, and an axis shorter than the window is padded up to one window (the Swin Transformer
+    code SwinCross is built on, whose 3^3 last stage still rolls and masks its one window)."""
     size = tuple(int(s) for s in size)
     window = _triple("window", window, minimum=1)
     shift = _triple("shift", shift)
@@ -114,7 +118,7 @@ def window_geometry(size: Sequence[int], window: IntOr3, shift: IntOr3 = 0) -> W
     eff = list(window)
     sh = list(shift)
     for a in range(3):
-        if size[a] <= window[a]:
+        if clamp and size[a] <= window[a]:
             eff[a] = size[a]
             sh[a] = 0
     padded = tuple(-(-s // w) * w for s, w in zip(size, eff))
@@ -277,8 +281,8 @@ def _logits_bias(
     return add
 
 
-def _prepare(q, k, v, window, shift, rel_bias_table, pad_kv, scale, upcast):
-    geom = window_geometry(q.shape[1:4], window, shift)
+def _prepare(q, k, v, window, shift, rel_bias_table, pad_kv, scale, upcast, clamp_window=True):
+    geom = window_geometry(q.shape[1:4], window, shift, clamp_window)
     # fp16/bf16 run in fp32 (fp16 logits overflow to NaN where every other backend is finite):
     # the oracle is the most careful backend; outputs are cast back at the end
     dtype = torch.float64 if upcast else (torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype)
@@ -315,13 +319,15 @@ def window_attention3d_ref(
     pad_kv: Optional[torch.Tensor] = None,
     mask_padded: bool = False,
     upcast: bool = False,
+    clamp_window: bool = True,
 ) -> torch.Tensor:
     """Shifted-window attention, MONAI's code path. q, k, v: (B, D, H, W, heads, head_dim);
     rel_bias_table: ((2wd-1)(2wh-1)(2ww-1), heads) for the configured window; pad_kv:
-    (2, heads, head_dim) key/value of padded tokens. Returns (B, D, H, W, heads, head_dim)."""
+    (2, heads, head_dim) key/value of padded tokens; ``clamp_window=False``: no
+    ``get_window_size`` (see :func:`window_geometry`). Returns (B, D, H, W, heads, head_dim)."""
     out_dtype = q.dtype
     geom, _, heads, scale, q, k, v, table, pk, pv = _prepare(
-        q, k, v, window, shift, rel_bias_table, pad_kv, scale, upcast
+        q, k, v, window, shift, rel_bias_table, pad_kv, scale, upcast, clamp_window
     )
     b = q.shape[0]
     qw = _to_windows(q, geom, None)
@@ -345,12 +351,13 @@ def window_attention3d_bwd_ref(
     pad_kv: Optional[torch.Tensor] = None,
     mask_padded: bool = False,
     upcast: bool = False,
+    clamp_window: bool = True,
 ):
     """Gradients of :func:`window_attention3d_ref` by the explicit softmax-attention formulas
     (no autograd): returns (dq, dk, dv, d_table (rows, heads), d_pad_kv (2, heads, head_dim)),
     d_table/d_pad_kv in the compute dtype; d_table is None without a table."""
     geom, dtype, heads, scale, q, k, v, table, pk, pv = _prepare(
-        q, k, v, window, shift, rel_bias_table, pad_kv, scale, upcast
+        q, k, v, window, shift, rel_bias_table, pad_kv, scale, upcast, clamp_window
     )
     b = q.shape[0]
     n = geom.tokens
@@ -392,12 +399,13 @@ def cross_window_attention3d_ref(
     pad_kv: Optional[torch.Tensor] = None,
     mask_padded: bool = False,
     upcast: bool = False,
+    clamp_window: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """SwinCross's cross-modal attention: out_a = attn(q_a, k_b, v_b), out_b = attn(q_b, k_a, v_a),
     one shared bias table (and shared qkv projection, hence one ``pad_kv``)."""
     opts = dict(
         window=window, shift=shift, rel_bias_table=rel_bias_table, mask_value=mask_value, scale=scale,
-        pad_kv=pad_kv, mask_padded=mask_padded, upcast=upcast,
+        pad_kv=pad_kv, mask_padded=mask_padded, upcast=upcast, clamp_window=clamp_window,
     )
     return window_attention3d_ref(q_a, k_b, v_b, **opts), window_attention3d_ref(q_b, k_a, v_a, **opts)
 
