@@ -29,3 +29,6 @@ __all__ = ["DCFORMER_CONFIGS", "DCFormer", "DCFormerEncoder", "dcformer", "decom
            "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM", "VisionTower",
            "FastDDPMUNet", "FAST_DDPM_CONFIGS", "FAST_DDPM_CONDITIONING", "FAST_DDPM_DIFFUSION",
            "load_fast_ddpm_checkpoint", "sg_input", "sr_input", "sr_condition"]
+from .swincross import SWINCROSS_CONFIGS, SwinCross, SwinUNETR_CrossModalityFusion_OutSum_6stageOuts  # noqa: E402
+
+__all__ += ["SwinCross", "SWINCROSS_CONFIGS", "SwinUNETR_CrossModalityFusion_OutSum_6stageOuts"]
