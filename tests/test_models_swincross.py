@@ -203,7 +203,7 @@ def test_encoder_equals_the_official_modules_fp64_with_gradients():
     parameter gradient, tight."""
     ours, ref = _pair()
     ours, ref = ours.transformer.double().train(), ref.transformer.double().train()
-    x = _x(dtype=torch.float64)
+    x = _x((1, 2, 32, 32, 32), dtype=torch.float64)  # the encoder alone runs at 32^3: a 1^3 last stage
     weights = [torch.randn(s.shape[1:], dtype=torch.float64) for s in ref(x)]
 
     def run(m):
@@ -242,7 +242,7 @@ def test_reference_backend_equals_default():
     """backend="reference" (the plain PyTorch attention) gives the default backend's outputs and gradients."""
     ours, _ = _pair()
     enc = ours.transformer.train()
-    x = _x()
+    x = _x((1, 2, 32, 32, 32))
 
     def run():
         enc.zero_grad()
@@ -256,11 +256,24 @@ def test_reference_backend_equals_default():
     want, g_want = run()
     for a, b in zip(got + g_got, want + g_want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # the decoder's fused group norms (InstanceNorm) too, on a channels-last block input
+    block = ours.decoder1.conv_block
+    y = torch.randn(1, 6, 6, 6, 16).permute(0, 4, 1, 2, 3).requires_grad_()
+    outs = []
+    for backend in ("auto", "reference"):
+        ours.backend = backend
+        y.grad = None
+        out = block(y)
+        out.square().sum().backward()
+        outs += [out, y.grad]
+    torch.testing.assert_close(outs[0], outs[2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1], outs[3], atol=1e-5, rtol=1e-5)
 
 
 def test_a_few_training_steps_lower_the_loss():
-    torch.manual_seed(0)
-    model = SwinCross(**SWINCROSS_CONFIGS["tiny"]).train()
+    torch.manual_seed(0)  # narrower than tiny (the full-size convs dominate), one block a stage
+    model = SwinCross(**dict(SWINCROSS_CONFIGS["tiny"], embed_dim=4, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)))
+    model.train()
     x = _x()
     target = (x[:, :1] > 0.5).long()[:, 0]  # a segmentation of "bright PET"
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

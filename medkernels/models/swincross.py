@@ -47,8 +47,15 @@ official block pads the window remainder of D onto the W axis and that of W onto
 ``F.pad`` pairs are in the wrong order), which is harmless only for cubic inputs; here each axis
 is padded by its own remainder, as the official code intends.
 
-``backend`` is handed to every fused op (the window attention): ``"reference"`` runs the plain
-PyTorch path of each, for checks.
+Ours, beyond the fused attention: the two streams are one stacked (2, B, D, H, W, C) tensor
+through every shared layer (one norm, qkv, projection and MLP call a block, not two); the skips
+leave the encoder as channels-last views and the decoder runs channels-last 3D, its
+InstanceNorms (no affine) as the fused ``group_norm_act`` with one channel a group (the same
+statistics, biased variance, eps 1e-5), which keeps that layout where ``nn.InstanceNorm3d`` does
+not. The unused ``downsample`` merges are not computed.
+
+``backend`` is handed to every fused op (the window attention and the decoder's group norms):
+``"reference"`` runs the plain PyTorch path of each, for checks.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.group_norm import group_norm_act
 from ..ops.window_attention import cross_window_attention3d
 from ..reference.window_attention import _triple, relative_position_index
 
@@ -243,7 +251,8 @@ class _Encoder(nn.Module):
             skips.append(getattr(self, f"norm{i}")(skip) if i == last else skip)
             if i < last:
                 s = y + s
-        return [t.permute(0, 4, 1, 2, 3).contiguous() for t in skips]  # NCDHW: oneDNN convs (not slow_conv3d)
+        # channels-last (B, C, D, H, W) views, no copies: the decoder runs channels-last 3D
+        return [t.permute(0, 4, 1, 2, 3) for t in skips]
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False) -> nn.Sequential:
@@ -258,9 +267,9 @@ class _ResBlock(nn.Module):
     The 1x1 ``conv3`` residual projection runs only when in != out; ``layout="monai07"`` also
     builds it (unused) when in == out, as MONAI 0.7.0 does."""
 
-    def __init__(self, cin: int, cout: int, layout: str) -> None:
+    def __init__(self, cin: int, cout: int, layout: str, backend: str = "auto") -> None:
         super().__init__()
-        self.cin, self.cout = cin, cout
+        self.cin, self.cout, self.backend = cin, cout, backend
         self.conv1 = _conv(cin, cout, 3)
         self.conv2 = _conv(cout, cout, 3)
         self.lrelu = nn.LeakyReLU(0.01, inplace=True)
@@ -278,10 +287,15 @@ class _ResBlock(nn.Module):
         elif has and not want:
             del self.conv3, self.norm3
 
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        # InstanceNorm without affine is GroupNorm with one channel a group: the fused group norm,
+        # which keeps the channels-last layout (nn.InstanceNorm3d is several times slower on it)
+        return group_norm_act(x, self.cout, eps=self.norm1.eps, backend=self.backend)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.norm2(self.conv2(self.lrelu(self.norm1(self.conv1(x)))))
-        res = self.norm3(self.conv3(x)) if self.cin != self.cout else x
-        return self.lrelu(out + res)
+        out = self._norm(self.conv2(F.leaky_relu(self._norm(self.conv1(x)), 0.01)))
+        res = self._norm(self.conv3(x)) if self.cin != self.cout else x
+        return F.leaky_relu(out + res, 0.01)
 
 
 class _BasicBlock(nn.Module):
@@ -400,6 +414,7 @@ class SwinCross(nn.Module):
         self.decoder1 = _UpBlock(c, c, layout)
         self.decoder0 = _UpBlock(c, c, layout, upsample=False)
         self.out = _OutBlock(c, out_channels)
+        self.backend = backend  # every fused op: the window attention and the decoder's group norms
 
     @classmethod
     def from_config(cls, config: Any, **kwargs) -> SwinCross:
@@ -423,7 +438,7 @@ class SwinCross(nn.Module):
         """Sets the fused ops' backend of every block."""
         self._backend = value
         for m in self.modules():
-            if isinstance(m, _CrossAttention):
+            if isinstance(m, (_CrossAttention, _ResBlock)):
                 m.backend = value
 
     def set_layout(self, layout: str) -> None:
@@ -466,6 +481,7 @@ class SwinCross(nn.Module):
         dec = self.decoder3(dec, self.encoder3(s2))
         dec = self.decoder2(dec, self.encoder2(s1))
         dec = self.decoder1(dec, self.encoder1(s0))
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.out(self.decoder0(dec, self.encoder0(x)))
 
 
