@@ -220,6 +220,7 @@ def cases(device: torch.device, full: bool):
         yield _clip_case("nano", (2, 1, 32, 64, 64), device)
         yield from _unet_cases(device, full)
         yield from _ldm_morph_cases(device, full)
+        yield from swincross_cases(device, full)
         return
     yield _forward_case("small", (1, 1, 128, 256, 256), device, note="issue target: >=2x reference")
     yield _forward_case("small", (2, 1, 128, 256, 256), device)
@@ -227,3 +228,83 @@ def cases(device: torch.device, full: bool):
     yield _clip_case("small", (2, 1, 128, 256, 256), device)
     yield from _unet_cases(device, full)
     yield from _ldm_morph_cases(device, full)
+    yield from swincross_cases(device, full)
+
+
+# --- SwinCross (issue 14 item 1): ours vs the plain-PyTorch re-creation, MONAI SwinUNETR as the peer
+def _swincross_models(embed_dim, device, train):
+    from medkernels.models import SWINCROSS_CONFIGS, SwinCross
+    from medkernels.reference.swincross import SwinCrossRef
+
+    cfg = dict(SWINCROSS_CONFIGS["hecktor"], embed_dim=embed_dim)
+    torch.manual_seed(0)
+    ref = SwinCrossRef(embed_dim=embed_dim, depths=cfg["depths"], heads=cfg["num_heads"],
+                       drop_path_rate=cfg["drop_path_rate"])
+    ours = SwinCross(**cfg)
+    ours.load_state_dict(ref.state_dict())
+    return ours.to(device).train(train), ref.to(device).train(train)
+
+
+def _swin_unetr_peer(embed_dim, device, train):
+    try:
+        from monai.networks.nets import SwinUNETR
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    return SwinUNETR(in_channels=2, out_channels=2, feature_size=embed_dim).to(device).train(train)
+
+
+def _swincross_cases(embed_dim, shape, device, note=""):
+    """Forward (eval) and forward+backward (train) rows: auto = ours, reference = the plain
+    re-creation of the official modules (same weights), MONAI SwinUNETR(in_channels=2) the peer."""
+    size = "x".join(map(str, shape)) + f" C{embed_dim}"
+    x = torch.randn(shape, device=device)
+
+    ours, ref = _swincross_models(embed_dim, device, train=False)
+    peer = _swin_unetr_peer(embed_dim, device, train=False)
+
+    def fwd(model):
+        def f():
+            with torch.inference_mode():
+                return model(x)
+        return f
+
+    providers = {"auto": fwd(ours), "reference": fwd(ref)}
+    if peer is not None:
+        providers["MONAI SwinUNETR"] = fwd(peer)
+
+    def check():
+        import copy
+
+        ref64 = copy.deepcopy(ref).double().eval()
+        with torch.inference_mode():
+            want = ref64(x.double())
+            return {"auto": rel_err(ours(x), want), "reference": rel_err(ref(x), want)}
+
+    yield Case(op="swincross fwd (eval)", shape=size, dtype=torch.float32, providers=providers,
+               flops=_flops(ref, x), check=check, note=note)
+
+    ours_t, ref_t = _swincross_models(embed_dim, device, train=True)
+    peer_t = _swin_unetr_peer(embed_dim, device, train=True)
+
+    def step(model):
+        def f():
+            model.zero_grad(set_to_none=True)
+            model(x).float().square().mean().backward()
+        return f
+
+    providers = {"auto": step(ours_t), "reference": step(ref_t)}
+    if peer_t is not None:
+        providers["MONAI SwinUNETR"] = step(peer_t)
+    yield Case(op="swincross fwd+bwd (train)", shape=size, dtype=torch.float32, providers=providers,
+               flops=3 * _flops(ref, x), note=note)
+
+
+def swincross_cases(device: torch.device, full: bool):
+    if device.type == "cpu":  # reduced: 64^3 at half the width (the official depths and heads)
+        yield from _swincross_cases(24, (1, 2, 64, 64, 64), device, note="reduced size (official 48 at 96^3)")
+        if full:
+            yield from _swincross_cases(48, (1, 2, 96, 96, 96), device, note="the official config and crop")
+        return
+    yield from _swincross_cases(48, (1, 2, 96, 96, 96), device, note="the official config and crop")
+    yield from _swincross_cases(48, (2, 2, 96, 96, 96), device)

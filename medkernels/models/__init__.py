@@ -47,3 +47,7 @@ from .ldm_morph import (  # noqa: E402  (LDM-Morph, issue 15 item 4)
 __all__ += ["LDMMorph", "LDMMorphRegistration", "LDMFeatureExtractor", "LDMUNet", "VQEncoder", "LDM_MORPH_CONFIGS",
             "LDM_MORPH_LOSS", "hierarchical_loss", "warp", "jacobian_determinant", "folding_percent",
             "load_ldm_state_dict"]
+
+from .swincross import SWINCROSS_CONFIGS, SwinCross, SwinUNETR_CrossModalityFusion_OutSum_6stageOuts  # noqa: E402
+
+__all__ += ["SwinCross", "SWINCROSS_CONFIGS", "SwinUNETR_CrossModalityFusion_OutSum_6stageOuts"]
