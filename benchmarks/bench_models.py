@@ -221,6 +221,7 @@ def cases(device: torch.device, full: bool):
         yield from _unet_cases(device, full)
         yield from _ldm_morph_cases(device, full)
         yield from swincross_cases(device, full)
+        yield from _fast_ddpm_cases(device, full)
         return
     yield _forward_case("small", (1, 1, 128, 256, 256), device, note="issue target: >=2x reference")
     yield _forward_case("small", (2, 1, 128, 256, 256), device)
@@ -229,6 +230,7 @@ def cases(device: torch.device, full: bool):
     yield from _unet_cases(device, full)
     yield from _ldm_morph_cases(device, full)
     yield from swincross_cases(device, full)
+    yield from _fast_ddpm_cases(device, full)
 
 
 # --- SwinCross (issue 14 item 1): ours vs the plain-PyTorch re-creation, MONAI SwinUNETR as the peer
@@ -308,3 +310,67 @@ def swincross_cases(device: torch.device, full: bool):
         return
     yield from _swincross_cases(48, (1, 2, 96, 96, 96), device, note="the official config and crop")
     yield from _swincross_cases(48, (2, 2, 96, 96, 96), device)
+
+
+# --- Fast-DDPM 3D (issue 14 item 2): the 10-step sampler and one training step, ours vs plain layers ----
+def _plain_backends(model: torch.nn.Module) -> torch.nn.Module:
+    """The same network and weights with every fused op on its reference backend (PyTorch's own
+    group norm, then SiLU): the network a user writes with plain layers."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if hasattr(m, "backend"):
+            m.backend = "reference"
+    return plain
+
+
+def _fast_ddpm_cases(device: torch.device, full: bool):
+    from medkernels.diffusion import FastDDPMSampler, FastDDPMSchedule
+    from medkernels.models import FAST_DDPM_DIFFUSION, FastDDPMUNet
+    from medkernels.ops import diffusion_loss, q_sample
+    from medkernels.reference import diffusion as ref
+
+    if device.type == "cpu":  # reduced: three levels at 24^3, attention at 6^3
+        cfg, size, note = dict(ch=32, ch_mult=(1, 2, 2), attn_resolutions=(6,), image_size=24), 24, "reduced on CPU"
+    else:
+        cfg, size, note = dict(ch=64, ch_mult=(1, 2, 2, 4), attn_resolutions=(16,), image_size=64), 64, ""
+    torch.manual_seed(0)
+    ours = FastDDPMUNet(out_ch=1, num_res_blocks=1, dropout=0.0, in_channels=2, spatial_dims=3, **cfg).to(device)
+    plain = _plain_backends(ours)
+    sched = FastDDPMSchedule("uniform", 10, **{k: v for k, v in FAST_DDPM_DIFFUSION.items()})
+    shape = (1, 1, size, size, size)
+    g = torch.Generator().manual_seed(0)
+    x_T, cond = (torch.randn(shape, generator=g).to(device) for _ in range(2))
+    sampler = FastDDPMSampler(ours.eval(), sched, "ddim", eta=1.0, progress=False, cuda_graph=False)
+    plain.eval()
+    yield Case(op="fast-ddpm-3d ddim 10-step sampler", shape="x".join(map(str, shape)), dtype=torch.float32,
+               providers={"auto": torch.no_grad()(lambda: sampler(x_T, cond, seed=1)),
+                          "reference": torch.no_grad()(lambda: ref.fast_ddpm_sample_ref(
+                              plain, x_T, cond, sched, "ddim", 1.0, noise_fn=torch.randn_like))},
+               note=note or "reference = the same UNet on plain layers, the official eager loop")
+
+    t = torch.tensor([sched.timesteps[3].item()], device=device)
+    x0 = torch.randn(shape, generator=g).to(device)
+
+    def step(model, fused):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def f():
+            model.train()
+            if fused:  # noise regenerated in the kernels from (seed, offset): never stored
+                x_t = q_sample(x0, t, schedule=sched, seed=3)
+                loss = diffusion_loss(model(torch.cat([cond, x_t], 1), t.float()), x0, t, 3, schedule=sched)
+            else:  # the official noise_estimation_loss
+                e = torch.randn_like(x0)
+                a = sched.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1, 1).float()
+                x_t = x0 * a.sqrt() + e * (1.0 - a).sqrt()
+                loss = (e - model(torch.cat([cond, x_t], 1), t.float())).square().sum(dim=(1, 2, 3, 4)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return f
+
+    yield Case(op="fast-ddpm-3d train step", shape="x".join(map(str, shape)), dtype=torch.float32,
+               providers={"auto": step(ours, True), "reference": step(plain, False)},
+               note=note or "reference = plain layers and the official loss")
