@@ -153,13 +153,44 @@ def test_emulated_nan_stays_in_its_group(gn_emulator, tmp_path):
     assert mean[1, 1].isnan() and mean.isnan().sum() == 1
 
 
-def test_emulated_same_bits_on_every_run(gn_emulator, tmp_path):
-    x, w, b, sc, sh, ad = _inputs((2, 40, 9, 5, 4), torch.float32, seed=5)
-    gy = torch.randn(x.shape)
-    first = _emulate(gn_emulator, tmp_path, _cl(x), 8, w, b, sc, sh, ad, "gelu", gy=gy)
-    again = _emulate(gn_emulator, tmp_path, _cl(x), 8, w, b, sc, sh, ad, "gelu", gy=gy)
-    for a, c in zip([*first[:3], *first[3]], [*again[:3], *again[3]]):
-        assert torch.equal(a.view(torch.int32), c.view(torch.int32))
+def test_emulated_nan_in_the_shift_element_and_one_position(gn_emulator, tmp_path):
+    """The sums are shifted by each group's first element: NaN or Inf there poisons only that
+    group. One spatial position (M = 1) is a group of Cg values."""
+    x, w, b, sc, sh, ad = _inputs((2, 4, 3, 5), torch.float32, seed=4)
+    x[0, 2, 0, 0] = float("nan")  # the first element of sample 0, group 1 (of 2)
+    x[1, 0, 0, 0] = float("inf")  # the first element of sample 1, group 0
+    y, mean, _, _ = _emulate(gn_emulator, tmp_path, x, 2, w, b, sc, sh, ad, "silu")
+    bad = torch.zeros(2, 4, dtype=torch.bool)
+    bad[0, 2:], bad[1, :2] = True, True
+    assert y[bad].isnan().all() and torch.isfinite(y[~bad]).all()
+    x1, w1, b1, sc1, sh1, ad1 = _inputs((3, 6, 1), torch.float64, seed=6)
+    gy = torch.randn(x1.shape, dtype=torch.float64)
+    y1, _, _, grads, _ = _emulate(gn_emulator, tmp_path, x1, 2, w1, b1, sc1, sh1, ad1, "gelu", gy=gy)
+    assert _rel(y1, group_norm_act_ref(x1, 2, w1, b1, 1e-5, sc1, sh1, ad1, "gelu")) <= 1e-12
+    exp = group_norm_act_bwd_ref(gy, x1, 2, w1, b1, 1e-5, sc1, sh1, ad1, "gelu")
+    for g, e in zip(grads, exp):
+        assert (g.reshape(e.shape) - e).abs().max().item() <= 1e-11 * max(e.abs().max().item(), 1.0)
+
+
+def test_workspace_size_of_the_cupy_entry_is_the_headers():
+    """medkernels.cupy sizes its workspace with a Python copy of gn_geom: it must agree with the
+    header's (the library's CUDA size query) on every layout and size class."""
+    from medkernels._extension import extension
+    from medkernels.cupy import group_norm as cgn
+
+    if extension.unavailable_reason:
+        pytest.skip(f"the C++ extension: {extension.unavailable_reason}")
+    C_ = extension.module
+    for N, C, G, M, cl in [(1, 128, 32, 48**3, False), (1, 128, 32, 48**3, True), (2, 40, 8, 180, True),
+                           (2, 5, 5, 7, True), (3, 6, 2, 1, False), (1, 4, 2, 4941, False), (1, 1, 1, 70000, True)]:
+        p = C_.GroupNormParams()
+        p.batch, p.channels, p.groups, p.spatial = N, C, G, M
+        p.x_strides = [M * C, 1, C] if cl else [C * M, M, 1]
+        tiles, splits = cgn._geometry(C, M, cl and C > 1)
+        assert C_.group_norm_fwd_workspace_bytes_cuda(p) == N * C * splits * 2 * 8, (N, C, M, cl)
+    p = C_.GroupNormParams()
+    p.batch, p.channels, p.groups, p.spatial = 1, 4, 2, 0  # refused sizes: 0, never a division by zero
+    assert C_.group_norm_fwd_workspace_bytes_cuda(p) == 0
 
 
 NVCC = shutil.which("nvcc")

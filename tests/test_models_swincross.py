@@ -288,3 +288,25 @@ def test_a_few_training_steps_lower_the_loss():
         losses.append(torch.nn.functional.cross_entropy(model(x), target).item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("size", [(2, 2, 2), (3, 3, 3)], ids=lambda s: "x".join(map(str, s)))
+def test_nn_cross_attention_module_unclamped_is_swincross(size):
+    """medkernels.nn.CrossModalWindowAttention3d(clamp_window=False) is the official attention on
+    grids no larger than the window (the clamped default is MONAI's geometry and differs there)."""
+    from medkernels.nn import CrossModalWindowAttention3d
+
+    torch.manual_seed(3)
+    heads, dim, shift = 2, 8, (1, 1, 1)
+    mod = CrossModalWindowAttention3d(dim, heads, 3, shift, qkv_bias=False, clamp_window=False).double()
+    x_a, x_b = (torch.randn(2, *size, dim, dtype=torch.float64) for _ in range(2))
+    o_a, o_b = mod(x_a, x_b)
+    with torch.no_grad():
+        want = _official_cross(mod.qkv(x_a), mod.qkv(x_b), heads, (3, 3, 3), shift, mod.relative_position_bias_table)
+        want = [mod.proj(w.reshape(*w.shape[:4], dim)) for w in want]
+    assert (o_a - want[0]).abs().max().item() < 1e-12 and (o_b - want[1]).abs().max().item() < 1e-12
+    clamped = CrossModalWindowAttention3d(dim, heads, 3, shift, qkv_bias=False).double()
+    clamped.load_state_dict(mod.state_dict())
+    assert (clamped(x_a, x_b)[0] - o_a).abs().max().item() > 1e-3, "the clamped default is MONAI's other geometry"
+    with pytest.raises(TypeError, match="clamp_window must be a bool"):
+        CrossModalWindowAttention3d(dim, heads, 3, clamp_window="no")

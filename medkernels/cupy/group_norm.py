@@ -61,6 +61,16 @@ def _ncm(a) -> Optional[list]:
     return None
 
 
+def _geometry(C: int, M: int, channels_last: bool):
+    """(channel tiles, splits) of the plan's grid: detail::gn_geom's (256 threads as channel
+    lanes x rows; tests/test_group_norm_cuda.py checks the two agree)."""
+    ct = min(32, 1 << (C - 1).bit_length()) if channels_last else 1
+    rows = 256 // ct
+    splits = min(max(-(-M // (16 * rows)), 1), 1024)
+    chunk = -(-M // splits)
+    return -(-C // ct), -(-M // chunk)
+
+
 def group_norm_act(x, num_groups: int, weight=None, bias=None, *, eps: float = 1e-5, scale=None, shift=None,
                    add=None, activation: Optional[str] = None):
     """``medkernels.ops.group_norm_act`` (forward) on CuPy arrays: x (N, C, *spatial) NC...
@@ -99,13 +109,7 @@ def group_norm_act(x, num_groups: int, weight=None, bias=None, *, eps: float = 1
     acc = np.float64 if x.dtype == np.float64 else np.float32
     mean, rstd = cupy.empty((N, num_groups), acc), cupy.empty((N, num_groups), acc)
     xs = _ncm(x)
-    # the plan's geometry (detail::gn_geom): 256 threads as channel lanes x rows
-    cl = C > 1 and xs[1] == 1 and xs[2] != 1
-    ct = min(32, 1 << (C - 1).bit_length()) if cl else 1
-    rows, tiles = 256 // ct, -(-C // ct)
-    splits = min(max(-(-M // (16 * rows)), 1), 1024)
-    chunk = -(-M // splits)
-    splits = -(-M // chunk)
+    tiles, splits = _geometry(C, M, C > 1 and xs[1] == 1 and xs[2] != 1)
     ws = cupy.empty(N * C * splits * 2, np.float64)
     meta = cupy.asarray(np.array([N, C, num_groups, M, *xs, *_ncm(y), _ACTIVATIONS[activation]], np.int64))
     null = np.uintp(0)

@@ -39,8 +39,11 @@ def _check_volume(name: str, x: torch.Tensor, dim: int) -> None:
 class _WindowAttentionBase(nn.Module):
     def __init__(self, dim: int, num_heads: int, window_size: IntOr3, shift_size: IntOr3 = 0,
                  qkv_bias: bool = True, qk_scale: Optional[float] = None, proj_drop: float = 0.0,
-                 mask_value: float = -100.0, backend: str = "auto") -> None:
+                 mask_value: float = -100.0, backend: str = "auto", clamp_window: bool = True) -> None:
         super().__init__()
+        if not isinstance(clamp_window, bool):
+            raise TypeError(f"clamp_window must be a bool, got {type(clamp_window).__name__} {clamp_window!r}")
+        self.clamp_window = clamp_window
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         if dim % num_heads:
@@ -78,7 +81,8 @@ class _WindowAttentionBase(nn.Module):
 
     def _opts(self) -> dict:
         return dict(window=self.window_size, shift=self.shift_size, rel_bias_table=self.relative_position_bias_table,
-                    mask_value=self.mask_value, scale=self.scale, pad_kv=self._pad_kv(), backend=self.backend)
+                    mask_value=self.mask_value, scale=self.scale, pad_kv=self._pad_kv(), backend=self.backend,
+                    clamp_window=self.clamp_window)
 
     def _out(self, o: torch.Tensor) -> torch.Tensor:
         b, d, h, w = o.shape[:4]
@@ -98,7 +102,8 @@ class WindowAttention3d(_WindowAttentionBase):
         shift_size: int or 3 ints in [0, window) (MONAI: 0 for even blocks, window // 2 for odd).
         qkv_bias: bias in the qkv projection. qk_scale: logit scale (default head_dim ** -0.5).
         proj_drop: dropout after the projection. mask_value: shift-mask value (-100 as MONAI).
-        backend: see :func:`medkernels.ops.window_attention3d`.
+        backend: see :func:`medkernels.ops.window_attention3d`. clamp_window: True (MONAI) shrinks
+        the window to an axis no longer than it; False keeps it (Swin's own code, SwinCross).
 
     forward: (B, D, H, W, C) -> (B, D, H, W, C).
     """
@@ -113,7 +118,8 @@ class CrossModalWindowAttention3d(_WindowAttentionBase):
     """SwinCross's cross-modal window attention (``WindowAttention_crossModality``): one qkv
     projection, projection and bias table shared by the two modalities;
     ``out_a = proj(attn(q_a, k_b, v_b))``, ``out_b = proj(attn(q_b, k_a, v_a))``, both directions
-    in one kernel launch. forward: ((B, D, H, W, C), (B, D, H, W, C)) -> the pair."""
+    in one kernel launch. forward: ((B, D, H, W, C), (B, D, H, W, C)) -> the pair. SwinCross's
+    numbers need ``clamp_window=False`` (its code never shrinks the window on a small grid)."""
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         _check_volume("x_a", x_a, self.dim)
@@ -145,10 +151,13 @@ class SwinBlock3d(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: IntOr3, shift_size: IntOr3 = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
-                 norm_layer=nn.LayerNorm, backend: str = "auto") -> None:
+                 norm_layer=nn.LayerNorm, backend: str = "auto", clamp_window: bool = True) -> None:
         super().__init__()
+        if not isinstance(clamp_window, bool):
+            raise TypeError(f"clamp_window must be a bool, got {type(clamp_window).__name__} {clamp_window!r}")
         self.norm1 = norm_layer(dim)
         self.attn = self._attention(dim, num_heads, window_size, shift_size, qkv_bias, drop, backend)
+        self.attn.clamp_window = clamp_window
         self.norm2 = norm_layer(dim)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio), drop)
 
@@ -172,7 +181,9 @@ class CrossModalSwinBlock3d(SwinBlock3d):
         y_a, y_b = x_a + a, x_a + b
         return y_a + mlp(norm2(y_a)), y_b + mlp(norm2(y_b))
 
-    so SwinCross checkpoints give SwinCross's numbers. ``residual="per_stream"`` gives each
+    so SwinCross checkpoints give SwinCross's numbers, with ``clamp_window=False`` (SwinCross's
+    3^3 last stage at 96^3 still rolls and masks one 3^3 window; MONAI's clamp would not).
+    ``residual="per_stream"`` gives each
     stream its own shortcut (``y_b = x_b + b``) instead. Keys as :class:`SwinBlock3d`.
     ((B, D, H, W, C), (B, D, H, W, C)) -> the pair.
     """
@@ -181,10 +192,12 @@ class CrossModalSwinBlock3d(SwinBlock3d):
 
     def __init__(self, dim: int, num_heads: int, window_size: IntOr3, shift_size: IntOr3 = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
-                 norm_layer=nn.LayerNorm, backend: str = "auto", residual: str = "swincross") -> None:
+                 norm_layer=nn.LayerNorm, backend: str = "auto", residual: str = "swincross",
+                 clamp_window: bool = True) -> None:
         if residual not in self.RESIDUALS:
             raise ValueError(f"residual must be one of {self.RESIDUALS}, got {residual!r}")
-        super().__init__(dim, num_heads, window_size, shift_size, mlp_ratio, qkv_bias, drop, norm_layer, backend)
+        super().__init__(dim, num_heads, window_size, shift_size, mlp_ratio, qkv_bias, drop, norm_layer, backend,
+                         clamp_window)
         self.residual = residual
 
     @staticmethod

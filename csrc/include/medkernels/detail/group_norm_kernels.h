@@ -71,8 +71,10 @@ MK_HD GnGeom gn_geom(const GroupNormParams& p) {
 
 constexpr int kGnFwdSums = 2, kGnBwdSums = 5;
 
-// Workspace of the forward (bwd = false) or backward, in bytes.
+// Workspace of the forward (bwd = false) or backward, in bytes; 0 for sizes group_norm_check
+// refuses (gn_geom divides by them).
 MK_HD size_t gn_workspace_bytes(const GroupNormParams& p, bool bwd) {
+  if (p.batch < 1 || p.channels < 1 || p.spatial < 1 || p.groups < 1 || p.channels % p.groups) return 0;
   const GnGeom g = gn_geom(p);
   const int64_t nc = g.N * g.C;
   const int64_t doubles = bwd ? nc * g.splits * kGnBwdSums + nc * kGnBwdSums + g.N * g.G * 2 : nc * g.splits * kGnFwdSums;
