@@ -29,3 +29,16 @@ __all__ = ["DCFORMER_CONFIGS", "DCFormer", "DCFormerEncoder", "dcformer", "decom
            "CT_RATE_PATHOLOGIES", "zero_shot_probabilities", "MixerLowHighHybridMLP", "Med3DVLM", "VisionTower",
            "FastDDPMUNet", "FAST_DDPM_CONFIGS", "FAST_DDPM_CONDITIONING", "FAST_DDPM_DIFFUSION",
            "load_fast_ddpm_checkpoint", "sg_input", "sr_input", "sr_condition"]
+
+# issue 14 item 3: 3D diffusion tumour segmentation (PET/CT)
+from .diffusion_segmentation import (  # noqa: E402
+    SEGMENTATION_CONFIGS,
+    ConditionalDDPM,
+    DiffusionSegmentation,
+    SegmentationResult,
+    dice_score,
+    sample_variance,
+)
+
+__all__ += ["ConditionalDDPM", "DiffusionSegmentation", "SegmentationResult", "SEGMENTATION_CONFIGS", "dice_score",
+            "sample_variance"]
