@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -131,13 +131,16 @@ class ConditionalDDPM(nn.Module):
         return self.schedule.sample_timesteps(batch, generator=generator)
 
     def loss(self, cond: torch.Tensor, x0: torch.Tensor, seed: int, *, t: Optional[torch.Tensor] = None,
-             offset: int = 0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+             offset: Union[int, Sequence[int]] = 0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The fused training loss on one batch of crops.
 
         Args:
             cond: (B, cond_channels, S, S, S) with S the UNet's crop.
             x0: (B, channels, S, S, S) the clean image, in [-1, 1].
             seed, offset: the noise stream (the same pair makes the same noise on every backend).
+                ``offset`` may be one int per sample: sample b then draws its noise alone from
+                ``(seed, offset[b])``, whatever batch it is in (what data-parallel training uses
+                so the result does not depend on how the global batch is split over ranks).
             t: (B,) int64 timesteps; default drawn from the schedule with ``generator``.
 
         Returns:
@@ -146,11 +149,27 @@ class ConditionalDDPM(nn.Module):
         """
         self._check(cond, x0, "x0", crop=True)
         seed = _check_seed("seed", seed)
+        B = cond.shape[0]
         if t is None:
-            t = self.sample_timesteps(cond.shape[0], generator).to(cond.device)
-        x_t = q_sample(x0, t, schedule=self.schedule, seed=seed, offset=offset, backend=self.backend)
+            t = self.sample_timesteps(B, generator).to(cond.device)
+        if isinstance(offset, numbers.Integral) and not isinstance(offset, bool):
+            x_t = q_sample(x0, t, schedule=self.schedule, seed=seed, offset=int(offset), backend=self.backend)
+            eps = self.unet(torch.cat([cond, x_t], dim=1), t.to(torch.float32))
+            return diffusion_loss(eps, x0, t, seed, schedule=self.schedule, offset=int(offset), backend=self.backend)
+        offsets = [_check_seed(f"offset[{i}]", o) for i, o in enumerate(offset)]
+        if len(offsets) != B:
+            raise ValueError(f"offset must be an int or {B} ints (one noise stream per sample), got {len(offsets)}")
+        t = t.to(cond.device).expand(B) if isinstance(t, torch.Tensor) else torch.full((B,), t, device=cond.device)
+        x_t = torch.cat([q_sample(x0[b:b + 1], t[b:b + 1], schedule=self.schedule, seed=seed, offset=o,
+                                  backend=self.backend) for b, o in enumerate(offsets)])
         eps = self.unet(torch.cat([cond, x_t], dim=1), t.to(torch.float32))
-        return diffusion_loss(eps, x0, t, seed, schedule=self.schedule, offset=offset, backend=self.backend)
+        losses = [diffusion_loss(eps[b:b + 1], x0[b:b + 1], t[b:b + 1], seed, schedule=self.schedule, offset=o,
+                                 backend=self.backend) for b, o in enumerate(offsets)]
+        return torch.stack(losses).mean()
+
+    def forward(self, cond: torch.Tensor, x0: torch.Tensor, seed: int, **kw) -> torch.Tensor:
+        """:meth:`loss` (so ``DistributedDataParallel(model)(cond, x0, seed, ...)`` trains it)."""
+        return self.loss(cond, x0, seed, **kw)
 
     def _model(self, spatial, roi_kw):
         if tuple(spatial) == (self.crop,) * 3:
