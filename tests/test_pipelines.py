@@ -20,7 +20,8 @@ from medkernels.pipelines.data import (
     save_like,
 )
 from medkernels.pipelines.phantom import make_denoising_phantom, make_phantom, write_segmentation_phantoms
-from medkernels.pipelines.train import ModelSpec, TrainArgs, step_seed, train
+from medkernels.pipelines.train import ModelSpec, TrainArgs, build_model, step_seed, train
+from medkernels.testing import rel_err
 
 nib = pytest.importorskip("nibabel")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,9 +136,20 @@ def test_ddp_under_torchrun_equals_one_process(seg_data, tmp_path):
     assert ddp["world"] == 2 and len(ddp["rng"]) == 2
     one = train(_cases(seg_data), SPEC, TrainArgs(steps=2, output_dir=str(tmp_path / "one"), batch_size=2, lr=1e-3,
                                                   progress=False, log_every=0))
-    sd = one["model"].state_dict()
-    worst = max(((ddp["model"][k] - v).abs().max() / v.abs().max().clamp(min=1e-3)).item() for k, v in sd.items())
-    assert worst < 1e-4, worst
+    # compared by what the networks compute: Adam turns the rounding noise of a gradient that is 0
+    # in exact arithmetic (a bias before a GroupNorm, the attention's k bias) into a full lr-sized
+    # step, so those parameters differ, but the function they compute does not depend on them
+    twin = build_model(SPEC)
+    twin.load_state_dict(ddp["model"])
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 8, 8, 8, generator=g), torch.tensor([3.0, 600.0])
+    with torch.no_grad():
+        want, got = one["model"].unet(x, t), twin.unet(x, t)
+    assert rel_err(got, want) < 1e-4
+    torch.manual_seed(0)  # and the run did train: the weights moved from the initial ones
+    moved = build_model(SPEC)
+    with torch.no_grad():
+        assert rel_err(moved.unet(x, t), want) > 1e-3
 
 
 def test_segment_cli_end_to_end(tmp_path, capsys):
