@@ -178,3 +178,19 @@ def test_bad_inputs_give_clear_errors():
         ConditionalDDPM(make_unet("tiny", 2), 2)
     with pytest.raises(TypeError, match="unet must be a 3D FastDDPMUNet"):
         ConditionalDDPM(torch.nn.Conv3d(3, 1, 1), 2)
+
+
+def test_per_sample_offsets_make_the_loss_independent_of_the_batch():
+    """offset=[o_0, o_1]: each sample's noise is its own stream, so a batch's loss is the mean of
+    its samples' losses computed alone (what makes data-parallel training world-size independent)."""
+    model = _model()
+    image, mask = _case()
+    t = torch.tensor([2, 501])
+    with torch.no_grad():
+        both = model.loss(image, mask, seed=7, t=t, offset=[10, 11])
+        alone = [model.loss(image[b:b + 1], mask[b:b + 1], seed=7, t=t[b:b + 1], offset=[10 + b]) for b in range(2)]
+        batched = model.loss(image, mask, seed=7, t=t, offset=10)  # one stream, batch-indexed: other noise
+    assert rel_err(both, torch.stack(alone).mean()) < 1e-5
+    assert rel_err(batched, both) > 1e-4
+    with pytest.raises(ValueError, match=r"offset must be an int or 2 ints .* got 3"):
+        model.loss(image, mask, seed=7, offset=[1, 2, 3])
