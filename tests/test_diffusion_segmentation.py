@@ -94,7 +94,7 @@ def test_segment_outputs_have_the_documented_shapes():
     again = model.sample(image, seed=1, num_samples=3)
     assert torch.equal(((again + 1) / 2).clamp(0, 1), res.samples)
     one = model.sample(image[:1], seed=1, num_samples=1)
-    assert rel_err(one[0, 0], again[0, 0]) < 1e-5  # the same noise (the batch size changes the conv sums)
+    assert rel_err(one[0, 0], again[0, 0]) < 1e-4  # the same noise (the batch size changes the conv sums)
 
 
 def test_a_volume_larger_than_the_crop_is_sampled_by_sliding_window():
@@ -194,3 +194,14 @@ def test_per_sample_offsets_make_the_loss_independent_of_the_batch():
     assert rel_err(batched, both) > 1e-4
     with pytest.raises(ValueError, match=r"offset must be an int or 2 ints .* got 3"):
         model.loss(image, mask, seed=7, offset=[1, 2, 3])
+
+
+def test_ddim_x0_clip():
+    """clip_x0 (default 1): every DDIM step's x0 prediction is clipped to the data range, so an
+    untrained network's samples stay in [-1, 1]; clip_x0=None is the official unclipped DDIM."""
+    image, _ = _case()
+    clipped = _model().sample(image, seed=3)
+    raw = _model(clip_x0=None).sample(image, seed=3)
+    assert clipped.abs().max() <= 1 + 1e-5 and raw.abs().max() > 2
+    with pytest.raises(ValueError, match="clip_x0 must be a number > 0 or None, got 0"):
+        _model(clip_x0=0)

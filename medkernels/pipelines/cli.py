@@ -111,7 +111,10 @@ def add_commands(sub, number: Callable) -> None:
             p.add_argument("--timesteps", type=pos_int, default=10, help="Fast-DDPM sampling steps S (default 10)")
             p.add_argument("--schedule", choices=("uniform", "non-uniform"), default="uniform",
                            help="Fast-DDPM timestep indices (default uniform)")
-            p.add_argument("--sampler", choices=SAMPLER_KINDS, default="ddim", help="(default ddim, eta 0)")
+            ddpm = task == "fast-ddpm" and p is de
+            p.add_argument("--sampler", choices=SAMPLER_KINDS, default="ddpm" if ddpm else "ddim",
+                           help="ddim (eta 0) or ddpm (ancestral, x0 clipped to [-1, 1]: steadier after a short "
+                                f"training) (default {'ddpm' if ddpm else 'ddim'})")
             p.add_argument("--steps", type=pos_int, default=1000 if p is tr else 300,
                            help=f"training steps (default {1000 if p is tr else 300})")
             p.add_argument("--batch-size", type=pos_int, default=2, help="crops per step per process (default 2)")
@@ -129,6 +132,8 @@ def add_commands(sub, number: Callable) -> None:
             p.add_argument("--blend", choices=("gaussian", "linear", "constant"), default="gaussian",
                            help="sliding-window weights (default gaussian)")
         sa.add_argument("--checkpoint", required=True, metavar="CKPT", help="a train checkpoint (last.pt)")
+        sa.add_argument("--sampler", choices=SAMPLER_KINDS, default=None,
+                        help="override the checkpoint's sampler (ddim: eta 0; ddpm: x0 clipped to [-1, 1])")
         src = sa.add_mutually_exclusive_group(required=True)
         src.add_argument("--data", metavar="FOLDER", help="every complete case in FOLDER")
         src.add_argument("--phantom", type=pos_int, metavar="N", help="N held-out synthetic cases")
@@ -287,6 +292,8 @@ def _sample(args, checkpoint: Optional[str] = None) -> int:
         model, spec, ckpt = model_from_checkpoint(ckpt_path, args.backend, args.device)
         if spec.task != args.task:
             return _fail(f"--checkpoint {ckpt_path} is a {spec.task} model, not {args.task}")
+        if getattr(args, "sampler", None) and checkpoint is None:
+            model.sampler_kind = args.sampler
         if args.task == "fast-ddpm":
             args.modality, args.suv_max = spec.modality, spec.suv_max
         else:
@@ -300,7 +307,8 @@ def _sample(args, checkpoint: Optional[str] = None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     dev = next(model.parameters()).device
     print(f"{args.task} sample: {ckpt_path} (step {ckpt['step']}), {len(cases)} case(s), {args.samples} sample(s) "
-          f"each, crop {spec.crop}^3" + (f" [rank {rank}/{world}]" if world > 1 else ""))
+          f"each, {model.sampler_kind} S={spec.steps}, crop {spec.crop}^3"
+          + (f" [rank {rank}/{world}]" if world > 1 else ""))
     scores = []
     from tqdm.auto import tqdm
 
