@@ -6,6 +6,9 @@ it to RAS, resamples it to the model's input size, normalises its intensities fo
 runs the DCFormer CLIP image tower and prints the embedding summary and, with a CLIP checkpoint,
 the CT-RATE zero-shot table. Without ``--weights`` the model is randomly initialised from
 ``--seed`` and says so. ``python -m medkernels info`` is ``python -m medkernels.info``.
+
+``python -m medkernels segment train|sample|demo`` and ``python -m medkernels fast-ddpm
+train|sample|demo``: the 3D diffusion pipelines (:mod:`medkernels.pipelines`; see their ``--help``).
 """
 
 from __future__ import annotations
@@ -264,7 +267,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      help="PET: injected dose, decay-corrected to the scan")
     emb.add_argument("--suv-max", type=_positive_float, default=20.0, help="PET: SUV mapped to 1 (default 20)")
     sub.add_parser("info", help="build info and backends (python -m medkernels.info)")
+    from .pipelines.cli import add_commands  # segment train|sample|demo, fast-ddpm train|sample|demo
+
+    add_commands(sub, _number)
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        return args.run(args)
     if args.command == "info":
         from .info import main as info_main
 

@@ -51,3 +51,17 @@ __all__ += ["LDMMorph", "LDMMorphRegistration", "LDMFeatureExtractor", "LDMUNet"
 from .swincross import SWINCROSS_CONFIGS, SwinCross, SwinUNETR_CrossModalityFusion_OutSum_6stageOuts  # noqa: E402
 
 __all__ += ["SwinCross", "SWINCROSS_CONFIGS", "SwinUNETR_CrossModalityFusion_OutSum_6stageOuts"]
+
+
+# issue 14 item 3: 3D diffusion tumour segmentation (PET/CT)
+from .diffusion_segmentation import (  # noqa: E402
+    SEGMENTATION_CONFIGS,
+    ConditionalDDPM,
+    DiffusionSegmentation,
+    SegmentationResult,
+    dice_score,
+    sample_variance,
+)
+
+__all__ += ["ConditionalDDPM", "DiffusionSegmentation", "SegmentationResult", "SEGMENTATION_CONFIGS", "dice_score",
+            "sample_variance"]
