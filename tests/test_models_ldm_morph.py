@@ -356,6 +356,27 @@ def test_lwca_gradients_match_official():
             assert rel_err(v, u) < 1e-9, n
 
 
+
+@pytest.mark.parametrize("backend", ["triton"])
+def test_lwca_pair_triton_matches_float64(backend):
+    """The GPU path (Triton, here in the interpreter) through the single-window roll and the masked
+    sub-windows: a 2x4 map with window 3 (H: one shifted window, W: padded), forward and gradients."""
+    def run(be, dt):
+        torch.manual_seed(0)
+        m = lm.LWCA(8, spatial_dims=2, backend=be, depth=2, num_heads=2, window_size=3, mlp_ratio=2.0,
+                    qkv_bias=False, drop_path=[0.0, 0.0], num_norms=4).eval().to(dt)
+        g = torch.Generator().manual_seed(1)
+        a, b, w = (torch.randn(1, 8, 2, 4, generator=g).to(dt) for _ in range(3))
+        a.requires_grad_()
+        b.requires_grad_()
+        x, y = m.pair(a, b)
+        params = [p for n, p in m.named_parameters() if not n.startswith(("transformer.norm1", "transformer.norm2",
+                                                                          "transformer.norm3"))]
+        return [x, y, *torch.autograd.grad((x * w).sum() + (y * w.flip(1)).sum(), [a, b, *params])]
+
+    for got, want in zip(run(backend, torch.float32), run("reference", torch.float64)):
+        assert rel_err(got, want) < 1e-5
+
 # --- the whole network ----------------------------------------------------------------------------------
 def test_network_matches_official_tiny():
     ours, ref = _tiny_pair()
