@@ -743,3 +743,20 @@ def test_case_ids_are_unique():
     ids = [_case_id(c) for c in CASES]
     assert len(ids) == len(set(ids))
     assert relative_position_index(3).shape == (27, 27)
+
+
+def test_cached_indices_stay_on_the_cpu_under_a_meta_default_device():
+    """A model first built under ``torch.device("meta")`` (parameter counts) must not leave meta
+    tensors in the cached bias indices that later CPU models use."""
+    from medkernels.reference import window_attention as ref
+
+    window = (2, 3, 5)  # a window no other test caches first
+    for f in (ref._relative_position_index_cpu, ref._table_gather_cpu, ref._table_slot_cpu):
+        f.cache_clear()
+    with torch.device("meta"):
+        ref.relative_position_index(window)
+        ref._table_gather_cpu(window, 30)
+        ref._table_slot_cpu(window, 30, 2)
+    assert ref.relative_position_index(window).device.type == "cpu"
+    assert ref._table_gather_cpu(window, 30).device.type == "cpu"
+    assert ref._table_slot_cpu(window, 30, 2).device.type == "cpu"

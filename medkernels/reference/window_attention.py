@@ -128,10 +128,13 @@ def window_geometry(size: Sequence[int], window: IntOr3, shift: IntOr3 = 0, clam
 @lru_cache(maxsize=64)
 def _relative_position_index_cpu(window: Tuple[int, int, int]) -> torch.Tensor:
     wd, wh, ww = window
-    coords = torch.stack(torch.meshgrid(torch.arange(wd), torch.arange(wh), torch.arange(ww), indexing="ij"))
+    # on the CPU whatever the default device (a model built under torch.device("meta") must not
+    # leave a meta tensor in the cache)
+    cpu = torch.device("cpu")
+    coords = torch.stack(torch.meshgrid(*(torch.arange(w, device=cpu) for w in window), indexing="ij"))
     flat = coords.flatten(1)  # 3, N
     rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0)  # N, N, 3 (query i minus key j)
-    rel = rel + torch.tensor([wd - 1, wh - 1, ww - 1])
+    rel = rel + torch.tensor([wd - 1, wh - 1, ww - 1], device=cpu)
     return rel[..., 0] * (2 * wh - 1) * (2 * ww - 1) + rel[..., 1] * (2 * ww - 1) + rel[..., 2]
 
 
@@ -153,8 +156,8 @@ def _table_gather_cpu(window: Tuple[int, int, int], tokens: int) -> torch.Tensor
     counts = torch.bincount(idx, minlength=rows)
     start = torch.cumsum(counts, 0) - counts
     width = max(int(counts.max()), 1)
-    out = torch.full((rows, width), idx.numel(), dtype=torch.long)
-    slot = torch.arange(idx.numel()) - start[idx[order]]
+    out = torch.full((rows, width), idx.numel(), dtype=torch.long, device=idx.device)
+    slot = torch.arange(idx.numel(), device=idx.device) - start[idx[order]]
     out[idx[order], slot] = order
     return out
 
@@ -163,7 +166,7 @@ def _table_gather_cpu(window: Tuple[int, int, int], tokens: int) -> torch.Tensor
 def _table_slot_cpu(window: Tuple[int, int, int], tokens: int, heads: int) -> torch.Tensor:
     """(heads * N * N,) flat (row, head) slot of every (head, i, j) pair: one bincount for all heads."""
     idx = relative_position_index(window, tokens).reshape(1, -1)
-    return (idx * heads + torch.arange(heads)[:, None]).reshape(-1)
+    return (idx * heads + torch.arange(heads, device=idx.device)[:, None]).reshape(-1)
 
 
 def bias_table_grad(pair_grad: torch.Tensor, window: IntOr3, tokens: int) -> torch.Tensor:
