@@ -419,10 +419,14 @@ def test_backend_reference_equals_default():
     out_ref = ours(mov, fix, *scores)
     grads_ref = torch.autograd.grad(out_ref.square().sum(), list(ours.parameters()), allow_unused=True)
     assert rel_err(out, out_ref) < 1e-10
+    # relative to the largest gradient: on a 1-token map a shifted window's bias-table gradient is
+    # of order e^-100 (its padding keys are masked with -100), and the kernels' P (dP - sum P dP)
+    # leaves rounding of eps |dP| there where the reference's formula gives ~1e-41
+    scale = max(b.abs().max().item() for b in grads_ref if b is not None)
     for a, b in zip(grads, grads_ref):
         assert (a is None) == (b is None)
         if a is not None:
-            assert rel_err(a, b) < 1e-9
+            assert (a - b).abs().max().item() <= 1e-9 * max(b.abs().max().item(), 1e-6 * scale)
 
 
 def test_3d_network_shapes_and_attention_matches_3d_reference():

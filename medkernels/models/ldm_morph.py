@@ -24,12 +24,10 @@ Network (:class:`LDMMorph`, facts from the official code; every key name is the 
 
 Window attention runs through :func:`medkernels.ops.window_attention3d` /
 :func:`~medkernels.ops.cross_window_attention3d_separate`, 2D windows as depth-1 3D windows.
-The official TransMorph blocks never clamp the window to a small feature map (MONAI and our op
-do): a map of at most 7 tokens on an axis is zero-padded to 7 and still shifted by 3. Ours gives
-the same function: such a map is padded explicitly (zero features, as official), and on a shifted
-single-window axis the cyclic shift is applied here and its two shift regions become two windows
-of 7 - 3 = 4 tokens (the second padded by one token that is masked out); the bias table is
-gathered to that window. Exact up to the official -100 mask (e^-100 weights, below fp64 eps).
+The official TransMorph blocks never clamp the window to a small feature map as MONAI does: a map
+of at most 7 tokens on an axis is zero-padded to 7 and still shifted by 3. The ops compute exactly
+that with ``clamp_window=False`` (padding keys and values are the qkv bias, as the official zero
+features give).
 
 LDM features (:class:`LDMFeatureExtractor`): the VQ first stage's encoder + ``quant_conv``
 (taming ``Encoder``, no quantisation, ``scale_factor`` 1) and the CompVis ``openaimodel.UNetModel``
@@ -56,8 +54,6 @@ isotropic stride-2 down/upsampling (CompVis' 3D option resamples only the inner 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -121,47 +117,6 @@ def _tuple(name: str, v, n: int) -> Tuple[int, ...]:
 
 
 # --- window attention with the official (unclamped) TransMorph geometry ------------------------
-@dataclass(frozen=True)
-class _Plan:
-    prepad: Tuple[int, int, int]  # explicit zero-feature padding at the end of each axis
-    roll: Tuple[int, int, int]  # cyclic shift applied here (single-window shifted axes)
-    window: Tuple[int, int, int]  # the op's window
-    shift: Tuple[int, int, int]  # the op's shift
-    mask_padded: bool
-    table_index: Optional[torch.Tensor]  # rows of the configured table for the op's window
-
-
-@lru_cache(maxsize=256)
-def _plan(size: Tuple[int, int, int], window: Tuple[int, int, int], shift: Tuple[int, int, int]) -> _Plan:
-    """How the op computes official TransMorph window attention (pad every axis to a multiple of
-    the window, shift even a single window) on a map of ``size``."""
-    padded = tuple(-(-n // w) * w for n, w in zip(size, window))
-    single = tuple(p == w and s > 0 for p, w, s in zip(padded, window, shift))
-    if not any(single):
-        # axes smaller than the window: pad to one window (the op then keeps it, shift is 0 there);
-        # other axes are padded by the op with the zero-feature keys/values (pad_kv)
-        prepad = tuple(w - n if n < w else 0 for n, w in zip(size, window))
-        return _Plan(prepad, (0, 0, 0), window, shift, False, None)
-    for w, s, one in zip(window, shift, single):
-        if one and s > w - s:
-            raise ValueError(f"shift must be <= window // 2 on a single-window axis, got shift {shift} for "
-                             f"window {window}")
-    # a shifted single-window axis: roll here, its two shift regions (w - s and s tokens) become
-    # two windows of w - s tokens, the op's own padding of the second masked out (mask_padded);
-    # so every other axis is padded here, to its official size
-    op_window = tuple(w - s if one else w for w, s, one in zip(window, shift, single))
-    rng = [torch.arange(-(ow - 1), ow, device="cpu") + (w - 1) for ow, w in zip(op_window, window)]
-    strides = ((2 * window[1] - 1) * (2 * window[2] - 1), 2 * window[2] - 1, 1)
-    index = (rng[0][:, None, None] * strides[0] + rng[1][None, :, None] * strides[1] + rng[2][None, None, :])
-    return _Plan(tuple(p - n for p, n in zip(padded, size)), tuple(s if one else 0 for s, one in zip(shift, single)),
-                 op_window, tuple(0 if one else s for s, one in zip(shift, single)), True, index.reshape(-1))
-
-
-@lru_cache(maxsize=256)
-def _index_on(index: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return index.to(device)  # one copy per plan and device, not one per call
-
-
 class WindowAttention(nn.Module):
     """The official ``WindowAttention`` of ``basic_LWSA.py`` / ``basic_LWCA.py`` (keys
     ``relative_position_bias_table``, buffer ``relative_position_index``, ``qkv``, ``proj``) on the
@@ -202,40 +157,18 @@ class WindowAttention(nn.Module):
 
     def attend(self, pairs: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
                shift: Tuple[int, int, int]) -> List[torch.Tensor]:
-        size = tuple(pairs[0][0].shape[1:4])
-        plan = _plan(size, self.window_size, tuple(shift))
-        pad = (0, 0, 0, plan.prepad[2], 0, plan.prepad[1], 0, plan.prepad[0])
-        rolled = tuple(-r for r in plan.roll)
-
-        def prep(x):
-            if x is None:
-                return None
-            if any(plan.prepad):
-                x = F.pad(x, pad)
-            return torch.roll(x, rolled, dims=(1, 2, 3)) if any(plan.roll) else x
-
-        qkvs = [self._project(prep(q_src), prep(kv_src)) for q_src, kv_src in pairs]
-        table = self.relative_position_bias_table
-        if plan.table_index is not None:
-            table = table[_index_on(plan.table_index, table.device)]
-        b = self.qkv.bias
-        pad_kv = None if b is None or plan.mask_padded else b[self.dim:].view(2, self.num_heads, -1)
-        kw = dict(window=plan.window, shift=plan.shift, rel_bias_table=table, mask_value=-100.0, scale=self.scale,
-                  pad_kv=pad_kv, mask_padded=plan.mask_padded, backend=self.backend)
+        qkvs = [self._project(q_src, kv_src) for q_src, kv_src in pairs]
+        b = self.qkv.bias  # the official code pads zero features: their keys and values are the bias
+        pad_kv = None if b is None else b[self.dim:].view(2, self.num_heads, -1)
+        # clamp_window=False: TransMorph's geometry (pad to whole windows, shift even one window)
+        kw = dict(window=self.window_size, shift=tuple(shift), rel_bias_table=self.relative_position_bias_table,
+                  mask_value=-100.0, scale=self.scale, pad_kv=pad_kv, backend=self.backend, clamp_window=False)
         if len(qkvs) == 1:
             outs = [window_attention3d(*qkvs[0], **kw)]
         else:  # out_a = attn(q_a, k_b, v_b), out_b = attn(q_b, k_a, v_a)
             (q0, k0, v0), (q1, k1, v1) = qkvs
             outs = list(cross_window_attention3d_separate(q0, k1, v1, q1, k0, v0, **kw))
-        res = []
-        for o in outs:
-            o = o.flatten(-2)
-            if any(plan.roll):
-                o = torch.roll(o, plan.roll, dims=(1, 2, 3))
-            if any(plan.prepad):
-                o = o[:, : size[0], : size[1], : size[2]]
-            res.append(self.proj_drop(self.proj(o)))
-        return res
+        return [self.proj_drop(self.proj(o.flatten(-2))) for o in outs]
 
 
 class DropPath(nn.Module):
