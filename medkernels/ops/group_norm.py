@@ -105,9 +105,7 @@ class _Compiled(_kit.Compiled):
         b.grad_x, b.grad_x_strides = _kit.ptr(gx), _ncm_strides(x if gx is None else gx)
         b.grad_weight, b.grad_bias = _kit.ptr(gw), _kit.ptr(gb)
         b.grad_scale, b.grad_shift, b.grad_add = _kit.ptr(gsc), _kit.ptr(gsh), _kit.ptr(gad)
-        fwd = b.fwd  # (pybind may hand out a copy: set the workspace on it, then put it back)
-        ws = self._workspace("bwd_workspace", fwd, b, x)  # noqa: F841 (alive through the launch)
-        b.fwd = fwd
+        ws = self._workspace("bwd_workspace", b.fwd, b, x)  # noqa: F841 (alive through the launch)
         self.launch("bwd", b, x)
 
 

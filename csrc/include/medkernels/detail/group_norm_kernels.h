@@ -83,6 +83,18 @@ MK_HD size_t gn_workspace_bytes(const GroupNormParams& p, bool bwd) {
 
 MK_HD int64_t gn_off(const int64_t* s, int64_t n, int64_t c, int64_t m) { return n * s[0] + c * s[1] + m * s[2]; }
 
+// add[n, c] (0 without add) and weight[c] (1 without weight), in the arithmetic type
+template <typename T>
+MK_HD typename Io<T>::acc gn_add(const GroupNormParams& p, int64_t n, int64_t c) {
+  using A = typename Io<T>::acc;
+  return p.add ? Io<T>::load(static_cast<const T*>(p.add) + n * p.channels + c) : A(0);
+}
+template <typename T>
+MK_HD typename Io<T>::acc gn_weight(const GroupNormParams& p, int64_t c) {
+  using A = typename Io<T>::acc;
+  return p.weight ? Io<T>::load(static_cast<const T*>(p.weight) + c) : A(1);
+}
+
 // The per-(sample, channel) and per-channel operands of one channel, in the arithmetic type A.
 template <typename T>
 struct GnChannel {
@@ -91,8 +103,8 @@ struct GnChannel {
 
   MK_HD GnChannel(const GroupNormParams& p, int64_t n, int64_t c) {
     const int64_t nc = n * p.channels + c;
-    add = p.add ? Io<T>::load(static_cast<const T*>(p.add) + nc) : A(0);
-    w = p.weight ? Io<T>::load(static_cast<const T*>(p.weight) + c) : A(1);
+    add = gn_add<T>(p, n, c);
+    w = gn_weight<T>(p, c);
     b = p.bias ? Io<T>::load(static_cast<const T*>(p.bias) + c) : A(0);
     sc1 = A(1) + (p.scale ? Io<T>::load(static_cast<const T*>(p.scale) + nc) : A(0));
     sh = p.shift ? Io<T>::load(static_cast<const T*>(p.shift) + nc) : A(0);
@@ -102,10 +114,26 @@ struct GnChannel {
 // The group's shift K_g: its first element (channel g * Cg, position 0) plus that channel's add.
 template <typename T>
 MK_HD typename Io<T>::acc gn_pivot(const GroupNormParams& p, int64_t n, int64_t g) {
-  using A = typename Io<T>::acc;
   const int64_t c = g * (p.channels / p.groups);
-  const A a = p.add ? Io<T>::load(static_cast<const T*>(p.add) + n * p.channels + c) : A(0);
-  return Io<T>::load(static_cast<const T*>(p.x) + gn_off(p.x_strides, n, c, 0)) + a;
+  return Io<T>::load(static_cast<const T*>(p.x) + gn_off(p.x_strides, n, c, 0)) + gn_add<T>(p, n, c);
+}
+
+// The backward at one position of a channel: xhat, y0 = xhat w + b, dz = dy act'(y0 (1 + scale)
+// + shift) and u = dz (1 + scale), from h = x + add and the group's statistics.
+template <typename A>
+struct GnBwdPoint {
+  A xhat, y0, dz, u;
+};
+template <typename T>
+MK_HD GnBwdPoint<typename Io<T>::acc> gn_bwd_point(const GnChannel<T>& ch, Activation act, typename Io<T>::acc h,
+                                                   typename Io<T>::acc dy, typename Io<T>::acc mean,
+                                                   typename Io<T>::acc rstd) {
+  GnBwdPoint<typename Io<T>::acc> r;
+  r.xhat = (h - mean) * rstd;
+  r.y0 = r.xhat * ch.w + ch.b;
+  r.dz = dy * act_grad(act, r.y0 * ch.sc1 + ch.sh);
+  r.u = r.dz * ch.sc1;
+  return r;
 }
 
 // --- 1. the per-(n, c, split) sums: one block program for both directions ------------------------
@@ -118,7 +146,7 @@ struct GnFwdElem {
   A add, pivot;
   MK_HD GnFwdElem(const GroupNormParams& prm, int64_t n, int64_t c)
       : p(prm),
-        add(prm.add ? Io<T>::load(static_cast<const T*>(prm.add) + n * prm.channels + c) : A(0)),
+        add(gn_add<T>(prm, n, c)),
         pivot(gn_pivot<T>(prm, n, c / (prm.channels / prm.groups))) {}
   MK_HD void operator()(double* acc, int64_t n, int64_t c, int64_t m) const {
     const A d = Io<T>::load(static_cast<const T*>(p.x) + gn_off(p.x_strides, n, c, m)) + add - pivot;
@@ -145,17 +173,13 @@ struct GnBwdElem {
   MK_HD void operator()(double* acc, int64_t n, int64_t c, int64_t m) const {
     const GroupNormParams& p = q.fwd;
     const A h = Io<T>::load(static_cast<const T*>(p.x) + gn_off(p.x_strides, n, c, m)) + ch.add;
-    const A xhat = (h - mean) * rstd;
-    const A y0 = xhat * ch.w + ch.b;
-    const A z = y0 * ch.sc1 + ch.sh;
-    const A dz = Io<T>::load(static_cast<const T*>(q.grad_y) + gn_off(q.grad_y_strides, n, c, m)) *
-                 act_grad<A>(p.activation, z);
-    const A u = dz * ch.sc1;
-    acc[0] += static_cast<double>(u);
-    acc[1] += static_cast<double>(u * xhat);
-    acc[2] += static_cast<double>(dz);
-    acc[3] += static_cast<double>(dz * y0);
-    acc[4] += static_cast<double>(xhat);
+    const A dy = Io<T>::load(static_cast<const T*>(q.grad_y) + gn_off(q.grad_y_strides, n, c, m));
+    const GnBwdPoint<A> e = gn_bwd_point<T>(ch, p.activation, h, dy, mean, rstd);
+    acc[0] += static_cast<double>(e.u);
+    acc[1] += static_cast<double>(e.u * e.xhat);
+    acc[2] += static_cast<double>(e.dz);
+    acc[3] += static_cast<double>(e.dz * e.y0);
+    acc[4] += static_cast<double>(e.xhat);
   }
 };
 
@@ -323,7 +347,7 @@ struct GnGroup {
     const int64_t n = i / g.G, grp = i - n * g.G;
     double sa = 0.0, sb = 0.0;
     for (int64_t c = grp * g.Cg; c < (grp + 1) * g.Cg; ++c) {
-      const double wc = q.fwd.weight ? static_cast<double>(Io<T>::load(static_cast<const T*>(q.fwd.weight) + c)) : 1.0;
+      const double wc = static_cast<double>(gn_weight<T>(q.fwd, c));
       sa += wc * w.chan[(n * g.C + c) * kGnBwdSums + 0];
       sb += wc * w.chan[(n * g.C + c) * kGnBwdSums + 1];
     }
@@ -359,7 +383,7 @@ struct GnAdd {
   MK_HD void operator()(int64_t i) const {  // i = n * C + c
     using A = typename Io<T>::acc;
     const int64_t n = i / g.C, c = i - n * g.C, ng = n * g.G + c / g.Cg;
-    const double wc = q.fwd.weight ? static_cast<double>(Io<T>::load(static_cast<const T*>(q.fwd.weight) + c)) : 1.0;
+    const double wc = static_cast<double>(gn_weight<T>(q.fwd, c));
     const double rstd = static_cast<double>(static_cast<const A*>(q.fwd.rstd)[ng]), cnt = static_cast<double>(g.cnt);
     const double* s = w.chan + i * kGnBwdSums;
     const double d = rstd * (wc * s[0] - static_cast<double>(g.M) * w.grp[ng * 2] / cnt - s[4] * w.grp[ng * 2 + 1] / cnt);
@@ -384,10 +408,9 @@ struct GnDxChannel {
     const T* gy = static_cast<const T*>(q.grad_y) + n * q.grad_y_strides[0] + c * q.grad_y_strides[1];
     T* gx = static_cast<T*>(q.grad_x) + n * q.grad_x_strides[0] + c * q.grad_x_strides[1];
     for (int64_t m = m_first; m < m_end; m += g.rows) {
-      const A xhat = (Io<T>::load(x + m * p.x_strides[2]) + ch.add - mean) * rstd;
-      const A y0 = xhat * ch.w + ch.b;
-      const A dz = Io<T>::load(gy + m * q.grad_y_strides[2]) * act_grad<A>(p.activation, y0 * ch.sc1 + ch.sh);
-      Io<T>::store(gx + m * q.grad_x_strides[2], rstd * (ch.w * (dz * ch.sc1) - ma - xhat * mb));
+      const GnBwdPoint<A> e = gn_bwd_point<T>(ch, p.activation, Io<T>::load(x + m * p.x_strides[2]) + ch.add,
+                                              Io<T>::load(gy + m * q.grad_y_strides[2]), mean, rstd);
+      Io<T>::store(gx + m * q.grad_x_strides[2], rstd * (ch.w * e.u - ma - e.xhat * mb));
     }
   }
 };
