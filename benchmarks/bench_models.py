@@ -313,19 +313,9 @@ def swincross_cases(device: torch.device, full: bool):
 
 
 # --- Fast-DDPM 3D (issue 14 item 2): the 10-step sampler and one training step, ours vs plain layers ----
-def _plain_backends(model: torch.nn.Module) -> torch.nn.Module:
-    """The same network and weights with every fused op on its reference backend (PyTorch's own
-    group norm, then SiLU): the network a user writes with plain layers."""
+def _fast_ddpm_cases(device: torch.device, full: bool):
     import copy
 
-    plain = copy.deepcopy(model)
-    for m in plain.modules():
-        if hasattr(m, "backend"):
-            m.backend = "reference"
-    return plain
-
-
-def _fast_ddpm_cases(device: torch.device, full: bool):
     from medkernels.diffusion import FastDDPMSampler, FastDDPMSchedule
     from medkernels.models import FAST_DDPM_DIFFUSION, FastDDPMUNet
     from medkernels.ops import diffusion_loss, q_sample
@@ -337,7 +327,9 @@ def _fast_ddpm_cases(device: torch.device, full: bool):
         cfg, size, note = dict(ch=64, ch_mult=(1, 2, 2, 4), attn_resolutions=(16,), image_size=64), 64, ""
     torch.manual_seed(0)
     ours = FastDDPMUNet(out_ch=1, num_res_blocks=1, dropout=0.0, in_channels=2, spatial_dims=3, **cfg).to(device)
-    plain = _plain_backends(ours)
+    # the same network and weights with every fused op on its reference backend (PyTorch's own
+    # group norm, then SiLU): the network a user writes with plain layers
+    plain = copy.deepcopy(ours).set_backend("reference")
     sched = FastDDPMSchedule("uniform", 10, **{k: v for k, v in FAST_DDPM_DIFFUSION.items()})
     shape = (1, 1, size, size, size)
     g = torch.Generator().manual_seed(0)
