@@ -61,8 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.group_norm import GroupNormAct
+from ..nn.window_attention import _WindowAttentionBase
 from ..ops.window_attention import cross_window_attention3d_separate, window_attention3d
-from ..reference.window_attention import relative_position_index
 from .fast_ddpm import AttnBlock, Downsample
 
 # --- configs -----------------------------------------------------------------------------------
@@ -117,11 +117,13 @@ def _tuple(name: str, v, n: int) -> Tuple[int, ...]:
 
 
 # --- window attention with the official (unclamped) TransMorph geometry ------------------------
-class WindowAttention(nn.Module):
+class WindowAttention(_WindowAttentionBase):
     """The official ``WindowAttention`` of ``basic_LWSA.py`` / ``basic_LWCA.py`` (keys
-    ``relative_position_bias_table``, buffer ``relative_position_index``, ``qkv``, ``proj``) on the
-    fused op. ``window`` is 3 ints (2D: ``(1, wh, ww)``); the table and the index are the official
-    2D ones for a depth-1 window.
+    ``relative_position_bias_table``, buffer ``relative_position_index``, ``qkv``, ``proj``: those of
+    :class:`medkernels.nn.WindowAttention3d`'s base) on the fused op, with TransMorph's unclamped
+    window (``clamp_window=False``: pad to whole windows, shift even a single window).
+    ``window`` is 3 ints (2D: ``(1, wh, ww)``); the table and the index are the official 2D ones for
+    a depth-1 window.
 
     :meth:`attend` takes ``(query source, key/value source)`` pairs of normalised channels-last
     features (B, D, H, W, C) (the source None: self-attention) and a shift; two pairs run in one
@@ -129,27 +131,13 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, window: Tuple[int, int, int], num_heads: int, qkv_bias: bool = False,
                  qk_scale: Optional[float] = None, proj_drop: float = 0.0, backend: str = "auto") -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
-        self.dim, self.window_size, self.num_heads = dim, tuple(window), num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.backend = backend
-        wd, wh, ww = self.window_size
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1),
-                                                                     num_heads))
-        with torch.device("cpu"):  # the index is cached: never compute it under a meta/cuda device context
-            index = relative_position_index(self.window_size).clone()
-        self.register_buffer("relative_position_index", index)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        super().__init__(dim, num_heads, tuple(window), 0, qkv_bias, qk_scale, proj_drop, -100.0, backend,
+                         clamp_window=False)
 
     def _project(self, q_src: torch.Tensor, kv_src: Optional[torch.Tensor]):
-        c, h = self.dim, self.num_heads
         if kv_src is None:
-            return self.qkv(q_src).unflatten(-1, (3, h, c // h)).unbind(-3)
+            return self._qkv(q_src)
+        c, h = self.dim, self.num_heads
         w, b = self.qkv.weight, self.qkv.bias
         q = F.linear(q_src, w[:c], None if b is None else b[:c]).unflatten(-1, (h, c // h))
         k, v = F.linear(kv_src, w[c:], None if b is None else b[c:]).unflatten(-1, (2, h, c // h)).unbind(-3)
@@ -158,17 +146,14 @@ class WindowAttention(nn.Module):
     def attend(self, pairs: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
                shift: Tuple[int, int, int]) -> List[torch.Tensor]:
         qkvs = [self._project(q_src, kv_src) for q_src, kv_src in pairs]
-        b = self.qkv.bias  # the official code pads zero features: their keys and values are the bias
-        pad_kv = None if b is None else b[self.dim:].view(2, self.num_heads, -1)
-        # clamp_window=False: TransMorph's geometry (pad to whole windows, shift even one window)
-        kw = dict(window=self.window_size, shift=tuple(shift), rel_bias_table=self.relative_position_bias_table,
-                  mask_value=-100.0, scale=self.scale, pad_kv=pad_kv, backend=self.backend, clamp_window=False)
+        # the official code pads zero features: their keys and values are the qkv bias (_pad_kv)
+        kw = dict(self._opts(), shift=tuple(shift))
         if len(qkvs) == 1:
             outs = [window_attention3d(*qkvs[0], **kw)]
         else:  # out_a = attn(q_a, k_b, v_b), out_b = attn(q_b, k_a, v_a)
             (q0, k0, v0), (q1, k1, v1) = qkvs
             outs = list(cross_window_attention3d_separate(q0, k1, v1, q1, k0, v0, **kw))
-        return [self.proj_drop(self.proj(o.flatten(-2))) for o in outs]
+        return [self._out(o) for o in outs]
 
 
 class DropPath(nn.Module):
